@@ -1,0 +1,3 @@
+from evdlm.cli import main
+
+raise SystemExit(main())
