@@ -1,0 +1,445 @@
+"""Strict pydantic models of a site config (the YAML an engineer writes).
+
+Every model forbids unknown keys. Units live in field names. Sign convention, written once:
+grid + = import, PV + = production, battery + = discharge, EV + = consumption.
+Cross-references (a charger's circuit, a circuit's meter, ...) are checked in
+:mod:`evdlm.config.semantic`, which also produces warnings for legal but suspicious values.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A name that can be referenced elsewhere in the file (and used in MQTT topics and metrics).
+Identifier = Annotated[
+    str,
+    Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"),
+]
+# OCPP identities travel in the websocket URL path: keep them URL-safe.
+ChargePointId = Annotated[
+    str,
+    Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-:]*$"),
+]
+
+# Bounds that catch typos (a kW value typed in W, a limit typed in mA) without constraining any
+# real site: the largest grid connections evdlm is meant for are tens of MW.
+MAX_POWER_KW = 100_000.0
+MAX_CURRENT_A = 10_000.0
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SecretRef(StrictModel):
+    """Where a secret lives. The config never holds the secret itself."""
+
+    env: str | None = Field(default=None, description="Name of an environment variable.")
+    file: str | None = Field(default=None, description="Path of a file holding the secret.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' or 'file'")
+        return self
+
+
+class SiteSection(StrictModel):
+    id: Identifier = Field(description="Site id, used in MQTT topics (dlm/{site}/...) and DR targets.")
+    timezone: str = Field(default="UTC", description="IANA time zone of the site (tariffs, reports).")
+    name: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class GridConnection(StrictModel):
+    import_limit_kw: float = Field(gt=0, le=MAX_POWER_KW, description="Contracted import limit.")
+    export_limit_kw: float = Field(default=0.0, ge=0, le=MAX_POWER_KW)
+    phase_current_limit_a: float = Field(gt=0, le=MAX_CURRENT_A, description="Main fuse, per phase.")
+    nominal_voltage_v: float = Field(
+        default=230.0, ge=100, le=480, description="Phase-to-neutral voltage used for A↔W conversion."
+    )
+    phases: Literal[1, 3] = 3
+    meter: Identifier | None = Field(default=None, description="Device (role grid_meter) measuring the connection.")
+
+
+class Circuit(StrictModel):
+    id: Identifier
+    phase_current_limit_a: float = Field(gt=0, le=MAX_CURRENT_A)
+    power_limit_kw: float | None = Field(default=None, gt=0, le=MAX_POWER_KW)
+    meter: Identifier | None = Field(default=None, description="Device (role circuit_meter) on this circuit.")
+    children: list[Circuit] = Field(default_factory=list)
+
+
+class ChargerKind(StrEnum):
+    AC_1PHASE = "ac_1phase"
+    AC_3PHASE = "ac_3phase"
+    DC = "dc"
+
+
+class RateUnit(StrEnum):
+    AUTO = "auto"  # read ChargingScheduleAllowedChargingRateUnit / SmartChargingCtrlr.RateUnit at boot
+    AMPERE = "A"
+    WATT = "W"
+
+
+PHASE_ROTATION_PATTERN = re.compile(r"^L([123])-L([123])-L([123])$")
+
+
+class Charger(StrictModel):
+    id: ChargePointId = Field(description="OCPP charge point identity (the last URL path segment).")
+    ocpp_version: Literal["1.6", "2.0.1"]
+    circuit: Identifier = Field(description="Circuit the charger hangs on.")
+    kind: ChargerKind = ChargerKind.AC_3PHASE
+    phase_rotation: str = Field(
+        default="L1-L2-L3",
+        description="Site phases wired to the charger's L1, L2, L3 (e.g. L2-L3-L1). "
+        "For ac_1phase only the first entry is used.",
+    )
+    evses: int = Field(default=1, ge=1, le=8, description="Number of EVSEs (connectors that charge at once).")
+    min_current_a: float = Field(default=6.0, ge=0, le=MAX_CURRENT_A, description="IEC 61851 minimum per phase (AC).")
+    max_current_a: float = Field(default=32.0, gt=0, le=MAX_CURRENT_A, description="Per phase per EVSE (AC).")
+    min_power_kw: float = Field(default=0.0, ge=0, le=MAX_POWER_KW, description="DC minimum per EVSE.")
+    max_power_kw: float | None = Field(default=None, gt=0, le=MAX_POWER_KW, description="DC maximum per EVSE.")
+    rate_unit: RateUnit = RateUnit.AUTO
+    max_stack_level: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Override ChargeProfileMaxStackLevel (e.g. 0 for chargers that accept only level 0).",
+    )
+    priority: int = Field(default=1, ge=0, le=9, description="Priority class, 0 = highest.")
+    password: SecretRef | None = Field(default=None, description="OCPP Basic auth password (security profile 1/2).")
+
+    @field_validator("phase_rotation")
+    @classmethod
+    def _rotation(cls, value: str) -> str:
+        match = PHASE_ROTATION_PATTERN.match(value)
+        if match is None or len(set(match.groups())) != 3:
+            raise ValueError(f"phase rotation {value!r} must be a permutation like L1-L2-L3 or L2-L3-L1")
+        return value
+
+    @model_validator(mode="after")
+    def _limits(self) -> Charger:
+        if self.kind is ChargerKind.DC:
+            if self.max_power_kw is None:
+                raise ValueError("a dc charger needs max_power_kw")
+            if self.min_power_kw > self.max_power_kw:
+                raise ValueError("min_power_kw is above max_power_kw")
+        elif self.min_current_a > self.max_current_a:
+            raise ValueError("min_current_a is above max_current_a")
+        return self
+
+    @property
+    def site_phases(self) -> tuple[int, int, int]:
+        """Site phase (1..3) wired to the charger's L1, L2, L3."""
+        match = PHASE_ROTATION_PATTERN.match(self.phase_rotation)
+        assert match is not None  # validated above
+        first, second, third = (int(group) for group in match.groups())
+        return (first, second, third)
+
+
+# ---------------------------------------------------------------- devices
+
+
+class DeviceRole(StrEnum):
+    GRID_METER = "grid_meter"
+    CIRCUIT_METER = "circuit_meter"
+    PV = "pv"
+    BATTERY = "battery"
+
+
+class ModbusTcpLink(StrictModel):
+    name: Identifier
+    type: Literal["tcp"]
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    max_registers_per_request: int = Field(default=125, ge=1, le=125)
+
+
+class ModbusRtuOverTcpLink(StrictModel):
+    name: Identifier
+    type: Literal["rtu_over_tcp"]
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    max_registers_per_request: int = Field(default=125, ge=1, le=125)
+
+
+class ModbusRtuLink(StrictModel):
+    name: Identifier
+    type: Literal["rtu"]
+    serial_port: str = Field(description="e.g. /dev/ttyUSB0")
+    baudrate: int = Field(description="Set explicitly: the pymodbus default rarely matches the meter.")
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    max_registers_per_request: int = Field(default=60, ge=1, le=125)
+
+    @field_validator("baudrate")
+    @classmethod
+    def _standard_baudrate(cls, value: int) -> int:
+        if value not in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200):
+            raise ValueError(f"baudrate {value} is not a standard serial rate")
+        return value
+
+
+ModbusLink = Annotated[ModbusTcpLink | ModbusRtuOverTcpLink | ModbusRtuLink, Field(discriminator="type")]
+
+
+class ModbusSource(StrictModel):
+    link: Identifier = Field(description="Name of an entry under modbus_links.")
+    unit_id: int = Field(default=1, ge=0, le=247)
+    profile: str = Field(
+        description="Device profile: a built-in name (sdm630, sdm72d_m_v2, janitza_umg96, janitza_umg604, "
+        "em24, sunspec) or the path of a register-map YAML."
+    )
+
+
+class MqttSource(StrictModel):
+    topic: str = Field(min_length=1)
+    json_path: str | None = Field(
+        default=None,
+        description="Dotted path into a JSON payload, e.g. 'power.total'. None: the payload is a bare number.",
+    )
+    unit: Literal["W", "kW", "A"] = "W"
+
+
+class SimSource(StrictModel):
+    model: Literal["grid_meter", "pv", "battery", "circuit_meter"]
+
+
+class Device(StrictModel):
+    name: Identifier
+    role: DeviceRole
+    max_age_s: float = Field(default=5.0, gt=0, le=3600, description="Older readings are stale.")
+    invert_sign: bool = Field(
+        default=False, description="True when the device reports the opposite of evdlm's sign convention."
+    )
+    poll_period_s: float = Field(default=1.0, gt=0, le=3600)
+    modbus: ModbusSource | None = None
+    mqtt: MqttSource | None = None
+    sim: SimSource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Device:
+        given = [key for key in ("modbus", "mqtt", "sim") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one source of modbus, mqtt or sim (got {given or 'none'})")
+        return self
+
+
+class BatteryControlMode(StrEnum):
+    NONE = "none"  # read only
+    SUNSPEC_124 = "sunspec_124"  # StorCtl_Mod + InWRte/OutWRte with revert timer
+    SUNSPEC_704 = "sunspec_704"  # DER WSet with revert timer
+
+
+class Battery(StrictModel):
+    device: Identifier = Field(description="Device (role battery).")
+    max_charge_kw: float = Field(gt=0, le=MAX_POWER_KW)
+    max_discharge_kw: float = Field(gt=0, le=MAX_POWER_KW)
+    capacity_kwh: float = Field(gt=0, le=1_000_000)
+    soc_min_pct: float = Field(default=10.0, ge=0, le=100)
+    soc_max_pct: float = Field(default=95.0, ge=0, le=100)
+    reserve_soc_pct: float = Field(
+        default=20.0, ge=0, le=100, description="Kept for outages: not discharged below by DLM."
+    )
+    control: BatteryControlMode = BatteryControlMode.NONE
+    revert_timeout_s: int = Field(
+        default=60, ge=5, le=3600, description="Device reverts to its own control after this."
+    )
+
+    @model_validator(mode="after")
+    def _soc_window(self) -> Battery:
+        if not self.soc_min_pct < self.soc_max_pct:
+            raise ValueError("soc_min_pct must be below soc_max_pct")
+        if not self.soc_min_pct <= self.reserve_soc_pct <= self.soc_max_pct:
+            raise ValueError("reserve_soc_pct must lie inside [soc_min_pct, soc_max_pct]")
+        return self
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ALL_WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class TariffPeriod(StrictModel):
+    days: list[Weekday] = Field(default_factory=lambda: list(ALL_WEEKDAYS))
+    start: time
+    end: time = Field(description="Exclusive; 00:00 means midnight at the end of the day.")
+    import_price_per_kwh: float = Field(ge=-10, le=100)
+
+
+class Tariffs(StrictModel):
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    default_import_price_per_kwh: float = Field(ge=-10, le=100)
+    export_price_per_kwh: float = Field(default=0.0, ge=-10, le=100)
+    periods: list[TariffPeriod] = Field(default_factory=list)
+
+
+class DrProgram(StrictModel):
+    id: Identifier
+    mandatory: bool = Field(default=False, description="Events of this program cannot be opted out.")
+    failsafe_import_limit_kw: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_POWER_KW,
+        description="Applied while the DR channel is stale (never above the last limit received).",
+    )
+    failsafe_min_duration_s: float = Field(default=7200.0, ge=0, le=7 * 86400)
+    import_floor_kw: float = Field(
+        default=0.0, ge=0, le=MAX_POWER_KW, description="DR import limits are clamped up to this floor."
+    )
+    max_future_start_s: float = Field(
+        default=300.0, ge=0, description="Events created further ahead than this are rejected (clock skew)."
+    )
+    allow_far_future: bool = False
+
+
+class MqttBroker(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretRef | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    client_id: str | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+
+
+class DemandResponse(StrictModel):
+    enabled: bool = True
+    programs: list[DrProgram] = Field(default_factory=list)
+    state_file: str = Field(default="var/dr-state.json", description="Accepted events persist here across restarts.")
+
+
+class OcppServer(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9000, ge=0, le=65535, description="0 picks a free port (tests, demo).")
+    security_profile: Literal[0, 1, 2, 3] = Field(
+        default=0, description="0 none (lab only), 1 Basic, 2 TLS+Basic, 3 mutual TLS."
+    )
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    call_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    failsafe_current_a: float = Field(
+        default=6.0,
+        ge=0,
+        le=MAX_CURRENT_A,
+        description="Limit of the boot-time TxDefaultProfile at the lowest stack level.",
+    )
+    non_compliance_grace_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> OcppServer:
+        if self.security_profile >= 2 and (self.cert_file is None or self.key_file is None):
+            raise ValueError("security_profile 2 and 3 need cert_file and key_file")
+        if self.security_profile == 3 and self.ca_file is None:
+            raise ValueError("security_profile 3 needs ca_file (to verify client certificates)")
+        return self
+
+
+class Control(StrictModel):
+    cycle_period_s: float = Field(default=1.0, ge=0.1, le=60)
+    safety_margin_a: float = Field(default=1.0, ge=0, le=1000, description="Kept free on every current row.")
+    safety_margin_kw: float = Field(default=1.0, ge=0, le=MAX_POWER_KW, description="Kept free on every power row.")
+    ramp_up_a_per_s: float = Field(
+        default=2.0, gt=0, le=1000, description="Largest raise per EVSE per second (cuts are immediate)."
+    )
+    settle_time_s: float = Field(
+        default=15.0, ge=0, le=600, description="Time a charger and car take to follow a new limit."
+    )
+    deadband_a: float = Field(default=1.0, ge=0, le=100, description="Smaller changes are not re-sent.")
+    fallback_import_limit_kw: float = Field(
+        gt=0, le=MAX_POWER_KW, description="Site limit while the grid meter is stale."
+    )
+    lease_duration_s: float = Field(default=60.0, ge=5, le=3600, description="Validity of each dynamic profile.")
+    lease_refresh_s: float = Field(default=20.0, ge=1, le=3600)
+    min_on_time_s: float = Field(default=120.0, ge=0, le=86400)
+    min_off_time_s: float = Field(default=60.0, ge=0, le=86400)
+    rotation_period_s: float = Field(
+        default=900.0, ge=0, le=86400, description="A paused car gets its turn within this."
+    )
+    solve_budget_s: float = Field(default=0.2, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _lease(self) -> Control:
+        if self.lease_refresh_s * 2 > self.lease_duration_s:
+            raise ValueError("lease_refresh_s must be at most half of lease_duration_s so leases never lapse")
+        if self.cycle_period_s > self.lease_refresh_s:
+            raise ValueError("cycle_period_s must not exceed lease_refresh_s")
+        return self
+
+
+class Recording(StrictModel):
+    enabled: bool = True
+    directory: str = "var/recordings"
+    max_disk_mb: float = Field(default=2048.0, gt=0)
+    rotate_after_s: float = Field(default=3600.0, gt=0)
+
+
+class Observability(StrictModel):
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics; None disables.")
+    metrics_host: str = "127.0.0.1"
+    log_json: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class SiteConfig(StrictModel):
+    """One site: the whole YAML file."""
+
+    schema_version: Literal[1] = 1
+    site: SiteSection
+    grid: GridConnection
+    circuits: list[Circuit] = Field(min_length=1, description="Top-level circuits directly below the grid connection.")
+    chargers: list[Charger] = Field(default_factory=list)
+    modbus_links: list[ModbusLink] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=list)
+    battery: Battery | None = None
+    tariffs: Tariffs | None = None
+    mqtt: MqttBroker | None = None
+    demand_response: DemandResponse | None = None
+    ocpp: OcppServer = Field(default_factory=OcppServer)
+    control: Control
+    recording: Recording = Field(default_factory=Recording)
+    observability: Observability = Field(default_factory=Observability)
+
+    def iter_circuits(self) -> list[tuple[Circuit, Circuit | None]]:
+        """Every circuit with its parent (None for top level), depth first."""
+        out: list[tuple[Circuit, Circuit | None]] = []
+
+        def walk(circuit: Circuit, parent: Circuit | None) -> None:
+            out.append((circuit, parent))
+            for child in circuit.children:
+                walk(child, circuit)
+
+        for top in self.circuits:
+            walk(top, None)
+        return out
+
+    def device(self, name: str) -> Device:
+        for device in self.devices:
+            if device.name == name:
+                return device
+        raise KeyError(name)
+
+    @property
+    def evse_count(self) -> int:
+        return sum(charger.evses for charger in self.chargers)

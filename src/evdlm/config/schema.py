@@ -1,0 +1,14 @@
+"""The JSON schema of site configs, generated from the models (site_configs/schema.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from evdlm.config.models import SiteConfig
+
+
+def site_config_schema() -> dict[str, Any]:
+    schema = SiteConfig.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "evdlm site config"
+    return schema

@@ -1,0 +1,283 @@
+"""Cross-reference checks and warnings over a structurally valid :class:`SiteConfig`.
+
+Structural validation (types, ranges, unknown keys) is pydantic's job; this module checks
+what needs the whole file: ids are unique, references resolve to a device of the right role,
+and values that are legal but probably wrong (a child circuit rated above its parent) are
+flagged as warnings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import time
+from pathlib import Path
+
+from evdlm.config.loader import LocPath, Severity
+from evdlm.config.models import (
+    BatteryControlMode,
+    ChargerKind,
+    Circuit,
+    DeviceRole,
+    SecretRef,
+    SiteConfig,
+)
+
+BUILTIN_PROFILE_DIR = Path(__file__).resolve().parent.parent / "devices" / "profiles"
+SUNSPEC_PROFILE = "sunspec"
+
+
+@dataclass(frozen=True)
+class Finding:
+    loc: LocPath
+    message: str
+    severity: Severity = "error"
+
+
+def builtin_profile_names() -> set[str]:
+    """Names of the register-map profiles shipped with evdlm, plus SunSpec discovery."""
+    return {path.stem for path in BUILTIN_PROFILE_DIR.glob("*.yaml")} | {SUNSPEC_PROFILE}
+
+
+def _circuit_locs(
+    circuits: list[Circuit], prefix: LocPath = ("circuits",)
+) -> Iterable[tuple[Circuit, LocPath, Circuit | None]]:
+    def walk(
+        circuit: Circuit, loc: LocPath, parent: Circuit | None
+    ) -> Iterable[tuple[Circuit, LocPath, Circuit | None]]:
+        yield circuit, loc, parent
+        for index, child in enumerate(circuit.children):
+            yield from walk(child, (*loc, "children", index), circuit)
+
+    for index, top in enumerate(circuits):
+        yield from walk(top, (*prefix, index), None)
+
+
+def _duplicates(items: Iterable[tuple[str, LocPath]], what: str) -> list[Finding]:
+    items = list(items)
+    counts = Counter(name for name, _ in items)
+    seen: set[str] = set()
+    findings = []
+    for name, loc in items:
+        if counts[name] > 1:
+            if name in seen:
+                findings.append(Finding((*loc, "id"), f"duplicate {what} {name!r}"))
+            seen.add(name)
+    return findings
+
+
+def _secret_findings(secret: SecretRef | None, loc: LocPath, base_dir: Path) -> list[Finding]:
+    # Only existence is checked, never the value: validate may run where secrets are not deployed.
+    if secret is None:
+        return []
+    if secret.env is not None and secret.env not in os.environ:
+        return [Finding(loc, f"environment variable {secret.env} is not set here", "warning")]
+    if secret.file is not None and not (base_dir / secret.file).is_file():
+        return [Finding(loc, f"secret file {secret.file} does not exist here", "warning")]
+    return []
+
+
+def _charger_findings(config: SiteConfig, circuits: dict[str, Circuit], base_dir: Path) -> list[Finding]:
+    findings: list[Finding] = []
+    evses_per_circuit: dict[str, int] = defaultdict(int)
+    for index, charger in enumerate(config.chargers):
+        loc: LocPath = ("chargers", index)
+        circuit = circuits.get(charger.circuit)
+        if circuit is None:
+            findings.append(Finding((*loc, "circuit"), f"circuit {charger.circuit!r} is not defined under circuits"))
+        else:
+            evses_per_circuit[circuit.id] += charger.evses
+            if charger.kind is not ChargerKind.DC and charger.max_current_a > circuit.phase_current_limit_a:
+                findings.append(
+                    Finding(
+                        (*loc, "max_current_a"),
+                        f"{charger.max_current_a:g} A is above its circuit {circuit.id!r} limit "
+                        f"({circuit.phase_current_limit_a:g} A); the circuit limit governs",
+                        "warning",
+                    )
+                )
+        if config.grid.phases == 1 and charger.kind is ChargerKind.AC_3PHASE:
+            findings.append(Finding((*loc, "kind"), "an ac_3phase charger on a 1-phase grid connection"))
+        if config.ocpp.security_profile in (1, 2) and charger.password is None:
+            findings.append(
+                Finding(
+                    (*loc, "password"), f"security_profile {config.ocpp.security_profile} needs a password per charger"
+                )
+            )
+        findings += _secret_findings(charger.password, (*loc, "password"), base_dir)
+    for circuit_id, evse_count in evses_per_circuit.items():
+        circuit = circuits[circuit_id]
+        if evse_count * config.ocpp.failsafe_current_a > circuit.phase_current_limit_a:
+            findings.append(
+                Finding(
+                    ("ocpp", "failsafe_current_a"),
+                    f"{evse_count} EVSEs on circuit {circuit_id!r} at the fail-safe {config.ocpp.failsafe_current_a:g} A "
+                    f"draw {evse_count * config.ocpp.failsafe_current_a:g} A, above its {circuit.phase_current_limit_a:g} A; "
+                    "a dead controller would rely on the fuse",
+                    "warning",
+                )
+            )
+    return findings
+
+
+def _device_ref(config: SiteConfig, name: str | None, role: DeviceRole, loc: LocPath) -> list[Finding]:
+    if name is None:
+        return []
+    try:
+        device = config.device(name)
+    except KeyError:
+        return [Finding(loc, f"device {name!r} is not defined under devices")]
+    if device.role is not role:
+        return [Finding(loc, f"device {name!r} has role {device.role.value}, expected {role.value}")]
+    return []
+
+
+def _tariff_findings(config: SiteConfig) -> list[Finding]:
+    if config.tariffs is None:
+        return []
+    findings = []
+    claimed: dict[tuple[str, int], int] = {}
+    for index, period in enumerate(config.tariffs.periods):
+        if period.start == period.end:
+            findings.append(Finding(("tariffs", "periods", index, "end"), "period is empty (start equals end)"))
+            continue
+        end_minute = 24 * 60 if period.end == time(0, 0) else period.end.hour * 60 + period.end.minute
+        start_minute = period.start.hour * 60 + period.start.minute
+        if end_minute < start_minute:
+            findings.append(
+                Finding(
+                    ("tariffs", "periods", index, "end"), "end is before start (split periods crossing midnight in two)"
+                )
+            )
+            continue
+        for day in period.days:
+            for minute in range(start_minute, end_minute):
+                other = claimed.setdefault((day, minute), index)
+                if other != index:
+                    findings.append(
+                        Finding(
+                            ("tariffs", "periods", index),
+                            f"overlaps period {other} on {day}; the first listed wins",
+                            "warning",
+                        )
+                    )
+                    break
+            else:
+                continue
+            break
+    return findings
+
+
+def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
+    """Every cross-reference error and warning of ``config``; empty when all is well."""
+    findings: list[Finding] = []
+    circuit_entries = list(_circuit_locs(config.circuits))
+    findings += _duplicates(((c.id, loc) for c, loc, _ in circuit_entries), "circuit id")
+    findings += _duplicates(((c.id, ("chargers", i)) for i, c in enumerate(config.chargers)), "charger id")
+    findings += _duplicates(((d.name, ("devices", i)) for i, d in enumerate(config.devices)), "device name")
+    findings += _duplicates(
+        ((link.name, ("modbus_links", i)) for i, link in enumerate(config.modbus_links)), "modbus link name"
+    )
+    if config.demand_response is not None:
+        findings += _duplicates(
+            ((p.id, ("demand_response", "programs", i)) for i, p in enumerate(config.demand_response.programs)),
+            "DR program id",
+        )
+    circuits = {circuit.id: circuit for circuit, _, _ in circuit_entries}
+
+    for circuit, loc, parent in circuit_entries:
+        findings += _device_ref(config, circuit.meter, DeviceRole.CIRCUIT_METER, (*loc, "meter"))
+        if parent is not None and circuit.phase_current_limit_a > parent.phase_current_limit_a:
+            findings.append(
+                Finding(
+                    (*loc, "phase_current_limit_a"),
+                    f"{circuit.phase_current_limit_a:g} A is above its parent {parent.id!r} ({parent.phase_current_limit_a:g} A)",
+                    "warning",
+                )
+            )
+        if parent is None and circuit.phase_current_limit_a > config.grid.phase_current_limit_a:
+            findings.append(
+                Finding(
+                    (*loc, "phase_current_limit_a"),
+                    f"{circuit.phase_current_limit_a:g} A is above the grid connection ({config.grid.phase_current_limit_a:g} A)",
+                    "warning",
+                )
+            )
+
+    findings += _device_ref(config, config.grid.meter, DeviceRole.GRID_METER, ("grid", "meter"))
+    if config.grid.meter is None:
+        findings.append(
+            Finding(("grid",), "no grid meter: evdlm cannot measure non-EV load and runs open loop", "warning")
+        )
+    if config.control.fallback_import_limit_kw > config.grid.import_limit_kw:
+        findings.append(
+            Finding(
+                ("control", "fallback_import_limit_kw"),
+                f"{config.control.fallback_import_limit_kw:g} kW is above the grid import limit ({config.grid.import_limit_kw:g} kW)",
+            )
+        )
+
+    findings += _charger_findings(config, circuits, base_dir)
+
+    link_names = {link.name for link in config.modbus_links}
+    profiles = builtin_profile_names()
+    referenced = {c.meter for c, _, _ in circuit_entries} | {config.grid.meter}
+    for index, device in enumerate(config.devices):
+        device_loc: LocPath = ("devices", index)
+        if device.modbus is not None:
+            if device.modbus.link not in link_names:
+                findings.append(
+                    Finding(
+                        (*device_loc, "modbus", "link"),
+                        f"modbus link {device.modbus.link!r} is not defined under modbus_links",
+                    )
+                )
+            profile = device.modbus.profile
+            if profile not in profiles and not (base_dir / profile).is_file():
+                findings.append(
+                    Finding(
+                        (*device_loc, "modbus", "profile"),
+                        f"unknown profile {profile!r}: not one of {sorted(profiles)} and no such file",
+                    )
+                )
+        if device.role in (DeviceRole.GRID_METER, DeviceRole.CIRCUIT_METER) and device.name not in referenced:
+            findings.append(
+                Finding(
+                    (*device_loc, "role"),
+                    f"{device.role.value} {device.name!r} is not referenced by the grid or any circuit",
+                    "warning",
+                )
+            )
+        if device.role is DeviceRole.BATTERY and (config.battery is None or config.battery.device != device.name):
+            findings.append(
+                Finding((*device_loc, "role"), f"battery {device.name!r} has no battery: section and is only read", "warning")
+            )
+
+    if config.battery is not None:
+        findings += _device_ref(config, config.battery.device, DeviceRole.BATTERY, ("battery", "device"))
+        if config.battery.control is not BatteryControlMode.NONE:
+            names = {device.name: device for device in config.devices}
+            battery_device = names.get(config.battery.device)
+            if (
+                battery_device is not None
+                and (battery_device.modbus is None or battery_device.modbus.profile != SUNSPEC_PROFILE)
+                and battery_device.sim is None
+            ):
+                findings.append(
+                    Finding(
+                        ("battery", "control"), f"{config.battery.control.value} control needs a SunSpec Modbus device"
+                    )
+                )
+
+    uses_mqtt = any(device.mqtt is not None for device in config.devices)
+    dr_enabled = config.demand_response is not None and config.demand_response.enabled
+    if (uses_mqtt or dr_enabled) and config.mqtt is None:
+        what = "demand response" if dr_enabled else "an MQTT device"
+        findings.append(Finding(("mqtt",), f"{what} is configured but no mqtt: broker section"))
+    if config.mqtt is not None:
+        findings += _secret_findings(config.mqtt.password, ("mqtt", "password"), base_dir)
+
+    findings += _tariff_findings(config)
+    return findings
