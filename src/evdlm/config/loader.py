@@ -18,6 +18,7 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from evdlm.config.models import SiteConfig
 
+EXTENSION_PREFIX = "x-"
 Severity = Literal["error", "warning"]
 LocPath = tuple[str | int, ...]
 
@@ -65,11 +66,14 @@ class SourceMap:
 
     root: Any
 
-    def locate(self, loc: LocPath, *, missing_key: bool = False) -> tuple[int | None, int | None, str]:
-        """Line, column (1-based) and printable field path of a pydantic ``loc``.
+    def locate(
+        self, loc: LocPath, *, missing: Literal["skip", "last", "keep"] = "skip"
+    ) -> tuple[int | None, int | None, str]:
+        """Line, column (1-based) and printable field path of ``loc``.
 
-        Elements of ``loc`` that are not in the document (union tags such as ``tcp``) are
-        skipped; a trailing missing key is kept in the path and located at its parent.
+        A key absent from the document is located at its deepest present parent. In the
+        printed path it is skipped (pydantic's union tags such as ``tcp``), kept when it is
+        the last element (a missing required field), or always kept (our own findings).
         """
         node = self.root
         line: int | None = 1
@@ -85,8 +89,9 @@ class SourceMap:
                 line, column = _one_based(node.lc.item(element))
                 parts.append(f"[{element}]")
                 node = node[element]
-            elif is_last and missing_key and isinstance(element, str):
-                parts.append(f".{element}" if parts else element)
+            elif missing == "keep" or (missing == "last" and is_last):
+                node = None
+                parts.append(f"[{element}]" if isinstance(element, int) else (f".{element}" if parts else element))
         return line, column, "".join(parts)
 
 
@@ -116,7 +121,7 @@ def _pydantic_issues(error: ValidationError, source: SourceMap, filename: str) -
     for item in error.errors(include_url=False):
         loc = tuple(item["loc"])
         kind = item["type"]
-        line, column, path = source.locate(loc, missing_key=kind == "missing")
+        line, column, path = source.locate(loc, missing="last" if kind == "missing" else "skip")
         message = str(item["msg"]).removeprefix("Value error, ")
         if kind == "missing":
             message = "required field is missing"
@@ -152,13 +157,15 @@ def parse_site_config(text: str, filename: str = "<string>", base_dir: Path | No
         raise ConfigError([ConfigIssue(filename, 1, 1, "", "the file must be a YAML mapping (site:, grid:, ...)")])
 
     source = SourceMap(document)
+    # Top-level `x-*` keys are free-form (a home for YAML anchors), as in docker-compose files.
+    data = {key: value for key, value in _plain(document).items() if not key.startswith(EXTENSION_PREFIX)}
     try:
-        config = SiteConfig.model_validate(_plain(document))
+        config = SiteConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_pydantic_issues(exc, source, filename)) from None
 
     issues = [
-        ConfigIssue(filename, *source.locate(finding.loc), finding.message, finding.severity)
+        ConfigIssue(filename, *source.locate(finding.loc, missing="keep"), finding.message, finding.severity)
         for finding in check_semantics(config, base_dir or Path("."))
     ]
     if any(issue.severity == "error" for issue in issues):

@@ -252,7 +252,11 @@ def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
             )
         if device.role is DeviceRole.BATTERY and (config.battery is None or config.battery.device != device.name):
             findings.append(
-                Finding((*device_loc, "role"), f"battery {device.name!r} has no battery: section and is only read", "warning")
+                Finding(
+                    (*device_loc, "role"),
+                    f"battery {device.name!r} has no battery: section and is only read",
+                    "warning",
+                )
             )
 
     if config.battery is not None:
@@ -271,11 +275,12 @@ def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
                     )
                 )
 
-    uses_mqtt = any(device.mqtt is not None for device in config.devices)
-    dr_enabled = config.demand_response is not None and config.demand_response.enabled
-    if (uses_mqtt or dr_enabled) and config.mqtt is None:
-        what = "demand response" if dr_enabled else "an MQTT device"
-        findings.append(Finding(("mqtt",), f"{what} is configured but no mqtt: broker section"))
+    mqtt_devices = [index for index, device in enumerate(config.devices) if device.mqtt is not None]
+    if config.mqtt is None:
+        if config.demand_response is not None and config.demand_response.enabled:
+            findings.append(Finding(("demand_response",), "demand response is configured but there is no mqtt: broker section"))
+        if mqtt_devices:
+            findings.append(Finding(("devices", mqtt_devices[0], "mqtt"), "an MQTT device needs the mqtt: broker section"))
     if config.mqtt is not None:
         findings += _secret_findings(config.mqtt.password, ("mqtt", "password"), base_dir)
 
