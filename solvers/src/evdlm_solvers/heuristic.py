@@ -1,0 +1,726 @@
+"""Greedy admission at the minimum, rotation, then weighted max-min water-filling (numba).
+
+One cycle, O(nnz log nnz):
+
+1. Battery: discharge as far as the rows with a positive battery coefficient (export) allow,
+   so the EVs see the most import headroom; it is settled back towards 0 at the end.
+2. Admission: eligible EVSEs in order of priority class, then already charging first (no
+   flapping), then urgency, each admitted at its minimum if every row still fits.
+3. Rotation: a paused car waiting longer than the rotation period displaces the admitted
+   car of the same or a lower priority class with the longest on-time past the minimum
+   on-time, if that makes room; then the leftover room is offered again in admission order.
+4. Water-filling per priority class (0 first): every admitted car of the class rises from
+   its base at a rate proportional to its urgency in W, until its own upper bound (max,
+   ramp-up) or a row saturates; an event heap keeps this O(nnz log nnz) instead of
+   O(events x nnz).
+5. Battery settled to the value nearest 0 that keeps every row feasible.
+
+Negative coefficients (EVs on an export row) only relax a row; they are ignored when
+sizing, which is conservative. Rows with negative headroom give the EVs on them no room.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import numpy as np
+from numba import njit
+
+from evdlm_solvers.problem import (
+    PRIORITY_CLASS_COUNT,
+    Allocation,
+    BoolArray,
+    FloatArray,
+    IntArray,
+    Problem,
+)
+
+DEFAULT_MAX_EVENTS: Final = 1_000_000
+"""Default cap on water-filling events and rotation probes per cycle.
+
+Each event freezes a car or saturates a row, so a full solve needs at most
+``n_evse + n_rows`` events; the cap only bounds pathological inputs. When it is hit the
+cars still rising stop where they are, which keeps every row feasible.
+"""
+
+_SHORT_ROW: Final = 64
+"""Rows with at most this many EVSEs are searched directly for a rotation victim."""
+
+
+@njit(cache=True)
+def _battery_fill_w(
+    headroom: FloatArray,
+    battery_row: IntArray,
+    battery_coef: FloatArray,
+    discharge_max_w: float,
+    charge_max_w: float,
+) -> float:
+    """Battery setpoint the EVs are sized against, W (as much discharge as rows allow)."""
+    lower = -charge_max_w
+    upper = discharge_max_w
+    for k in range(battery_row.shape[0]):
+        coef = battery_coef[k]
+        slack = headroom[battery_row[k]]
+        if coef > 0.0:
+            upper = min(upper, slack / coef)
+        elif coef < 0.0:
+            lower = max(lower, slack / coef)
+    if lower > upper:
+        # No battery setpoint satisfies every battery row even with the EVs paused: the
+        # site is over a limit by uncontrolled load; stay idle and let the chain report it.
+        return 0.0
+    return upper
+
+
+@njit(cache=True)
+def _capacity_kernel(
+    headroom: FloatArray,
+    battery_row: IntArray,
+    battery_coef: FloatArray,
+    discharge_max_w: float,
+    charge_max_w: float,
+) -> tuple[FloatArray, float]:
+    """Room for the EVs per row (>= 0, row unit) and the battery setpoint it assumes (W)."""
+    battery_fill_w = _battery_fill_w(
+        headroom, battery_row, battery_coef, discharge_max_w, charge_max_w
+    )
+    capacity = headroom.copy()
+    for k in range(battery_row.shape[0]):
+        capacity[battery_row[k]] -= battery_coef[k] * battery_fill_w
+    for r in range(capacity.shape[0]):
+        capacity[r] = max(capacity[r], 0.0)
+    return capacity, battery_fill_w
+
+
+@njit(cache=True)
+def _settle_battery_w(
+    headroom: FloatArray,
+    ev_load: FloatArray,
+    battery_row: IntArray,
+    battery_coef: FloatArray,
+    discharge_max_w: float,
+    charge_max_w: float,
+    battery_fill_w: float,
+) -> float:
+    """Battery setpoint nearest 0 that keeps every battery row feasible given the EV load, W."""
+    lower = -charge_max_w
+    upper = discharge_max_w
+    for k in range(battery_row.shape[0]):
+        coef = battery_coef[k]
+        slack = headroom[battery_row[k]] - ev_load[battery_row[k]]
+        if coef > 0.0:
+            upper = min(upper, slack / coef)
+        elif coef < 0.0:
+            lower = max(lower, slack / coef)
+    if lower > upper:
+        return battery_fill_w
+    return min(max(0.0, lower), upper)
+
+
+@njit(cache=True)
+def _row_lists(
+    indptr: IntArray, rows: IntArray, coefs: FloatArray, n_rows: int
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """Transpose of the positive coefficients: for each row, its EVSEs and coefficients."""
+    row_ptr = np.zeros(n_rows + 1, dtype=np.int64)
+    for k in range(rows.shape[0]):
+        if coefs[k] > 0.0:
+            row_ptr[rows[k] + 1] += 1
+    for r in range(n_rows):
+        row_ptr[r + 1] += row_ptr[r]
+    fill = row_ptr[:-1].copy()
+    row_evse = np.empty(row_ptr[n_rows], dtype=np.int64)
+    row_coef = np.empty(row_ptr[n_rows], dtype=np.float64)
+    for j in range(indptr.shape[0] - 1):
+        for k in range(indptr[j], indptr[j + 1]):
+            if coefs[k] > 0.0:
+                row_evse[fill[rows[k]]] = j
+                row_coef[fill[rows[k]]] = coefs[k]
+                fill[rows[k]] += 1
+    return row_ptr, row_evse, row_coef
+
+
+@njit(cache=True)
+def _fits(
+    j: int,
+    amount: float,
+    indptr: IntArray,
+    rows: IntArray,
+    coefs: FloatArray,
+    load: FloatArray,
+    capacity: FloatArray,
+) -> bool:
+    for k in range(indptr[j], indptr[j + 1]):
+        if coefs[k] > 0.0 and load[rows[k]] + coefs[k] * amount > capacity[rows[k]]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _add_load(
+    j: int,
+    amount: float,
+    indptr: IntArray,
+    rows: IntArray,
+    coefs: FloatArray,
+    load: FloatArray,
+) -> None:
+    for k in range(indptr[j], indptr[j + 1]):
+        if coefs[k] > 0.0:
+            load[rows[k]] += coefs[k] * amount
+
+
+@njit(cache=True)
+def _stable_by_class(order: IntArray, group: IntArray, n_groups: int) -> IntArray:
+    """``order`` regrouped by ``group[order]`` (0 first), keeping order within a group."""
+    start = np.zeros(n_groups + 1, dtype=np.int64)
+    for j in order:
+        start[group[j] + 1] += 1
+    for g in range(n_groups):
+        start[g + 1] += start[g]
+    result = np.empty(order.shape[0], dtype=np.int64)
+    for j in order:
+        result[start[group[j]]] = j
+        start[group[j]] += 1
+    return result
+
+
+@njit(cache=True)
+def _admission_order(priority: IntArray, charging: BoolArray, urgency: FloatArray) -> IntArray:
+    """EVSE indices by priority class, then charging first, then urgency (descending).
+
+    One stable float sort plus a counting sort: ties keep index order, so the jitted
+    kernel and its ``py_func`` agree exactly.
+    """
+    group = 2 * priority + np.where(charging, 0, 1)
+    by_urgency = np.argsort(-urgency, kind="mergesort")
+    return _stable_by_class(by_urgency, group, 2 * PRIORITY_CLASS_COUNT)
+
+
+@njit(cache=True)
+def _find_victim(
+    d: int,
+    blocking_row: int,
+    indptr: IntArray,
+    rows: IntArray,
+    coefs: FloatArray,
+    row_ptr: IntArray,
+    row_evse: IntArray,
+    by_on_time: IntArray,
+    load: FloatArray,
+    capacity: FloatArray,
+    setpoint_min: FloatArray,
+    admitted: BoolArray,
+    charging: BoolArray,
+    priority: IntArray,
+    on_time_s: FloatArray,
+    min_on_time_s: float,
+) -> tuple[int, int]:
+    """The longest-on car whose removal lets ``d`` in at its minimum; (victim or -1, probes).
+
+    Candidates must carry load on ``d``'s most selective blocking row. A short row's
+    list is scanned whole; a long row (the grid connection) is searched in the global
+    on-time order, where the first car that makes room is the answer.
+    """
+    probes = 0
+    victim = -1
+    row_size = row_ptr[blocking_row + 1] - row_ptr[blocking_row]
+    scan_row = row_size <= _SHORT_ROW
+    n_candidates = row_size if scan_row else by_on_time.shape[0]
+    for i in range(n_candidates):
+        v = row_evse[row_ptr[blocking_row] + i] if scan_row else by_on_time[i]
+        probes += 1
+        if not (
+            admitted[v]
+            and charging[v]
+            and setpoint_min[v] > 0.0
+            and priority[v] >= priority[d]
+            and on_time_s[v] >= min_on_time_s
+        ):
+            continue
+        if victim >= 0 and on_time_s[v] <= on_time_s[victim]:
+            continue
+        if not scan_row:
+            on_row = False
+            for k in range(indptr[v], indptr[v + 1]):
+                if rows[k] == blocking_row and coefs[k] > 0.0:
+                    on_row = True
+            if not on_row:
+                continue
+        _add_load(v, -setpoint_min[v], indptr, rows, coefs, load)
+        makes_room = _fits(d, setpoint_min[d], indptr, rows, coefs, load, capacity)
+        _add_load(v, setpoint_min[v], indptr, rows, coefs, load)
+        if makes_room:
+            victim = v
+            if not scan_row:
+                break
+    return victim, probes
+
+
+@njit(cache=True)
+def _admit_kernel(
+    indptr: IntArray,
+    rows: IntArray,
+    coefs: FloatArray,
+    row_ptr: IntArray,
+    row_evse: IntArray,
+    capacity: FloatArray,
+    setpoint_min: FloatArray,
+    setpoint_upper: FloatArray,
+    charging: BoolArray,
+    priority: IntArray,
+    urgency: FloatArray,
+    waiting_s: FloatArray,
+    on_time_s: FloatArray,
+    rotation_period_s: float,
+    min_on_time_s: float,
+    max_probes: int,
+) -> BoolArray:
+    """Admission at the minimum with rotation; see the module docstring, steps 2 and 3.
+
+    ``capacity`` is each row's room for the EVs (>= 0, row unit). Returns the admitted mask.
+    """
+    n_evse = setpoint_min.shape[0]
+    eligible = (setpoint_upper >= setpoint_min) & (setpoint_upper > 0.0)
+    admitted = np.zeros(n_evse, dtype=np.bool_)
+    load = np.zeros(capacity.shape[0], dtype=np.float64)
+    order = _admission_order(priority, charging, urgency)
+    for j in order:
+        if eligible[j] and _fits(j, setpoint_min[j], indptr, rows, coefs, load, capacity):
+            admitted[j] = True
+            _add_load(j, setpoint_min[j], indptr, rows, coefs, load)
+
+    displaced = np.zeros(n_evse, dtype=np.bool_)
+    due = np.flatnonzero(
+        eligible & ~admitted & (waiting_s >= rotation_period_s) & (setpoint_min > 0.0)
+    )
+    if due.shape[0] == 0:
+        return admitted
+    # Longest-waiting first within a class.
+    due = _stable_by_class(
+        due[np.argsort(-waiting_s[due], kind="mergesort")], priority, PRIORITY_CLASS_COUNT
+    )
+    by_on_time = np.argsort(-on_time_s, kind="mergesort")
+    probes = 0
+    for due_index in range(due.shape[0]):
+        d = int(due[due_index])
+        if probes >= max_probes:
+            break
+        # Only a victim on the blocking row with the fewest EVSEs can make room there.
+        blocking_row = -1
+        for k in range(indptr[d], indptr[d + 1]):
+            r = rows[k]
+            if coefs[k] > 0.0 and load[r] + coefs[k] * setpoint_min[d] > capacity[r]:
+                count = row_ptr[r + 1] - row_ptr[r]
+                if blocking_row < 0 or count < row_ptr[blocking_row + 1] - row_ptr[blocking_row]:
+                    blocking_row = r
+        if blocking_row < 0:
+            admitted[d] = True
+            _add_load(d, setpoint_min[d], indptr, rows, coefs, load)
+            continue
+        victim, used = _find_victim(
+            d, blocking_row, indptr, rows, coefs, row_ptr, row_evse, by_on_time, load,
+            capacity, setpoint_min, admitted, charging, priority, on_time_s, min_on_time_s,
+        )
+        probes += used
+        if victim >= 0:
+            admitted[victim] = False
+            displaced[victim] = True
+            _add_load(victim, -setpoint_min[victim], indptr, rows, coefs, load)
+            admitted[d] = True
+            _add_load(d, setpoint_min[d], indptr, rows, coefs, load)
+
+    # Room a displaced car left beyond what its successor needs goes to the next in line.
+    for j in order:
+        if (
+            eligible[j]
+            and not admitted[j]
+            and not displaced[j]
+            and _fits(j, setpoint_min[j], indptr, rows, coefs, load, capacity)
+        ):
+            admitted[j] = True
+            _add_load(j, setpoint_min[j], indptr, rows, coefs, load)
+    return admitted
+
+
+@njit(cache=True)
+def _heap_push(
+    heap_time: FloatArray,
+    heap_id: IntArray,
+    heap_version: IntArray,
+    size: int,
+    event_time: float,
+    event_id: int,
+    version: int,
+) -> int:
+    i = size
+    heap_time[i] = event_time
+    heap_id[i] = event_id
+    heap_version[i] = version
+    while i > 0:
+        parent = (i - 1) // 2
+        if heap_time[parent] <= heap_time[i]:
+            break
+        heap_time[parent], heap_time[i] = heap_time[i], heap_time[parent]
+        heap_id[parent], heap_id[i] = heap_id[i], heap_id[parent]
+        heap_version[parent], heap_version[i] = heap_version[i], heap_version[parent]
+        i = parent
+    return size + 1
+
+
+@njit(cache=True)
+def _heap_pop(
+    heap_time: FloatArray, heap_id: IntArray, heap_version: IntArray, size: int
+) -> tuple[float, int, int, int]:
+    """Remove the earliest event; returns (time, id, version, new size)."""
+    top_time = heap_time[0]
+    top_id = heap_id[0]
+    top_version = heap_version[0]
+    size -= 1
+    heap_time[0] = heap_time[size]
+    heap_id[0] = heap_id[size]
+    heap_version[0] = heap_version[size]
+    i = 0
+    while True:
+        left = 2 * i + 1
+        smallest = i
+        if left < size and heap_time[left] < heap_time[smallest]:
+            smallest = left
+        if left + 1 < size and heap_time[left + 1] < heap_time[smallest]:
+            smallest = left + 1
+        if smallest == i:
+            break
+        heap_time[smallest], heap_time[i] = heap_time[i], heap_time[smallest]
+        heap_id[smallest], heap_id[i] = heap_id[i], heap_id[smallest]
+        heap_version[smallest], heap_version[i] = heap_version[i], heap_version[smallest]
+        i = smallest
+    return top_time, top_id, top_version, size
+
+
+@njit(cache=True)
+def _freeze(
+    j: int,
+    level: float,
+    indptr: IntArray,
+    rows: IntArray,
+    coefs: FloatArray,
+    setpoint: FloatArray,
+    base: FloatArray,
+    setpoint_upper: FloatArray,
+    rise_rate: FloatArray,
+    active: BoolArray,
+    remaining: FloatArray,
+    row_rate: FloatArray,
+    row_active: IntArray,
+    row_since: FloatArray,
+    dirty: BoolArray,
+    dirty_rows: IntArray,
+    n_dirty: int,
+) -> int:
+    """Stop EVSE ``j`` at fill ``level``; its rows become dirty. Returns the dirty count."""
+    active[j] = False
+    setpoint[j] = min(base[j] + rise_rate[j] * level, setpoint_upper[j])
+    for k in range(indptr[j], indptr[j + 1]):
+        if coefs[k] <= 0.0:
+            continue
+        r = rows[k]
+        remaining[r] = max(remaining[r] - row_rate[r] * (level - row_since[r]), 0.0)
+        row_since[r] = level
+        row_rate[r] -= coefs[k] * rise_rate[j]
+        row_active[r] -= 1
+        if row_active[r] == 0:
+            # Exactly 0: repeated subtraction would leave rounding noise.
+            row_rate[r] = 0.0
+        if not dirty[r]:
+            dirty[r] = True
+            dirty_rows[n_dirty] = r
+            n_dirty += 1
+    return n_dirty
+
+
+@njit(cache=True)
+def _fill_kernel(
+    indptr: IntArray,
+    rows: IntArray,
+    coefs: FloatArray,
+    row_ptr: IntArray,
+    row_evse: IntArray,
+    capacity: FloatArray,
+    setpoint_base: FloatArray,
+    setpoint_upper: FloatArray,
+    admitted: BoolArray,
+    priority: IntArray,
+    rise_rate: FloatArray,
+    max_events: int,
+) -> tuple[FloatArray, int]:
+    """Weighted max-min water-filling, one priority class after another.
+
+    ``rise_rate`` is each EVSE's setpoint-unit increase per unit of the fill level (urgency
+    per W of the setpoint unit), so within a class power rises in proportion to urgency.
+    Returns the setpoints and the number of events used.
+    """
+    n_evse = setpoint_base.shape[0]
+    n_rows = capacity.shape[0]
+    setpoint = setpoint_base.copy()
+    remaining = capacity.copy()
+    for j in range(n_evse):
+        for k in range(indptr[j], indptr[j + 1]):
+            if coefs[k] > 0.0:
+                remaining[rows[k]] -= coefs[k] * setpoint[j]
+    for r in range(n_rows):
+        remaining[r] = max(remaining[r], 0.0)
+
+    heap_capacity = n_evse + n_rows + indptr[n_evse] + 1
+    heap_time = np.empty(heap_capacity, dtype=np.float64)
+    heap_id = np.empty(heap_capacity, dtype=np.int64)
+    heap_version = np.empty(heap_capacity, dtype=np.int64)
+    row_rate = np.zeros(n_rows, dtype=np.float64)
+    row_active = np.zeros(n_rows, dtype=np.int64)
+    row_since = np.zeros(n_rows, dtype=np.float64)
+    row_version = np.zeros(n_rows, dtype=np.int64)
+    active = np.zeros(n_evse, dtype=np.bool_)
+    events = 0
+
+    dirty = np.zeros(n_rows, dtype=np.bool_)
+    dirty_rows = np.empty(n_rows, dtype=np.int64)
+
+    candidates = np.flatnonzero(admitted & (setpoint_upper > setpoint) & (rise_rate > 0.0))
+    by_class = _stable_by_class(candidates, priority, PRIORITY_CLASS_COUNT)
+    start = 0
+    while start < by_class.shape[0]:
+        stop = start
+        while stop < by_class.shape[0] and priority[by_class[stop]] == priority[by_class[start]]:
+            stop += 1
+        members = by_class[start:stop]
+        start = stop
+
+        size = 0
+        for j in members:
+            active[j] = True
+            size = _heap_push(
+                heap_time, heap_id, heap_version, size,
+                (setpoint_upper[j] - setpoint[j]) / rise_rate[j], j, 0,
+            )
+            for k in range(indptr[j], indptr[j + 1]):
+                if coefs[k] > 0.0:
+                    row_rate[rows[k]] += coefs[k] * rise_rate[j]
+                    row_active[rows[k]] += 1
+        for r in range(n_rows):
+            row_since[r] = 0.0
+            if row_active[r] > 0:
+                row_version[r] += 1
+                size = _heap_push(
+                    heap_time, heap_id, heap_version, size,
+                    remaining[r] / row_rate[r], n_evse + r, row_version[r],
+                )
+        base = setpoint.copy()
+        level = 0.0
+        while size > 0:
+            level, event_id, version, size = _heap_pop(heap_time, heap_id, heap_version, size)
+            n_dirty = 0
+            if event_id < n_evse:
+                if not active[event_id]:
+                    continue
+                n_dirty = _freeze(
+                    event_id, level, indptr, rows, coefs, setpoint, base, setpoint_upper,
+                    rise_rate, active, remaining, row_rate, row_active, row_since, dirty,
+                    dirty_rows, n_dirty,
+                )
+            else:
+                r = event_id - n_evse
+                if version != row_version[r] or row_active[r] == 0:
+                    continue
+                for i in range(row_ptr[r], row_ptr[r + 1]):
+                    if active[row_evse[i]]:
+                        n_dirty = _freeze(
+                            row_evse[i], level, indptr, rows, coefs, setpoint, base,
+                            setpoint_upper, rise_rate, active, remaining, row_rate, row_active,
+                            row_since, dirty, dirty_rows, n_dirty,
+                        )
+            # One new saturation time per touched row, however many of its cars stopped.
+            for i in range(n_dirty):
+                r = dirty_rows[i]
+                dirty[r] = False
+                if row_active[r] > 0:
+                    row_version[r] += 1
+                    size = _heap_push(
+                        heap_time, heap_id, heap_version, size,
+                        level + remaining[r] / row_rate[r], n_evse + r, row_version[r],
+                    )
+            events += 1
+            if events >= max_events:
+                # Every pending event lies at or after `level`, so stopping here is feasible.
+                for j in members:
+                    if active[j]:
+                        active[j] = False
+                        setpoint[j] = min(base[j] + rise_rate[j] * level, setpoint_upper[j])
+                return setpoint, events
+    return setpoint, events
+
+
+@njit(cache=True)
+def _allocate_kernel(
+    indptr: IntArray,
+    rows: IntArray,
+    coefs: FloatArray,
+    headroom: FloatArray,
+    setpoint_min: FloatArray,
+    setpoint_upper: FloatArray,
+    charging: BoolArray,
+    priority: IntArray,
+    urgency: FloatArray,
+    power_per_unit_w: FloatArray,
+    waiting_s: FloatArray,
+    on_time_s: FloatArray,
+    rotation_period_s: float,
+    min_on_time_s: float,
+    battery_row: IntArray,
+    battery_coef: FloatArray,
+    battery_discharge_max_w: float,
+    battery_charge_max_w: float,
+    max_events: int,
+) -> tuple[FloatArray, float, BoolArray, int]:
+    """The whole heuristic on plain arrays: (setpoint, battery W, admitted, events used)."""
+    n_rows = headroom.shape[0]
+    capacity, battery_fill_w = _capacity_kernel(
+        headroom, battery_row, battery_coef, battery_discharge_max_w, battery_charge_max_w
+    )
+    row_ptr, row_evse, _ = _row_lists(indptr, rows, coefs, n_rows)
+    admitted = _admit_kernel(
+        indptr, rows, coefs, row_ptr, row_evse, capacity, setpoint_min, setpoint_upper,
+        charging, priority, urgency, waiting_s, on_time_s, rotation_period_s, min_on_time_s,
+        max_events,
+    )
+    base = np.where(admitted, setpoint_min, 0.0)
+    rise_rate = urgency / power_per_unit_w
+    setpoint, events = _fill_kernel(
+        indptr, rows, coefs, row_ptr, row_evse, capacity, base, setpoint_upper, admitted,
+        priority, rise_rate, max_events,
+    )
+    ev_load = np.zeros(n_rows, dtype=np.float64)
+    for j in range(setpoint.shape[0]):
+        for k in range(indptr[j], indptr[j + 1]):
+            ev_load[rows[k]] += coefs[k] * setpoint[j]
+    battery_w = _settle_battery_w(
+        headroom, ev_load, battery_row, battery_coef, battery_discharge_max_w,
+        battery_charge_max_w, battery_fill_w,
+    )
+    return setpoint, battery_w, admitted, events
+
+
+def kernel_arguments(problem: Problem, max_events: int = DEFAULT_MAX_EVENTS) -> tuple[Any, ...]:
+    """Arguments of ``_allocate_kernel`` for ``problem`` (for parity tests and benchmarks)."""
+    return (
+        problem.coef_indptr,
+        problem.coef_row,
+        problem.coef_value,
+        problem.row_headroom,
+        problem.setpoint_min,
+        problem.setpoint_upper,
+        problem.charging,
+        problem.priority,
+        problem.urgency,
+        problem.power_per_unit_w,
+        problem.waiting_s,
+        problem.on_time_s,
+        problem.rotation_period_s,
+        problem.min_on_time_s,
+        problem.battery_coef_row,
+        problem.battery_coef_value,
+        problem.battery_discharge_max_w,
+        problem.battery_charge_max_w,
+        int(max_events),
+    )
+
+
+def solve_heuristic(problem: Problem, max_events: int = DEFAULT_MAX_EVENTS) -> Allocation:
+    """Allocate one cycle with the numba heuristic.
+
+    Parameters
+    ----------
+    problem : Problem
+        The cycle's problem.
+    max_events : int
+        Cap on water-filling events and rotation probes; when hit, the allocation stays
+        feasible but may leave room unused.
+
+    Returns
+    -------
+    Allocation
+        Setpoints (own unit), battery (W, + = discharge) and the admitted set.
+    """
+    setpoint, battery_w, admitted, _ = _allocate_kernel(*kernel_arguments(problem, max_events))
+    return Allocation(setpoint=setpoint, battery_w=battery_w, admitted=admitted)
+
+
+def admit(problem: Problem, max_probes: int = DEFAULT_MAX_EVENTS) -> BoolArray:
+    """The heuristic's admission step alone (used by the LP to fix the admitted set)."""
+    capacity, _ = _capacity_kernel(
+        problem.row_headroom,
+        problem.battery_coef_row,
+        problem.battery_coef_value,
+        problem.battery_discharge_max_w,
+        problem.battery_charge_max_w,
+    )
+    row_ptr, row_evse, _ = _row_lists(
+        problem.coef_indptr, problem.coef_row, problem.coef_value, problem.n_rows
+    )
+    admitted: BoolArray = _admit_kernel(
+        problem.coef_indptr,
+        problem.coef_row,
+        problem.coef_value,
+        row_ptr,
+        row_evse,
+        capacity,
+        problem.setpoint_min,
+        problem.setpoint_upper,
+        problem.charging,
+        problem.priority,
+        problem.urgency,
+        problem.waiting_s,
+        problem.on_time_s,
+        problem.rotation_period_s,
+        problem.min_on_time_s,
+        int(max_probes),
+    )
+    return admitted
+
+
+def warm_up() -> float:
+    """Compile (or load from the numba cache) every kernel before the first cycle.
+
+    Returns
+    -------
+    float
+        Wall time spent, s.
+    """
+    started = time.perf_counter()
+    problem = Problem(
+        row_headroom=np.array([32.0, 32.0, 32.0, 20000.0]),
+        row_unit=np.array([0, 0, 0, 1]),
+        row_parent=np.array([-1, -1, -1, -1]),
+        coef_indptr=np.array([0, 4, 5, 9]),
+        coef_row=np.array([0, 1, 2, 3, 0, 0, 1, 2, 3]),
+        coef_value=np.array([1.0, 1.0, 1.0, 690.0, 1.0, 1 / 690, 1 / 690, 1 / 690, 1.0]),
+        evse_unit=np.array([0, 0, 1]),
+        power_per_unit_w=np.array([690.0, 230.0, 1.0]),
+        setpoint_min=np.array([6.0, 6.0, 0.0]),
+        setpoint_max=np.array([16.0, 32.0, 10000.0]),
+        setpoint_previous=np.array([6.0, 0.0, 0.0]),
+        ramp_up_max=np.array([np.inf, 4.0, 5000.0]),
+        charging=np.array([True, False, False]),
+        priority=np.array([0, 1, 1]),
+        urgency=np.array([1.0, 2.0, 0.5]),
+        waiting_s=np.array([0.0, 1000.0, 0.0]),
+        on_time_s=np.array([600.0, 0.0, 0.0]),
+        rotation_period_s=900.0,
+        min_on_time_s=300.0,
+        battery_discharge_max_w=5000.0,
+        battery_charge_max_w=5000.0,
+        battery_coef_row=np.array([3]),
+        battery_coef_value=np.array([-1.0]),
+    )
+    solve_heuristic(problem)
+    admit(problem)
+    return time.perf_counter() - started

@@ -1,0 +1,313 @@
+"""Horizon mode: an LP over the coming hours (MPC) on HiGHS.
+
+Plans every EV's power per step against departures, energy needs, a time-of-use price, PV
+and base-load forecasts and the grid import limit; minimises import cost minus export
+revenue plus a penalty per kWh left undelivered at departure. Only the site's grid
+connection is modelled (the per-cycle solvers enforce the tree); the first step of the
+plan becomes the heuristic's urgency weights through :func:`urgency_from_plan`.
+
+Units: kW and kWh here (plans are hours long), currency per kWh for prices.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+
+import highspy
+import numpy as np
+
+from evdlm_solvers.problem import FloatArray, IntArray
+
+EARLINESS_COST_PER_KWH = 1e-6
+"""Cost per kWh per step of delay, so that among equally cheap plans the earliest wins
+(a car that leaves early is better off charged)."""
+
+
+@dataclass(frozen=True, eq=False)
+class HorizonProblem:
+    """The planning problem.
+
+    Parameters
+    ----------
+    step_duration_s : float
+        Length of one step, s (900 for 15 min).
+    import_price_per_kwh : ndarray, shape (n_steps,)
+        Price of imported energy per step, currency/kWh.
+    export_price_per_kwh : ndarray, shape (n_steps,)
+        Revenue per exported kWh per step, currency/kWh (0 without feed-in tariff).
+    pv_forecast_kw : ndarray, shape (n_steps,)
+        PV production per step, kW (+ = production).
+    base_load_forecast_kw : ndarray, shape (n_steps,)
+        Uncontrolled consumption per step, kW.
+    grid_import_limit_kw : ndarray, shape (n_steps,)
+        Import limit per step (contract, DR events), kW.
+    grid_export_limit_kw : ndarray, shape (n_steps,)
+        Export limit per step, kW; PV beyond it is curtailed.
+    energy_needed_kwh : ndarray, shape (n_evse,)
+        Energy each car still needs by departure, kWh.
+    departure_step : ndarray of int, shape (n_evse,)
+        Steps until departure: the car can charge in steps ``0 .. departure_step - 1``.
+    max_power_kw : ndarray, shape (n_evse,)
+        Highest power each car takes, kW.
+    unmet_energy_penalty_per_kwh : float
+        Cost of a kWh not delivered by departure, currency/kWh; above any price so energy
+        is bought whenever it can be.
+    """
+
+    step_duration_s: float
+    import_price_per_kwh: FloatArray
+    export_price_per_kwh: FloatArray
+    pv_forecast_kw: FloatArray
+    base_load_forecast_kw: FloatArray
+    grid_import_limit_kw: FloatArray
+    grid_export_limit_kw: FloatArray
+    energy_needed_kwh: FloatArray
+    departure_step: IntArray
+    max_power_kw: FloatArray
+    unmet_energy_penalty_per_kwh: float = 10.0
+
+    def __post_init__(self) -> None:
+        n_steps = np.shape(self.import_price_per_kwh)[0]
+        n_evse = np.shape(self.energy_needed_kwh)[0]
+        for name in (
+            "import_price_per_kwh",
+            "export_price_per_kwh",
+            "pv_forecast_kw",
+            "base_load_forecast_kw",
+            "grid_import_limit_kw",
+            "grid_export_limit_kw",
+        ):
+            value = np.ascontiguousarray(getattr(self, name), dtype=np.float64)
+            if value.shape != (n_steps,):
+                raise ValueError(f"{name} must have shape ({n_steps},)")
+            object.__setattr__(self, name, value)
+        for name in ("energy_needed_kwh", "max_power_kw"):
+            value = np.ascontiguousarray(getattr(self, name), dtype=np.float64)
+            if value.shape != (n_evse,):
+                raise ValueError(f"{name} must have shape ({n_evse},)")
+            object.__setattr__(self, name, value)
+        departure = np.ascontiguousarray(self.departure_step, dtype=np.int64)
+        if departure.shape != (n_evse,):
+            raise ValueError(f"departure_step must have shape ({n_evse},)")
+        object.__setattr__(self, "departure_step", departure)
+        if self.step_duration_s <= 0.0:
+            raise ValueError("step_duration_s must be > 0")
+
+    @property
+    def n_steps(self) -> int:
+        """Number of steps."""
+        return int(self.import_price_per_kwh.shape[0])
+
+    @property
+    def n_evse(self) -> int:
+        """Number of cars."""
+        return int(self.energy_needed_kwh.shape[0])
+
+
+class HorizonStatus(enum.Enum):
+    """Outcome of a horizon solve."""
+
+    OPTIMAL = "optimal"
+    TIME_LIMIT = "time_limit"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, eq=False)
+class HorizonPlan:
+    """The plan; arrays are empty unless ``status`` is ``OPTIMAL``.
+
+    Parameters
+    ----------
+    status : HorizonStatus
+        Solve outcome.
+    power_kw : ndarray, shape (n_evse, n_steps)
+        Planned power per car and step, kW.
+    grid_import_kw, grid_export_kw, curtailment_kw : ndarray, shape (n_steps,)
+        Planned grid import, export and PV curtailment per step, kW.
+    overload_kw : ndarray, shape (n_steps,)
+        Import beyond the limit the base load alone forces, kW (0 when the forecast fits).
+    unmet_energy_kwh : ndarray, shape (n_evse,)
+        Energy each car misses at departure, kWh.
+    cost : float
+        Import cost minus export revenue, currency (penalties excluded).
+    solve_time_s : float
+        Wall time, s.
+    """
+
+    status: HorizonStatus
+    power_kw: FloatArray
+    grid_import_kw: FloatArray
+    grid_export_kw: FloatArray
+    curtailment_kw: FloatArray
+    overload_kw: FloatArray
+    unmet_energy_kwh: FloatArray
+    cost: float
+    solve_time_s: float
+
+
+def plan_horizon(problem: HorizonProblem, time_limit_s: float = 10.0) -> HorizonPlan:
+    """Solve the horizon LP.
+
+    Columns: power per car and step (kW), unmet energy per car (kWh), then per step grid
+    import, export, curtailment and overload (kW). Rows: one energy balance per car
+    (``sum(power) * step_h + unmet = needed``) and one power balance per step
+    (``sum(power) + curtailment - import - overload + export = pv - base``).
+
+    Parameters
+    ----------
+    problem : HorizonProblem
+        Forecasts, prices and the cars.
+    time_limit_s : float
+        HiGHS time limit, s.
+
+    Returns
+    -------
+    HorizonPlan
+        The optimal plan, or an empty plan with the failure status.
+    """
+    started = time.perf_counter()
+    n_evse, n_steps = problem.n_evse, problem.n_steps
+    step_h = problem.step_duration_s / 3600.0
+    n_power = n_evse * n_steps
+    first_step_col = n_power + n_evse
+    n_cols = first_step_col + 4 * n_steps
+    step = np.arange(n_steps)
+
+    # Car j's power in step t is column j * n_steps + t.
+    can_charge = step[None, :] < problem.departure_step[:, None]
+    power_upper = np.where(can_charge, problem.max_power_kw[:, None], 0.0).ravel()
+    # Energy is paid for at the grid columns; the power columns carry only the tie-break.
+    power_cost = np.tile(EARLINESS_COST_PER_KWH * step * step_h, n_evse)
+    col_cost = np.concatenate(
+        [
+            power_cost,
+            np.full(n_evse, problem.unmet_energy_penalty_per_kwh),
+            problem.import_price_per_kwh * step_h,
+            -problem.export_price_per_kwh * step_h,
+            np.zeros(n_steps),
+            np.full(n_steps, 10.0 * problem.unmet_energy_penalty_per_kwh * step_h),
+        ]
+    )
+    col_lower = np.zeros(n_cols)
+    col_upper = np.concatenate(
+        [
+            power_upper,
+            np.full(n_evse, highspy.kHighsInf),
+            np.maximum(problem.grid_import_limit_kw, 0.0),
+            np.maximum(problem.grid_export_limit_kw, 0.0),
+            np.maximum(problem.pv_forecast_kw, 0.0),
+            np.full(n_steps, highspy.kHighsInf),
+        ]
+    )
+    balance = problem.pv_forecast_kw - problem.base_load_forecast_kw
+    row_bounds = np.concatenate([problem.energy_needed_kwh, balance])
+
+    energy_row = np.repeat(np.arange(n_evse), n_steps)
+    balance_row = n_evse + np.tile(step, n_evse)
+    power_index = np.stack([energy_row, balance_row], axis=1).ravel()
+    power_value = np.tile([step_h, 1.0], n_power)
+    step_rows = n_evse + step
+    index = np.concatenate([power_index, np.arange(n_evse), np.tile(step_rows, 4)])
+    value = np.concatenate(
+        [
+            power_value,
+            np.ones(n_evse),
+            np.full(n_steps, -1.0),
+            np.full(n_steps, 1.0),
+            np.full(n_steps, 1.0),
+            np.full(n_steps, -1.0),
+        ]
+    )
+    start = np.concatenate(
+        [2 * np.arange(n_power), 2 * n_power + np.arange(n_evse + 4 * n_steps + 1)]
+    )
+
+    model = highspy.HighsLp()
+    model.num_col_ = n_cols
+    model.num_row_ = n_evse + n_steps
+    model.sense_ = highspy.ObjSense.kMinimize
+    model.col_cost_ = col_cost
+    model.col_lower_ = col_lower
+    model.col_upper_ = col_upper
+    model.row_lower_ = row_bounds
+    model.row_upper_ = row_bounds
+    matrix = model.a_matrix_
+    matrix.format_ = highspy.MatrixFormat.kColwise
+    matrix.num_col_ = n_cols
+    matrix.num_row_ = n_evse + n_steps
+    matrix.start_ = start.astype(np.int32)
+    matrix.index_ = index.astype(np.int32)
+    matrix.value_ = value
+
+    highs = highspy.Highs()  # type: ignore[no-untyped-call]
+    highs.setOptionValue("output_flag", False)
+    highs.setOptionValue("time_limit", float(time_limit_s))
+    highs.passModel(model)
+    highs.run()
+    model_status = highs.getModelStatus()
+    if model_status != highspy.HighsModelStatus.kOptimal:
+        empty = np.zeros(0)
+        status = (
+            HorizonStatus.TIME_LIMIT
+            if model_status == highspy.HighsModelStatus.kTimeLimit
+            else HorizonStatus.ERROR
+        )
+        return HorizonPlan(
+            status, empty.reshape(0, 0), empty, empty, empty, empty, empty, float("nan"),
+            time.perf_counter() - started,
+        )
+    values = np.maximum(np.asarray(highs.getSolution().col_value, dtype=np.float64), 0.0)
+    by_step = values[first_step_col:].reshape(4, n_steps)
+    grid_import_kw, grid_export_kw = by_step[0], by_step[1]
+    cost = float(
+        step_h
+        * (
+            problem.import_price_per_kwh @ (grid_import_kw + by_step[3])
+            - problem.export_price_per_kwh @ grid_export_kw
+        )
+    )
+    return HorizonPlan(
+        status=HorizonStatus.OPTIMAL,
+        power_kw=values[:n_power].reshape(n_evse, n_steps),
+        grid_import_kw=grid_import_kw,
+        grid_export_kw=grid_export_kw,
+        curtailment_kw=by_step[2],
+        overload_kw=by_step[3],
+        unmet_energy_kwh=values[n_power:first_step_col],
+        cost=cost,
+        solve_time_s=time.perf_counter() - started,
+    )
+
+
+def urgency_from_plan(
+    plan: HorizonPlan, max_power_kw: FloatArray, floor: float = 0.05
+) -> FloatArray:
+    """Urgency weights for the heuristic from the plan's first step.
+
+    A car the plan charges at full power now is the most urgent; one the plan defers to
+    cheaper hours is the least. Weights are the first step's power over the car's maximum,
+    floored (urgency must be > 0, and a deferred car still gets a small share of spare
+    room) and normalised to mean 1.
+
+    Parameters
+    ----------
+    plan : HorizonPlan
+        An optimal plan.
+    max_power_kw : ndarray, shape (n_evse,)
+        Each car's maximum power, kW.
+    floor : float
+        Smallest weight before normalisation (fraction of the car's maximum).
+
+    Returns
+    -------
+    ndarray, shape (n_evse,)
+        Urgency per car, > 0, mean 1.
+    """
+    if plan.status is not HorizonStatus.OPTIMAL:
+        raise ValueError(f"no plan to take urgency from (status {plan.status.value})")
+    share = plan.power_kw[:, 0] / np.maximum(max_power_kw, 1e-9)
+    urgency = np.maximum(share, floor)
+    normalised: FloatArray = urgency / urgency.mean()
+    return normalised

@@ -1,0 +1,171 @@
+"""The cycle's LP on HiGHS (highspy directly): the fallback and the heuristic's yardstick.
+
+Same rows, bounds and admitted set as the heuristic; maximises priority/urgency-weighted
+delivered power (:func:`~evdlm_solvers.problem.objective_weight`). The 0-or-at-least-min
+semantics are handled by fixing the admitted set (the heuristic's admission step by
+default): admitted EVSEs are bounded to ``[min, upper]``, the others to 0. A MILP would
+re-decide admission every cycle, which is a policy (no flapping, rotation, priority order)
+rather than a throughput question, and its solve time has no useful bound at 1000 EVSEs.
+
+The battery is two non-negative columns (discharge, charge) with a cost of a thousandth of
+the least valuable EV watt, so it moves only when that lets the EVs take more power.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+
+import highspy
+import numpy as np
+
+from evdlm_solvers.heuristic import admit
+from evdlm_solvers.problem import Allocation, BoolArray, FloatArray, Problem, objective_weight
+
+BATTERY_COST_FRACTION = 1e-3
+"""Battery cost per W as a fraction of the least valuable EV W in the objective."""
+
+
+class LpStatus(enum.Enum):
+    """Outcome of one LP solve."""
+
+    OPTIMAL = "optimal"
+    INFEASIBLE = "infeasible"
+    TIME_LIMIT = "time_limit"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class LpResult:
+    """What :func:`solve_lp` found.
+
+    Parameters
+    ----------
+    status : LpStatus
+        Only ``OPTIMAL`` carries an allocation.
+    allocation : Allocation or None
+        The optimum (setpoints in own units, battery W), None otherwise.
+    objective : float
+        Weighted delivered power at the optimum (see ``objective_weight``), NaN otherwise.
+    solve_time_s : float
+        Wall time building and solving the model, s.
+    detail : str
+        HiGHS's model status text.
+    """
+
+    status: LpStatus
+    allocation: Allocation | None
+    objective: float
+    solve_time_s: float
+    detail: str
+
+
+def row_upper_bounds(problem: Problem) -> FloatArray:
+    """Row bounds the LP enforces, row unit.
+
+    A row the battery does not touch and that is already over its limit (negative
+    headroom) cannot be helped by any setpoint: it is bounded at 0, so the EVSEs on it stay
+    at 0 and the rest of the site still gets an optimum. Rows the battery touches keep
+    their headroom, since discharging may bring them back.
+    """
+    upper = np.maximum(problem.row_headroom, 0.0)
+    battery_rows = problem.battery_coef_row
+    upper[battery_rows] = problem.row_headroom[battery_rows]
+    return upper
+
+
+def solve_lp(
+    problem: Problem,
+    admitted: BoolArray | None = None,
+    time_limit_s: float = 1.0,
+) -> LpResult:
+    """Solve the cycle's LP with the admitted set fixed.
+
+    Parameters
+    ----------
+    problem : Problem
+        The cycle's problem.
+    admitted : ndarray of bool, optional
+        EVSEs allowed to run, shape (n_evse,); the heuristic's admission step by default.
+        An admitted EVSE is bounded to ``[setpoint_min, setpoint_upper]``.
+    time_limit_s : float
+        HiGHS time limit, s.
+
+    Returns
+    -------
+    LpResult
+        Status, allocation at the optimum, objective (weighted W) and timing.
+    """
+    started = time.perf_counter()
+    if admitted is None:
+        admitted = admit(problem)
+    n_evse = problem.n_evse
+    upper = problem.setpoint_upper
+    runnable = admitted & (upper >= problem.setpoint_min)
+    col_lower = np.where(runnable, problem.setpoint_min, 0.0)
+    col_upper = np.where(runnable, upper, 0.0)
+
+    weight = objective_weight(problem)
+    scale = float(weight.max()) if n_evse else 1.0
+    battery_cost = BATTERY_COST_FRACTION * float(
+        (weight / problem.power_per_unit_w).min() if n_evse else 1.0
+    )
+    battery_nnz = problem.battery_coef_row.size
+    model = highspy.HighsLp()
+    model.num_col_ = n_evse + 2
+    model.num_row_ = problem.n_rows
+    model.sense_ = highspy.ObjSense.kMaximize
+    # Costs scaled to at most 1 keep HiGHS's optimality tolerance meaningful across classes.
+    model.col_cost_ = np.concatenate([weight, [-battery_cost, -battery_cost]]) / scale
+    model.col_lower_ = np.concatenate([col_lower, [0.0, 0.0]])
+    model.col_upper_ = np.concatenate(
+        [col_upper, [problem.battery_discharge_max_w, problem.battery_charge_max_w]]
+    )
+    model.row_lower_ = np.full(problem.n_rows, -highspy.kHighsInf)
+    model.row_upper_ = row_upper_bounds(problem)
+    nnz = problem.coef_indptr[-1]
+    matrix = model.a_matrix_
+    matrix.format_ = highspy.MatrixFormat.kColwise
+    matrix.num_col_ = n_evse + 2
+    matrix.num_row_ = problem.n_rows
+    matrix.start_ = np.concatenate(
+        [problem.coef_indptr, [nnz + battery_nnz, nnz + 2 * battery_nnz]]
+    ).astype(np.int32)
+    matrix.index_ = np.concatenate(
+        [problem.coef_row, problem.battery_coef_row, problem.battery_coef_row]
+    ).astype(np.int32)
+    # Discharge column carries the battery coefficients, the charge column their negation.
+    matrix.value_ = np.concatenate(
+        [problem.coef_value, problem.battery_coef_value, -problem.battery_coef_value]
+    )
+
+    highs = highspy.Highs()  # type: ignore[no-untyped-call]
+    highs.setOptionValue("output_flag", False)
+    highs.setOptionValue("time_limit", float(max(time_limit_s, 1e-3)))
+    highs.passModel(model)
+    highs.run()
+    model_status = highs.getModelStatus()
+    detail = highs.modelStatusToString(model_status)
+    if model_status != highspy.HighsModelStatus.kOptimal:
+        status = {
+            highspy.HighsModelStatus.kInfeasible: LpStatus.INFEASIBLE,
+            highspy.HighsModelStatus.kTimeLimit: LpStatus.TIME_LIMIT,
+        }.get(model_status, LpStatus.ERROR)
+        return LpResult(status, None, float("nan"), time.perf_counter() - started, detail)
+
+    values = np.asarray(highs.getSolution().col_value, dtype=np.float64)
+    # HiGHS honours bounds to its feasibility tolerance; snap to them exactly.
+    setpoint = np.clip(values[:n_evse], col_lower, col_upper)
+    battery_w = float(
+        np.clip(values[n_evse], 0.0, problem.battery_discharge_max_w)
+        - np.clip(values[n_evse + 1], 0.0, problem.battery_charge_max_w)
+    )
+    allocation = Allocation(setpoint=setpoint, battery_w=battery_w, admitted=runnable)
+    return LpResult(
+        LpStatus.OPTIMAL,
+        allocation,
+        float(weight @ setpoint),
+        time.perf_counter() - started,
+        detail,
+    )
