@@ -1,0 +1,121 @@
+"""The fallback chain never dispatches an allocation the checker rejects."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from evdlm_solvers import (
+    Allocation,
+    LpResult,
+    LpStatus,
+    Problem,
+    SolverName,
+    SolveStatus,
+    chain,
+    check,
+    solve,
+)
+from evdlm_solvers.synthetic import SiteShape, random_site
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+SITES = st.builds(
+    random_site,
+    n_evse=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+    shape=st.builds(
+        SiteShape,
+        tightness=st.floats(0.0, 1.0),
+        overloaded_row_probability=st.sampled_from([0.0, 0.0, 0.2]),
+        battery_probability=st.sampled_from([0.0, 1.0]),
+    ),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(SITES)
+def test_chain_output_always_passes_or_only_uncontrolled_load_is_over(problem: Problem) -> None:
+    result = solve(problem, time_budget_s=2.0)
+    report = check(problem, result.allocation)
+    if result.status is SolveStatus.OVER_LIMIT:
+        assert report.only_uncontrolled_excess
+        assert (problem.row_headroom < 0).any()
+    else:
+        assert report.ok, report.summary()
+    assert result.report.violation_count == report.violation_count
+    assert result.timings.total_s >= result.timings.heuristic_s
+
+
+def test_healthy_site_is_served_by_the_heuristic() -> None:
+    result = solve(random_site(100, 0))
+    assert (result.status, result.solver, result.reason) == (
+        SolveStatus.OK,
+        SolverName.HEURISTIC,
+        "",
+    )
+
+
+def test_site_over_its_limit_pauses_the_cars_on_the_over_rows() -> None:
+    problem = random_site(40, 2, SiteShape(overloaded_row_probability=0.5))
+    result = solve(problem)
+    assert result.status is SolveStatus.OVER_LIMIT
+    assert all(violation.allocation_load <= 1e-3 for violation in result.report.rows)
+
+
+def _broken_heuristic(problem: Problem, max_events: int) -> Allocation:
+    return Allocation(
+        setpoint=problem.setpoint_max * 10, battery_w=0.0, admitted=np.ones(problem.n_evse, bool)
+    )
+
+
+def _crashing(*_: object, **__: object) -> LpResult:
+    raise RuntimeError("solver bug")
+
+
+def test_heuristic_failing_the_check_falls_back_to_the_lp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chain, "solve_heuristic", _broken_heuristic)
+    result = solve(random_site(50, 6))
+    assert result.solver is SolverName.LP
+    assert result.status is SolveStatus.OK
+    assert "heuristic failed check" in result.reason
+    assert result.timings.lp_s > 0.0
+
+
+def test_crashing_heuristic_falls_back_to_the_lp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chain, "solve_heuristic", _crashing)
+    result = solve(random_site(50, 6))
+    assert result.solver is SolverName.LP
+    assert "heuristic raised RuntimeError: solver bug" in result.reason
+
+
+def test_both_solvers_failing_holds_charging_cars_at_their_minimum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chain, "solve_heuristic", _crashing)
+    monkeypatch.setattr(chain, "solve_lp", _crashing)
+    problem = random_site(10, 1, SiteShape(tightness=0.0))
+    result = solve(problem)
+    assert (result.status, result.solver) == (SolveStatus.SAFE, SolverName.SAFE_MINIMUM)
+    np.testing.assert_array_equal(result.allocation.admitted, problem.charging)
+    assert "LP raised" in result.reason
+
+
+def test_both_solvers_failing_on_a_full_site_pauses_everyone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chain, "solve_heuristic", _crashing)
+    monkeypatch.setattr(
+        chain,
+        "solve_lp",
+        lambda *_, **__: LpResult(LpStatus.TIME_LIMIT, None, float("nan"), 0.1, "Time limit"),
+    )
+    problem = random_site(10, 1)
+    problem = dataclasses.replace(problem, row_headroom=np.full(problem.n_rows, 1.0))
+    result = solve(problem)
+    assert (result.status, result.solver) == (SolveStatus.SAFE, SolverName.SAFE_PAUSED)
+    assert not result.allocation.setpoint.any()
+    assert "LP time_limit" in result.reason
