@@ -8,7 +8,9 @@ One cycle, O(nnz log nnz):
    flapping), then urgency, each admitted at its minimum if every row still fits.
 3. Rotation: a paused car waiting longer than the rotation period displaces the admitted
    car of the same or a lower priority class with the longest on-time past the minimum
-   on-time, if that makes room; then the leftover room is offered again in admission order.
+   on-time, if that makes room (or, when no single car does, the fewest such cars in
+   on-time order that together do); then the leftover room is offered again in
+   admission order. A car never displaces a higher class: classes are strict.
 4. Water-filling per priority class (0 first): every admitted car of the class rises from
    its base at a rate proportional to its urgency in W, until its own upper bound (max,
    ramp-up) or a row saturates; an event heap keeps this O(nnz log nnz) instead of
@@ -259,6 +261,76 @@ def _find_victim(
 
 
 @njit(cache=True)
+def _relieves(
+    v: int,
+    d: int,
+    indptr: IntArray,
+    rows: IntArray,
+    coefs: FloatArray,
+    load: FloatArray,
+    capacity: FloatArray,
+    setpoint_min: FloatArray,
+) -> bool:
+    """True if ``v`` carries load on a row that still keeps ``d`` from its minimum."""
+    for k in range(indptr[d], indptr[d + 1]):
+        r = rows[k]
+        if coefs[k] <= 0.0 or load[r] + coefs[k] * setpoint_min[d] <= capacity[r]:
+            continue
+        for m in range(indptr[v], indptr[v + 1]):
+            if rows[m] == r and coefs[m] > 0.0:
+                return True
+    return False
+
+
+@njit(cache=True)
+def _find_victims(
+    d: int,
+    indptr: IntArray,
+    rows: IntArray,
+    coefs: FloatArray,
+    by_on_time: IntArray,
+    load: FloatArray,
+    capacity: FloatArray,
+    setpoint_min: FloatArray,
+    admitted: BoolArray,
+    charging: BoolArray,
+    priority: IntArray,
+    on_time_s: FloatArray,
+    min_on_time_s: float,
+    victims: IntArray,
+) -> tuple[int, int]:
+    """Longest-on cars, each on a row still blocking ``d``, whose removal together lets it in.
+
+    Used when no single car makes room (a 3-phase car behind 1-phase cars on different
+    phases); without it such a car could wait forever. Fills ``victims`` and returns
+    (count or 0, probes); the load is left without the victims only when they suffice.
+    """
+    count = 0
+    probes = 0
+    for i in range(by_on_time.shape[0]):
+        v = by_on_time[i]
+        probes += 1
+        if not (
+            admitted[v]
+            and charging[v]
+            and setpoint_min[v] > 0.0
+            and priority[v] >= priority[d]
+            and on_time_s[v] >= min_on_time_s
+        ):
+            continue
+        if not _relieves(v, d, indptr, rows, coefs, load, capacity, setpoint_min):
+            continue
+        _add_load(v, -setpoint_min[v], indptr, rows, coefs, load)
+        victims[count] = v
+        count += 1
+        if _fits(d, setpoint_min[d], indptr, rows, coefs, load, capacity):
+            return count, probes
+    for i in range(count):
+        _add_load(victims[i], setpoint_min[victims[i]], indptr, rows, coefs, load)
+    return 0, probes
+
+
+@njit(cache=True)
 def _admit_kernel(
     indptr: IntArray,
     rows: IntArray,
@@ -302,6 +374,7 @@ def _admit_kernel(
         due[np.argsort(-waiting_s[due], kind="mergesort")], priority, PRIORITY_CLASS_COUNT
     )
     by_on_time = np.argsort(-on_time_s, kind="mergesort")
+    victims = np.empty(n_evse, dtype=np.int64)
     probes = 0
     for due_index in range(due.shape[0]):
         d = int(due[due_index])
@@ -328,6 +401,18 @@ def _admit_kernel(
             admitted[victim] = False
             displaced[victim] = True
             _add_load(victim, -setpoint_min[victim], indptr, rows, coefs, load)
+            admitted[d] = True
+            _add_load(d, setpoint_min[d], indptr, rows, coefs, load)
+            continue
+        n_victims, used = _find_victims(
+            d, indptr, rows, coefs, by_on_time, load, capacity, setpoint_min,
+            admitted, charging, priority, on_time_s, min_on_time_s, victims,
+        )
+        probes += used
+        for i in range(n_victims):
+            admitted[victims[i]] = False
+            displaced[victims[i]] = True
+        if n_victims > 0:
             admitted[d] = True
             _add_load(d, setpoint_min[d], indptr, rows, coefs, load)
 
