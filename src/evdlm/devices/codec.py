@@ -58,7 +58,7 @@ def decode_value(registers: Sequence[int], data_type: DataType, word_order: Word
 def encode_value(value: float, data_type: DataType, word_order: WordOrder = "big") -> list[int]:
     """Encode one numeric value into registers (simulators, golden dumps)."""
     fmt = _STRUCT[data_type]
-    packed = struct.pack(fmt, value if data_type.startswith("float") else int(round(value)))
+    packed = struct.pack(fmt, value if data_type.startswith("float") else round(value))
     return bytes_to_registers(packed, word_order)
 
 

@@ -142,7 +142,9 @@ class ModbusTransport:
             return self._client
         now_s = self._clock.now_s()
         if now_s < self._next_attempt_at_s:
-            raise TransportError(f"link {self.name}: not connected (next attempt in {self._next_attempt_at_s - now_s:.1f} s)")
+            raise TransportError(
+                f"link {self.name}: not connected (next attempt in {self._next_attempt_at_s - now_s:.1f} s)"
+            )
         self.close()
         client = self._make_client()
         try:
@@ -156,7 +158,9 @@ class ModbusTransport:
             self._failures += 1
             delay_s = backoff_delay_s(self._failures, self._backoff_initial_s, self._backoff_max_s, self._rng)
             self._next_attempt_at_s = self._clock.now_s() + delay_s
-            raise TransportError(f"link {self.name}: cannot connect (attempt {self._failures}, retry in {delay_s:.1f} s)")
+            raise TransportError(
+                f"link {self.name}: cannot connect (attempt {self._failures}, retry in {delay_s:.1f} s)"
+            )
         if self._failures:
             logger.info("link %s: connected after %d failed attempts", self.name, self._failures)
         self._failures = 0
@@ -176,7 +180,9 @@ class ModbusTransport:
                 # Drop the connection: a late answer would otherwise be read as the answer to the
                 # next request (RTU frames carry no transaction id to tell them apart).
                 self.close()
-                raise DeviceTimeoutError(f"link {self.name}: {what}: no response within {self.link.timeout_s:g} s") from exc
+                raise DeviceTimeoutError(
+                    f"link {self.name}: {what}: no response within {self.link.timeout_s:g} s"
+                ) from exc
             except (ConnectionException, ModbusException, OSError) as exc:
                 self.errors += 1
                 self.close()
@@ -302,7 +308,8 @@ class RegisterServer:
             self._context, framer=self._framer, address=(self.host, self.port), ignore_missing_devices=True
         )
         await server.serve_forever(background=True)
-        self.port = int(server.transport.sockets[0].getsockname()[1])
+        listener: Any = server.transport  # an asyncio.Server once listening
+        self.port = int(listener.sockets[0].getsockname()[1])
         self._server = server
 
     async def stop(self) -> None:

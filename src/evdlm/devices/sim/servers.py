@@ -1,0 +1,491 @@
+"""Modbus simulator servers on loopback, driven by one :class:`SiteSimulation`.
+
+Units (one per Modbus unit id) compute their registers from the simulation at the injected
+clock's time on every request:
+
+* :class:`ProfileMeterUnit`: any register-map profile (SDM630, Janitza, EM24, a user's YAML),
+  encoded with :func:`~evdlm.devices.profile.encode_profile`;
+* :class:`SunSpecUnit`: a SunSpec chain (marker, model 1, then meter 203 / inverter 103 /
+  storage 124 + battery 802 [+ 704]); the battery obeys its control registers and reverts.
+
+A :class:`FaultInjector` per server makes a unit (or all) go silent, answer exceptions,
+return garbage or answer slowly. :class:`SiteSimulators` starts one server per Modbus link of
+a site config and gives back the config pointing at the bound ephemeral ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Protocol
+
+from evdlm.config.models import (
+    BatteryControlMode,
+    Circuit,
+    DeviceRole,
+    ModbusRtuLink,
+    ModbusRtuOverTcpLink,
+    SiteConfig,
+)
+from evdlm.core.clock import Clock
+from evdlm.devices import sunspec
+from evdlm.devices.codec import Measurement, decode_value, orient
+from evdlm.devices.modbus_transport import DEVICE_FAILURE, ILLEGAL_ADDRESS, RegisterServer, ServerReply
+from evdlm.devices.profile import SUNSPEC, RegisterProfile, encode_profile, load_profile
+from evdlm.devices.sim.site import CircuitSimSpec, SiteSimParams, SiteSimulation
+
+MeasurementSource = Callable[[float], Measurement]
+
+
+class SimUnit(Protocol):
+    def read(self, now_s: float, function_code: int, address: int, count: int) -> ServerReply: ...
+
+    def write(self, now_s: float, address: int, values: list[int]) -> ServerReply: ...
+
+
+class ProfileMeterUnit:
+    """A meter speaking a register-map profile; unmapped registers read as 0."""
+
+    def __init__(self, profile: RegisterProfile, source: MeasurementSource, *, invert: bool = False) -> None:
+        self.profile = profile
+        self.source = source
+        self.invert = invert  # present the vendor's orientation, which readers flip back
+
+    def read(self, now_s: float, function_code: int, address: int, count: int) -> ServerReply:
+        registers = encode_profile(self.profile, orient(self.source(now_s), self.invert))
+        return [registers.get((function_code, address + i), 0) for i in range(count)]
+
+    def write(self, now_s: float, address: int, values: list[int]) -> ServerReply:
+        return ILLEGAL_ADDRESS
+
+
+ModelValues = Callable[[float], dict[str, float | str | None]]
+
+
+@dataclass(frozen=True)
+class SimModel:
+    model_id: int
+    values: ModelValues
+    scale_factors: Mapping[str, int] = field(default_factory=dict)
+
+
+class SunSpecUnit:
+    """A SunSpec device: marker at ``base_address``, then the given models, then 0xFFFF.
+
+    Writes land in the addressed registers and are handed to ``on_write`` with the model
+    values decoded from the written image (controls are read back as written).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[SimModel],
+        *,
+        base_address: int = 40000,
+        on_write: Callable[[float, int, dict[int, list[int]]], None] | None = None,
+    ) -> None:
+        self.models = list(models)
+        self.base_address = base_address
+        self.on_write = on_write
+        self.headers: list[sunspec.ModelHeader] = []
+        address = base_address + 2
+        for model in self.models:
+            length = sunspec.model_length(model.model_id)
+            self.headers.append(sunspec.ModelHeader(model.model_id, address, length))
+            address += 2 + length
+        self.end_address = address + 2
+        self.written: dict[int, int] = {}  # absolute address → value written by a client
+
+    def image(self, now_s: float) -> list[int]:
+        registers = list(sunspec.SUNS_MARKER)
+        for model in self.models:
+            registers += sunspec.build_model_registers(model.model_id, model.values(now_s), dict(model.scale_factors))
+        return [*registers, sunspec.END_MODEL_ID, 0]
+
+    def read(self, now_s: float, function_code: int, address: int, count: int) -> ServerReply:
+        if function_code != 3 or address < self.base_address or address + count > self.end_address:
+            return ILLEGAL_ADDRESS
+        image = self.image(now_s)
+        start = address - self.base_address
+        return image[start : start + count]
+
+    def write(self, now_s: float, address: int, values: list[int]) -> ServerReply:
+        if address < self.base_address or address + len(values) > self.end_address:
+            return ILLEGAL_ADDRESS
+        for i, value in enumerate(values):
+            self.written[address + i] = value
+        if self.on_write is not None:
+            by_model: dict[int, list[int]] = {}
+            for header in self.headers:
+                if header.address <= address < header.address + 2 + header.length:
+                    by_model[header.model_id] = [
+                        self.written.get(header.address + i, 0) for i in range(2 + header.length)
+                    ]
+            self.on_write(now_s, address, by_model)
+        return []
+
+    def written_point(self, model_id: int, name: str) -> int | float | None:
+        """A control point as last written (raw, unscaled), or None if never written."""
+        header = next((h for h in self.headers if h.model_id == model_id), None)
+        if header is None:
+            return None
+        point = sunspec.model_definition(model_id).points[name]
+        words = [self.written.get(header.address + point.offset + i) for i in range(point.size)]
+        if any(word is None for word in words):
+            return None
+        return decode_value([w for w in words if w is not None], point.type)
+
+
+# ---------------------------------------------------------------- SunSpec device builders
+
+
+def _common(model: str, serial: str) -> SimModel:
+    return SimModel(1, lambda now_s: {"Mn": "evdlm", "Md": model, "Vr": "sim", "SN": serial, "DA": 1})
+
+
+def _triple(values: tuple[float | None, float | None, float | None] | None, i: int) -> float | None:
+    return None if values is None else values[i]
+
+
+def sunspec_meter_unit(source: MeasurementSource, serial: str, *, invert: bool = False) -> SunSpecUnit:
+    """Common model + meter 203 (int + SF)."""
+
+    def values(now_s: float) -> dict[str, float | str | None]:
+        m = orient(source(now_s), invert)
+        currents = m.phase_current_a
+        return {
+            "A": None if currents is None else sum(c or 0.0 for c in currents),
+            "AphA": _triple(currents, 0), "AphB": _triple(currents, 1), "AphC": _triple(currents, 2),
+            "PhVphA": _triple(m.phase_voltage_v, 0), "PhVphB": _triple(m.phase_voltage_v, 1),
+            "PhVphC": _triple(m.phase_voltage_v, 2),
+            "Hz": m.frequency_hz, "W": m.power_w,
+            "WphA": _triple(m.phase_power_w, 0), "WphB": _triple(m.phase_power_w, 1),
+            "WphC": _triple(m.phase_power_w, 2),
+            "TotWhImp": m.import_energy_wh, "TotWhExp": m.export_energy_wh,
+        }  # fmt: skip
+
+    # W_SF 1: int16 W would overflow at 32.7 kW; tens of watts are plenty for a site meter.
+    sfs = {"A_SF": -2, "V_SF": -1, "Hz_SF": -2, "W_SF": 1, "VA_SF": 1, "VAR_SF": 1, "PF_SF": -2, "TotWh_SF": 0}
+    return SunSpecUnit([_common("sim-meter-203", serial), SimModel(203, values, sfs)])
+
+
+def sunspec_inverter_unit(source: MeasurementSource, serial: str) -> SunSpecUnit:
+    """Common model + three-phase inverter 103."""
+
+    def values(now_s: float) -> dict[str, float | str | None]:
+        m = source(now_s)
+        currents = m.phase_current_a
+        return {
+            "A": None if currents is None else sum(c or 0.0 for c in currents),
+            "AphA": _triple(currents, 0), "AphB": _triple(currents, 1), "AphC": _triple(currents, 2),
+            "PhVphA": _triple(m.phase_voltage_v, 0), "PhVphB": _triple(m.phase_voltage_v, 1),
+            "PhVphC": _triple(m.phase_voltage_v, 2),
+            "W": m.power_w, "Hz": m.frequency_hz, "WH": m.import_energy_wh,
+            "St": 4 if (m.power_w or 0.0) > 0 else 2,  # 4 MPPT, 2 SLEEPING
+        }  # fmt: skip
+
+    sfs = {"A_SF": -2, "V_SF": -1, "W_SF": 1, "Hz_SF": -2, "WH_SF": 0}
+    return SunSpecUnit([_common("sim-inverter-103", serial), SimModel(103, values, sfs)])
+
+
+def sunspec_battery_unit(simulation: SiteSimulation, serial: str, *, with_704: bool) -> SunSpecUnit:
+    """Common + storage 124 + battery 802 (+ DER control 704); obeys writes, reverts on timeout."""
+    params = simulation.params
+    pct_sf = -2  # InOutWRte_SF: hundredths of a percent
+
+    def storage(now_s: float) -> dict[str, float | str | None]:
+        snap = simulation.advance(now_s)
+        cmd = simulation.command
+        return {
+            "WChaMax": params.battery_max_charge_w,
+            "StorCtl_Mod": cmd.storctl_mod,
+            "ChaState": snap.battery_soc_pct,
+            "MinRsvPct": params.battery_soc_min_pct,
+            "OutWRte": cmd.out_wrte_pct,
+            "InWRte": cmd.in_wrte_pct,
+            "InOutWRte_WinTms": 0,
+            "InOutWRte_RvrtTms": cmd.revert_s,
+            "ChaSt": 4 if snap.battery_w < 0 else (3 if snap.battery_w > 0 else 6),  # CHARGING/DISCHARGING/HOLDING
+        }
+
+    def battery(now_s: float) -> dict[str, float | str | None]:
+        snap = simulation.advance(now_s)
+        return {
+            "WHRtg": params.battery_capacity_wh,
+            "WChaRteMax": params.battery_max_charge_w,
+            "WDisChaRteMax": params.battery_max_discharge_w,
+            "SoC": snap.battery_soc_pct,
+            "SoCRsvMin": params.battery_soc_min_pct,
+            "W": snap.battery_w,
+            "CtrlHb": unit.written_point(802, "CtrlHb") or 0,
+        }
+
+    def control(now_s: float) -> dict[str, float | str | None]:
+        cmd = simulation.command
+        return {
+            "WSetEna": 1 if cmd.wset_enabled else 0,
+            "WSetMod": 1,
+            "WSet": cmd.wset_w,
+            "WSetRvrtTms": cmd.revert_s,
+        }
+
+    def on_write(now_s: float, address: int, by_model: dict[int, list[int]]) -> None:
+        if 124 in by_model:
+            mod = unit.written_point(124, "StorCtl_Mod")
+            in_raw = unit.written_point(124, "InWRte")
+            out_raw = unit.written_point(124, "OutWRte")
+            revert = unit.written_point(124, "InOutWRte_RvrtTms")
+            simulation.write_storage_control(
+                now_s,
+                int(mod or 0),
+                100.0 if in_raw is None else float(in_raw) * 10.0**pct_sf,
+                100.0 if out_raw is None else float(out_raw) * 10.0**pct_sf,
+                float(revert or 0),
+            )
+        if 704 in by_model:
+            enabled = unit.written_point(704, "WSetEna")
+            wset = unit.written_point(704, "WSet")
+            revert = unit.written_point(704, "WSetRvrtTms")
+            simulation.write_power_setpoint(now_s, enabled == 1, float(wset or 0), float(revert or 0))
+
+    models = [
+        _common("sim-battery", serial),
+        SimModel(124, storage, {"WChaMax_SF": 0, "MinRsvPct_SF": 0, "ChaState_SF": -1, "InOutWRte_SF": pct_sf}),
+        SimModel(802, battery, {"WHRtg_SF": 0, "WChaDisChaMax_SF": 0, "SoC_SF": -1, "W_SF": 0}),
+    ]
+    if with_704:
+        models.append(SimModel(704, control, {"WSet_SF": 0, "WSetPct_SF": 0}))
+    unit = SunSpecUnit(models, on_write=on_write)
+    return unit
+
+
+# ---------------------------------------------------------------- faults and the server
+
+
+FaultKind = Literal["silent", "exception", "garbage", "slow"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """``silent``: no answer; ``exception``: Modbus exception ``exception_code``;
+    ``garbage``: every register 0x7FFF (NaN as float32, absurd as int32); ``slow``: answer
+    after ``delay_s`` of wall time (a device's slowness does not follow a scaled clock)."""
+
+    kind: FaultKind
+    exception_code: int = DEVICE_FAILURE
+    delay_s: float = 0.0
+
+
+class FaultInjector:
+    def __init__(self) -> None:
+        self._faults: dict[int | None, Fault] = {}
+
+    def inject(self, fault: Fault, unit_id: int | None = None) -> None:
+        """Apply ``fault`` to ``unit_id`` (None: every unit of the server)."""
+        self._faults[unit_id] = fault
+
+    def clear(self, unit_id: int | None = None) -> None:
+        if unit_id is None:
+            self._faults.clear()
+        else:
+            self._faults.pop(unit_id, None)
+
+    def fault_for(self, unit_id: int) -> Fault | None:
+        return self._faults.get(unit_id) or self._faults.get(None)
+
+
+class SimModbusServer:
+    """One loopback Modbus server carrying several simulated units (like one gateway/line)."""
+
+    def __init__(self, units: Mapping[int, SimUnit], clock: Clock, *, port: int = 0, rtu_framing: bool = False) -> None:
+        self.units = dict(units)
+        self.clock = clock
+        self.faults = FaultInjector()
+        self.requests = 0
+        self._server = RegisterServer(list(self.units), self._read, self._write, port=port, rtu_framing=rtu_framing)
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    async def _apply_fault(self, unit_id: int, count: int) -> ServerReply | Literal[False]:
+        fault = self.faults.fault_for(unit_id)
+        if fault is None:
+            return False
+        if fault.kind == "silent":
+            return None
+        if fault.kind == "exception":
+            return fault.exception_code
+        if fault.kind == "garbage":
+            return [0x7FFF] * count
+        await asyncio.sleep(fault.delay_s)
+        return False
+
+    async def _read(self, unit_id: int, function_code: int, address: int, count: int) -> ServerReply:
+        self.requests += 1
+        faulted = await self._apply_fault(unit_id, count)
+        if faulted is not False:
+            return faulted
+        return self.units[unit_id].read(self.clock.now_s(), function_code, address, count)
+
+    async def _write(self, unit_id: int, address: int, values: list[int]) -> ServerReply:
+        self.requests += 1
+        faulted = await self._apply_fault(unit_id, len(values))
+        if faulted is not False:
+            return faulted if not isinstance(faulted, list) else DEVICE_FAILURE
+        return self.units[unit_id].write(self.clock.now_s(), address, values)
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self) -> None:
+        await self._server.stop()
+
+    async def __aenter__(self) -> SimModbusServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+# ---------------------------------------------------------------- a whole site from its config
+
+
+def sim_params_for(config: SiteConfig, **overrides: float) -> SiteSimParams:
+    """Simulation parameters matching a config's battery (capacity, rates, SoC window)."""
+    values: dict[str, float] = {}
+    if config.battery is not None:
+        b = config.battery
+        values.update(
+            battery_capacity_wh=b.capacity_kwh * 1000.0,
+            battery_max_charge_w=b.max_charge_kw * 1000.0,
+            battery_max_discharge_w=b.max_discharge_kw * 1000.0,
+            battery_soc_min_pct=b.soc_min_pct,
+            battery_soc_max_pct=b.soc_max_pct,
+        )
+    values.update(overrides)
+    return SiteSimParams(**values)  # type: ignore[arg-type]
+
+
+def _charger_ids(circuit: Circuit, config: SiteConfig) -> set[str]:
+    ids = {charger.id for charger in config.chargers if charger.circuit == circuit.id}
+    for child in circuit.children:
+        ids |= _charger_ids(child, config)
+    return ids
+
+
+def _all_circuits(circuits: Sequence[Circuit]) -> list[Circuit]:
+    out: list[Circuit] = []
+    for circuit in circuits:
+        out.append(circuit)
+        out.extend(_all_circuits(circuit.children))
+    return out
+
+
+def circuit_specs_for(config: SiteConfig, base_share: float = 0.2) -> dict[str, CircuitSimSpec]:
+    """Per circuit-meter device: the chargers below its circuit and a share of the base load."""
+    specs: dict[str, CircuitSimSpec] = {}
+    for circuit in _all_circuits(config.circuits):
+        if circuit.meter is not None:
+            specs[circuit.meter] = CircuitSimSpec(frozenset(_charger_ids(circuit, config)), base_share)
+    return specs
+
+
+class SiteSimulators:
+    """One :class:`SimModbusServer` per Modbus link of ``config``, units per device.
+
+    Device → simulated unit: grid_meter / circuit_meter / pv with profile ``sunspec`` become
+    SunSpec 203 / 203 / 103 units, any other profile a :class:`ProfileMeterUnit`; a battery
+    becomes SunSpec 124 + 802 (+ 704 when ``battery.control`` is ``sunspec_704``). Servers
+    bind ``127.0.0.1`` on ephemeral ports unless ``use_config_ports``; :meth:`config` returns
+    the site config with every link pointing at its server. Serial (``rtu``) links cannot be
+    simulated on loopback and raise ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        simulation: SiteSimulation,
+        clock: Clock,
+        *,
+        use_config_ports: bool = False,
+        base_dir: Path | None = None,
+    ) -> None:
+        self._config = config
+        self.simulation = simulation
+        self.clock = clock
+        self.servers: dict[str, SimModbusServer] = {}
+        self.units: dict[str, SimUnit] = {}  # by device name
+        units_by_link: dict[str, dict[int, SimUnit]] = {}
+        for device in config.devices:
+            if device.modbus is None:
+                continue
+            unit = self._unit_for(device.name, device.role, device.modbus.profile, device.invert_sign, base_dir)
+            self.units[device.name] = unit
+            units_by_link.setdefault(device.modbus.link, {})[device.modbus.unit_id] = unit
+        for link in config.modbus_links:
+            if link.name not in units_by_link:
+                continue
+            if isinstance(link, ModbusRtuLink):
+                raise ValueError(f"link {link.name}: serial links cannot be simulated on loopback")
+            self.servers[link.name] = SimModbusServer(
+                units_by_link[link.name],
+                clock,
+                port=link.port if use_config_ports else 0,
+                rtu_framing=isinstance(link, ModbusRtuOverTcpLink),
+            )
+
+    def _unit_for(self, name: str, role: DeviceRole, profile_name: str, invert: bool, base_dir: Path | None) -> SimUnit:
+        sim = self.simulation
+        if role is DeviceRole.BATTERY:
+            with_704 = (
+                self._config.battery is not None and self._config.battery.control is BatteryControlMode.SUNSPEC_704
+            )
+            return sunspec_battery_unit(sim, serial=name, with_704=with_704)
+        source: MeasurementSource
+        if role is DeviceRole.GRID_METER:
+            source = sim.grid_meter
+        elif role is DeviceRole.PV:
+            source = sim.pv
+        else:
+
+            def source(now_s: float) -> Measurement:
+                return sim.circuit_meter(name, now_s)
+
+        if profile_name == SUNSPEC:
+            if role is DeviceRole.PV:
+                return sunspec_inverter_unit(source, serial=name)
+            return sunspec_meter_unit(source, serial=name, invert=invert)
+        profile = load_profile(profile_name, base_dir)
+        return ProfileMeterUnit(profile, source, invert=profile.invert_sign != invert)
+
+    async def __aenter__(self) -> SiteSimulators:
+        for server in self.servers.values():
+            await server.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for server in self.servers.values():
+            await server.stop()
+
+    def config(self) -> SiteConfig:
+        """The site config with each simulated link at 127.0.0.1 and its server's bound port."""
+        links = []
+        for link in self._config.modbus_links:
+            server = self.servers.get(link.name)
+            if server is None or isinstance(link, ModbusRtuLink):
+                links.append(link)
+            else:
+                links.append(link.model_copy(update={"host": server.host, "port": server.port}))
+        return self._config.model_copy(update={"modbus_links": links})

@@ -1,0 +1,438 @@
+"""SunSpec: model definitions, discovery, read planning and pure decoding.
+
+Point offsets, types and scale-factor names come from the SunSpec Alliance's own JSON model
+definitions shipped in ``pysunspec2`` (``sunspec2/models/json/model_<id>.json``); pysunspec2's
+I/O is blocking, so it is used only as the model dictionary and all I/O goes through the async
+transport. Only the top-level points of a model are used (the models evdlm reads keep every
+point it needs there).
+
+Rules applied (SunSpec Information Model Specification):
+
+* Big-endian, high word first; ``value = raw × 10^SF`` for points with a scale factor.
+* "Not implemented" sentinels become None: int16 0x8000, uint16/enum16 0xFFFF, int32
+  0x80000000, uint32 0xFFFFFFFF, acc16/32/64 0, sunssf 0x8000, float32 NaN.
+* A value and its scale factor are read in the same request (:func:`plan_model_reads`), else a
+  device updating between two requests could pair a new value with an old SF.
+* Accumulators wrap modulo 2^bits; the wrap modulus is reported so counter checks unwrap it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from evdlm.devices.codec import (
+    REGISTER_COUNT,
+    DataType,
+    Measurement,
+    decode_string,
+    decode_value,
+    encode_string,
+    encode_value,
+)
+from evdlm.devices.errors import DiscoveryError, ModbusExceptionResponse, ProfileError
+
+# Where SunSpec devices put the "SunS" marker, in the order to probe them.
+SUNSPEC_BASE_ADDRESSES = (40000, 0, 50000)
+SUNS_MARKER = (0x5375, 0x6E53)
+END_MODEL_ID = 0xFFFF
+MAX_CHAIN_MODELS = 64  # a device with more models than this is looping or corrupt
+
+METER_INT_MODELS = (201, 202, 203, 204)
+METER_FLOAT_MODELS = (211, 212, 213, 214)
+INVERTER_INT_MODELS = (101, 102, 103)
+INVERTER_FLOAT_MODELS = (111, 112, 113)
+DER_AC_MODEL = 701
+DER_CONTROL_MODEL = 704
+STORAGE_MODEL = 124
+DER_CAPACITY_MODEL = 713
+BATTERY_MODEL = 802
+
+_NOT_IMPLEMENTED: dict[str, int] = {
+    "int16": 0x8000,
+    "sunssf": 0x8000,
+    "uint16": 0xFFFF,
+    "enum16": 0xFFFF,
+    "bitfield16": 0xFFFF,
+    "int32": 0x80000000,
+    "uint32": 0xFFFFFFFF,
+    "bitfield32": 0xFFFFFFFF,
+    "int64": 0x8000000000000000,
+    "uint64": 0xFFFFFFFFFFFFFFFF,
+}
+_ACCUMULATORS = {"acc32": 32, "acc64": 64}
+
+
+@dataclass(frozen=True)
+class PointDef:
+    name: str
+    offset: int  # registers from the model's ID register
+    type: DataType
+    size: int  # registers
+    sf: str | int | None  # name of the scale-factor point, a fixed exponent, or None
+
+
+@dataclass(frozen=True)
+class ModelDef:
+    model_id: int
+    name: str
+    points: dict[str, PointDef]
+
+
+_SUNSPEC_JSON_DIR: Path | None = None
+
+
+def _json_dir() -> Path:
+    global _SUNSPEC_JSON_DIR
+    if _SUNSPEC_JSON_DIR is None:
+        import sunspec2
+
+        _SUNSPEC_JSON_DIR = Path(sunspec2.__file__).resolve().parent / "models" / "json"
+    return _SUNSPEC_JSON_DIR
+
+
+@cache
+def model_definition(model_id: int) -> ModelDef:
+    """The top-level points of SunSpec model ``model_id`` with their offsets (from pysunspec2)."""
+    path = _json_dir() / f"model_{model_id}.json"
+    if not path.is_file():
+        raise ProfileError(f"no SunSpec definition for model {model_id}")
+    group = json.loads(path.read_text(encoding="utf-8"))["group"]
+    points: dict[str, PointDef] = {}
+    offset = 0
+    for point in group["points"]:
+        size = int(point.get("size", 1))
+        sf = point.get("sf")
+        points[point["name"]] = PointDef(point["name"], offset, point["type"], size, sf)
+        offset += size
+    return ModelDef(model_id, group["name"], points)
+
+
+@dataclass(frozen=True)
+class ModelHeader:
+    """One model of a device's chain: ``address`` is the absolute address of its ID register."""
+
+    model_id: int
+    address: int
+    length: int  # registers after ID and L
+
+
+def is_sunspec_marker(registers: Sequence[int]) -> bool:
+    return tuple(registers[:2]) == SUNS_MARKER
+
+
+def parse_model_header(address: int, registers: Sequence[int]) -> ModelHeader | None:
+    """A chain entry from its ID and L registers; None at the end marker."""
+    model_id, length = int(registers[0]), int(registers[1])
+    if model_id == END_MODEL_ID:
+        return None
+    return ModelHeader(model_id, address, length)
+
+
+ReadFn = Callable[[int, int], Awaitable[list[int]]]
+
+
+async def discover_models(read: ReadFn) -> list[ModelHeader]:
+    """Find the SunSpec marker and walk the model chain until ``ID = 0xFFFF``.
+
+    ``read(address, count)`` reads holding registers. Probes 40000, then 0, then 50000; an
+    exception response at a probe address just means "not here". Transport failures propagate
+    (the device is unreachable, not "not SunSpec").
+    """
+    for base in SUNSPEC_BASE_ADDRESSES:
+        try:
+            marker = await read(base, 2)
+        except ModbusExceptionResponse:
+            continue
+        if not is_sunspec_marker(marker):
+            continue
+        models: list[ModelHeader] = []
+        address = base + 2
+        for _ in range(MAX_CHAIN_MODELS):
+            try:
+                header = parse_model_header(address, await read(address, 2))
+            except ModbusExceptionResponse:
+                # Some devices end the chain without 0xFFFF and reject the read past it.
+                header = None
+            if header is None:
+                break
+            models.append(header)
+            address += 2 + header.length
+        else:
+            raise DiscoveryError(f"SunSpec model chain at {base} longer than {MAX_CHAIN_MODELS} models")
+        if not models:
+            raise DiscoveryError(f"SunSpec marker at {base} but no models")
+        return models
+    raise DiscoveryError(f"no SunSpec marker at {', '.join(map(str, SUNSPEC_BASE_ADDRESSES))}")
+
+
+def required_points(model: ModelDef, names: Iterable[str]) -> list[str]:
+    """``names`` (those the model has) plus the scale-factor points they refer to."""
+    result: list[str] = []
+    for name in names:
+        point = model.points.get(name)
+        if point is None:
+            continue
+        result.append(name)
+        if isinstance(point.sf, str) and point.sf in model.points and point.sf not in result:
+            result.append(point.sf)
+    return result
+
+
+def plan_model_reads(header: ModelHeader, names: Iterable[str], max_registers: int) -> list[tuple[int, int]]:
+    """Requests ``(address, count)`` covering ``names`` and their scale factors.
+
+    Each value travels with its scale factor: an "atom" spans a point and its SF, and atoms are
+    merged greedily in address order while the request stays within ``max_registers``.
+    """
+    model = model_definition(header.model_id)
+    atoms: list[tuple[int, int]] = []
+    for name in names:
+        point = model.points.get(name)
+        if point is None or point.offset + point.size > header.length + 2:
+            continue
+        lo, hi = point.offset, point.offset + point.size
+        if isinstance(point.sf, str) and point.sf in model.points:
+            sf_point = model.points[point.sf]
+            lo, hi = min(lo, sf_point.offset), max(hi, sf_point.offset + 1)
+        if hi - lo > max_registers:
+            raise ProfileError(f"model {header.model_id}: {name} and its scale factor span {hi - lo} registers")
+        atoms.append((lo, hi))
+    requests: list[tuple[int, int]] = []
+    start = end = -1
+    for lo, hi in sorted(atoms):
+        if start >= 0 and max(end, hi) - start <= max_registers:
+            end = max(end, hi)
+            continue
+        if start >= 0:
+            requests.append((header.address + start, end - start))
+        start, end = lo, hi
+    if start >= 0:
+        requests.append((header.address + start, end - start))
+    return requests
+
+
+def _raw_point(point: PointDef, registers: Sequence[int]) -> int | float | None:
+    raw = decode_value(registers, point.type)
+    if point.type == "float32" and isinstance(raw, float) and math.isnan(raw):
+        return None
+    if point.type in _ACCUMULATORS:
+        return None if raw == 0 else raw
+    sentinel = _NOT_IMPLEMENTED.get(point.type)
+    if sentinel is not None:
+        unsigned = int.from_bytes(b"".join(int(r).to_bytes(2, "big") for r in registers), "big")
+        if unsigned == sentinel:
+            return None
+    return raw
+
+
+def decode_points(
+    header: ModelHeader, blocks: Sequence[tuple[int, Sequence[int]]], names: Iterable[str]
+) -> dict[str, float | str | None]:
+    """Decode ``names`` of one model from ``(address, registers)`` blocks, SFs applied (pure).
+
+    Points outside the blocks, beyond the model's length, or "not implemented" are None.
+    Strings are decoded as ASCII.
+    """
+    model = model_definition(header.model_id)
+
+    def registers_of(point: PointDef) -> Sequence[int] | None:
+        if point.offset + point.size > header.length + 2:
+            return None
+        address = header.address + point.offset
+        for start, registers in blocks:
+            if start <= address and address + point.size <= start + len(registers):
+                return registers[address - start : address - start + point.size]
+        return None
+
+    out: dict[str, float | str | None] = {}
+    for name in names:
+        point = model.points.get(name)
+        regs = None if point is None else registers_of(point)
+        if point is None or regs is None:
+            out[name] = None
+            continue
+        if point.type == "string":
+            out[name] = decode_string(regs) or None
+            continue
+        if point.type not in REGISTER_COUNT:
+            out[name] = None
+            continue
+        raw = _raw_point(point, regs)
+        if raw is None:
+            out[name] = None
+            continue
+        exponent: int | None = 0
+        if isinstance(point.sf, int):
+            exponent = point.sf
+        elif isinstance(point.sf, str):
+            sf_point = model.points.get(point.sf)
+            sf_regs = None if sf_point is None else registers_of(sf_point)
+            sf_raw = None if sf_point is None or sf_regs is None else _raw_point(sf_point, sf_regs)
+            # A value whose scale factor is missing or "not implemented" cannot be scaled.
+            exponent = None if sf_raw is None else int(sf_raw)
+        if exponent is None or not -10 <= exponent <= 10:
+            out[name] = None
+            continue
+        out[name] = float(raw) * 10.0**exponent
+    return out
+
+
+def accumulator_modulus(header: ModelHeader, blocks: Sequence[tuple[int, Sequence[int]]], name: str) -> float | None:
+    """The scaled modulus at which accumulator ``name`` wraps (2^bits × 10^SF), if it is one."""
+    model = model_definition(header.model_id)
+    point = model.points.get(name)
+    if point is None or point.type not in _ACCUMULATORS:
+        return None
+    bits = _ACCUMULATORS[point.type]
+    exponent = 0
+    if isinstance(point.sf, str):
+        sf = decode_points(header, blocks, [point.sf]).get(point.sf)
+        if not isinstance(sf, float) or not -10 <= sf <= 10:
+            return None
+        exponent = int(sf)
+    return float(2**bits) * 10.0**exponent
+
+
+# ---------------------------------------------------------------- measurements per model family
+
+METER_POINTS = (
+    "W", "WphA", "WphB", "WphC", "AphA", "AphB", "AphC", "PhVphA", "PhVphB", "PhVphC", "Hz", "TotWhImp", "TotWhExp",
+)  # fmt: skip
+INVERTER_POINTS = ("W", "AphA", "AphB", "AphC", "PhVphA", "PhVphB", "PhVphC", "Hz", "WH")
+DER_AC_POINTS = ("W", "WL1", "WL2", "WL3", "AL1", "AL2", "AL3", "VL1", "VL2", "VL3", "Hz", "TotWhInj", "TotWhAbs")
+STORAGE_POINTS = ("WChaMax", "StorCtl_Mod", "ChaState", "OutWRte", "InWRte", "InOutWRte_RvrtTms")
+CAPACITY_POINTS = ("SoC",)
+BATTERY_POINTS = ("SoC", "W", "WChaRteMax", "WDisChaRteMax", "SoCRsvMin", "CtrlHb")
+
+POINTS_BY_MODEL: dict[int, tuple[str, ...]] = {
+    **dict.fromkeys(METER_INT_MODELS + METER_FLOAT_MODELS, METER_POINTS),
+    **dict.fromkeys(INVERTER_INT_MODELS + INVERTER_FLOAT_MODELS, INVERTER_POINTS),
+    DER_AC_MODEL: DER_AC_POINTS,
+    STORAGE_MODEL: STORAGE_POINTS,
+    DER_CAPACITY_MODEL: CAPACITY_POINTS,
+    BATTERY_MODEL: BATTERY_POINTS,
+}
+
+
+def _num(values: dict[str, float | str | None], name: str) -> float | None:
+    value = values.get(name)
+    return value if isinstance(value, float) else None
+
+
+def _triple(
+    values: dict[str, float | str | None], *names: str
+) -> tuple[float | None, float | None, float | None] | None:
+    a, b, c = (_num(values, name) for name in names)
+    return None if a is None and b is None and c is None else (a, b, c)
+
+
+def measurement_from_meter(values: dict[str, float | str | None], wrap_wh: float | None = None) -> Measurement:
+    """Models 201–204 / 211–214. SunSpec meters report import (grid → load) as positive ``W``."""
+    return Measurement(
+        power_w=_num(values, "W"),
+        phase_power_w=_triple(values, "WphA", "WphB", "WphC"),
+        phase_current_a=_triple(values, "AphA", "AphB", "AphC"),
+        phase_voltage_v=_triple(values, "PhVphA", "PhVphB", "PhVphC"),
+        frequency_hz=_num(values, "Hz"),
+        import_energy_wh=_num(values, "TotWhImp"),
+        export_energy_wh=_num(values, "TotWhExp"),
+        energy_wrap_wh=wrap_wh,
+    )
+
+
+def measurement_from_inverter(values: dict[str, float | str | None], wrap_wh: float | None = None) -> Measurement:
+    """Models 101–103 / 111–113: ``W`` positive for production; ``WH`` is lifetime production."""
+    return Measurement(
+        power_w=_num(values, "W"),
+        phase_current_a=_triple(values, "AphA", "AphB", "AphC"),
+        phase_voltage_v=_triple(values, "PhVphA", "PhVphB", "PhVphC"),
+        frequency_hz=_num(values, "Hz"),
+        import_energy_wh=_num(values, "WH"),
+        energy_wrap_wh=wrap_wh,
+    )
+
+
+def measurement_from_der(values: dict[str, float | str | None]) -> Measurement:
+    """Model 701: ``W`` positive when the DER injects (generation, battery discharge)."""
+    return Measurement(
+        power_w=_num(values, "W"),
+        phase_power_w=_triple(values, "WL1", "WL2", "WL3"),
+        phase_current_a=_triple(values, "AL1", "AL2", "AL3"),
+        phase_voltage_v=_triple(values, "VL1", "VL2", "VL3"),
+        frequency_hz=_num(values, "Hz"),
+        import_energy_wh=_num(values, "TotWhInj"),
+        export_energy_wh=_num(values, "TotWhAbs"),
+    )
+
+
+def battery_soc_pct(values_by_model: dict[int, dict[str, float | str | None]]) -> float | None:
+    """State of charge from 802 ``SoC``, else 713 ``SoC``, else 124 ``ChaState``."""
+    for model_id, name in ((BATTERY_MODEL, "SoC"), (DER_CAPACITY_MODEL, "SoC"), (STORAGE_MODEL, "ChaState")):
+        value = _num(values_by_model.get(model_id, {}), name)
+        if value is not None:
+            return value
+    return None
+
+
+def model_of(headers: Sequence[ModelHeader], candidates: Iterable[int]) -> ModelHeader | None:
+    """The first model in the chain whose id is among ``candidates``."""
+    wanted = set(candidates)
+    return next((header for header in headers if header.model_id in wanted), None)
+
+
+# ---------------------------------------------------------------- encoding (control writes, simulators)
+
+
+def model_length(model_id: int) -> int:
+    """``L`` of a model: registers after ID and L (top-level points only)."""
+    model = model_definition(model_id)
+    return sum(point.size for point in model.points.values()) - 2
+
+
+def encode_point(point: PointDef, value: float | str | None, exponent: int = 0) -> list[int]:
+    """Registers for one point; None becomes the type's "not implemented" sentinel."""
+    if point.type == "string":
+        return encode_string(str(value or ""), point.size)
+    if value is None or isinstance(value, str):
+        if point.type in _ACCUMULATORS:
+            return [0] * point.size
+        if point.type == "float32":
+            return encode_value(math.nan, "float32")
+        sentinel = _NOT_IMPLEMENTED.get(point.type, 0)
+        return [(sentinel >> (16 * (point.size - 1 - i))) & 0xFFFF for i in range(point.size)]
+    scaled = value if point.type == "float32" else round(value / 10.0**exponent)
+    if point.type in _ACCUMULATORS:
+        scaled = int(scaled) % (2 ** _ACCUMULATORS[point.type])
+    return encode_value(scaled, point.type)
+
+
+def build_model_registers(
+    model_id: int, values: dict[str, float | str | None], scale_factors: dict[str, int]
+) -> list[int]:
+    """A whole model (ID, L, points) as registers: unspecified points are "not implemented".
+
+    ``scale_factors`` maps SF point names to exponents; they are written and applied.
+    """
+    model = model_definition(model_id)
+    registers: list[int] = []
+    for point in model.points.values():
+        if point.name == "ID":
+            registers.append(model_id)
+        elif point.name == "L":
+            registers.append(model_length(model_id))
+        elif point.type == "sunssf":
+            sf = scale_factors.get(point.name)
+            registers.extend(encode_point(point, None) if sf is None else encode_value(sf, "int16"))
+        else:
+            exponent = 0
+            if isinstance(point.sf, int):
+                exponent = point.sf
+            elif isinstance(point.sf, str):
+                exponent = scale_factors.get(point.sf, 0)
+            registers.extend(encode_point(point, values.get(point.name), exponent))
+    return registers
