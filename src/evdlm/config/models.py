@@ -345,7 +345,18 @@ class OcppServer(StrictModel):
         le=MAX_CURRENT_A,
         description="Limit of the boot-time TxDefaultProfile at the lowest stack level.",
     )
-    non_compliance_grace_s: float = Field(default=60.0, gt=0, le=3600)
+    non_compliance_grace_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A charger above its accepted limit for longer than this counts as uncontrolled load.",
+    )
+    meter_sample_interval_s: int = Field(
+        default=10,
+        ge=1,
+        le=3600,
+        description="MeterValueSampleInterval / SampledDataCtrlr.TxUpdatedInterval set on every charger at boot.",
+    )
 
     @model_validator(mode="after")
     def _tls_files(self) -> OcppServer:

@@ -1,0 +1,206 @@
+"""What the 1.6 and 2.0.1 server sessions share: exception translation, bad-frame answers,
+a sequential job queue for boot-time configuration and housekeeping, and the session lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+
+from ocpp.exceptions import FormatViolationError, OCPPError, PropertyConstraintViolationError
+from ocpp.messages import CallError, MessageType, unpack
+from ocpp.routing import after, on
+from websockets.exceptions import ConnectionClosed
+
+from evdlm.chargers.errors import ChargerCallError, ChargerError, ChargerOffline, ChargerTimeout
+from evdlm.chargers.ocpp.link import ChargerLink
+from evdlm.chargers.planning import LinkSettings
+from evdlm.core.clock import Clock
+
+LOG = logging.getLogger("evdlm.chargers.ocpp")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+Job = Callable[[], Awaitable[None]]
+
+# A bounded queue: a charger flooding us with session ends must not grow memory without limit.
+MAX_PENDING_JOBS = 64
+
+
+def route(action: str) -> Callable[[F], F]:
+    """``ocpp.routing.on`` with a type mypy can follow."""
+    return cast(Callable[[F], F], on(action))
+
+
+def after_route(action: str) -> Callable[[F], F]:
+    return cast(Callable[[F], F], after(action))
+
+
+class WireLogger(logging.LoggerAdapter[logging.Logger]):
+    """The ``ocpp`` package logs every frame at INFO; at 1000 chargers that is the whole log.
+    Frames go to ``evdlm.chargers.wire`` at DEBUG instead."""
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
+
+
+WIRE_LOG = WireLogger(logging.getLogger("evdlm.chargers.wire"), {})
+
+
+def unique_id_of(raw: str | bytes) -> str:
+    """The message id of a frame we could not decode, or "-1" (OCPP-J 2.0.1 §4.2.3) when unreadable."""
+    try:
+        decoded = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return "-1"
+    if isinstance(decoded, list) and len(decoded) >= 2 and isinstance(decoded[1], str):
+        return decoded[1]
+    return "-1"
+
+
+class SessionBase:
+    """Mixed into the version's ``ocpp`` ChargePoint subclass (server side)."""
+
+    version: str
+    # Error codes renamed between versions (1.6 "FormationViolation" vs 2.0.1 "FormatViolation").
+    error_code_map: ClassVar[dict[str, str]]
+    unreadable_frame_code: str
+    bad_structure_code: str
+
+    unknown_message_type_code: str
+
+    if TYPE_CHECKING:
+        # Provided by the ocpp ChargePoint this is mixed into (declared for mypy only: at run
+        # time these names must resolve to the library's methods).
+        id: str
+        _response_queue: asyncio.Queue[Any]
+
+        async def _send(self, message: str) -> None: ...
+        async def _handle_call(self, msg: Any) -> Any: ...
+        async def call(self, payload: Any, suppress: bool = True, unique_id: Any = None) -> Any: ...
+        async def start(self) -> None: ...
+
+    def _init_session(self, link: ChargerLink, settings: LinkSettings, clock: Clock) -> None:
+        self.link = link
+        self.settings = settings
+        self.clock = clock
+        self._jobs: asyncio.Queue[Job] = asyncio.Queue(maxsize=MAX_PENDING_JOBS)
+        self._seen_call = False
+        self._closed = asyncio.Event()
+
+    # -------------------------------------------------------------- inbound frames
+
+    async def route_message(self, raw_msg: str | bytes) -> None:
+        """Like the library's, but a frame we cannot decode is answered with a CALLERROR
+        (the library only logs it, leaving the charger waiting for its timeout)."""
+        try:
+            msg = unpack(raw_msg)
+        except OCPPError as error:
+            # unpack raises FormatViolation for invalid JSON, PropertyConstraintViolation for an
+            # unknown MessageTypeId and ProtocolError for a frame of the wrong shape.
+            if isinstance(error, FormatViolationError):
+                code = self.unreadable_frame_code
+            elif isinstance(error, PropertyConstraintViolationError):
+                code = self.unknown_message_type_code
+            else:
+                code = self.bad_structure_code
+            LOG.warning("%s: undecodable frame answered with %s: %s", self.id, code, _plain(error.details))
+            await self._send(CallError(unique_id_of(raw_msg), code, error.description, _plain(error.details)).to_json())
+            return
+        if msg.message_type_id == MessageType.Call:
+            if not self._seen_call:
+                self._seen_call = True
+                if msg.action != "BootNotification":
+                    # Reconnected without rebooting (1.6 chargers rarely boot again): recover state.
+                    self.enqueue(self.recover)
+            try:
+                await self._handle_call(msg)
+            except OCPPError as error:
+                code = self._error_code(error)
+                LOG.warning("%s: %s refused with %s: %s", self.id, msg.action, code, error.details or error.description)
+                await self._send(CallError(msg.unique_id, code, error.description, _plain(error.details)).to_json())
+        elif msg.message_type_id in (MessageType.CallResult, MessageType.CallError):
+            self._response_queue.put_nowait(msg)
+
+    def _error_code(self, error: OCPPError) -> str:
+        code = str(error.code)
+        return self.error_code_map.get(code, code)
+
+    # -------------------------------------------------------------- outbound calls
+
+    async def call_checked(self, payload: Any) -> Any:
+        """``call`` with ``suppress=False``, translating library and transport errors.
+
+        Races the connection's end so a charger that disconnects mid-call is reported offline
+        at once rather than after ``call_timeout_s``.
+        """
+        pending = asyncio.ensure_future(self.call(payload, suppress=False))
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({pending, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+        if not pending.done():
+            pending.cancel()
+            raise ChargerOffline(f"{self.id}: connection closed during {type(payload).__name__}")
+        try:
+            return pending.result()
+        except OCPPError as error:
+            raise ChargerCallError(str(error.code), str(error.description)) from error
+        except TimeoutError as error:
+            raise ChargerTimeout(f"{self.id}: no answer to {type(payload).__name__}") from error
+        except ConnectionClosed as error:
+            raise ChargerOffline(f"{self.id}: connection closed during {type(payload).__name__}") from error
+
+    # -------------------------------------------------------------- jobs
+
+    def enqueue(self, job: Job) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except asyncio.QueueFull:
+            LOG.warning("%s: housekeeping queue full, job dropped", self.id)
+
+    async def _run_jobs(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            try:
+                await job()
+            except ChargerError as exc:
+                LOG.warning("%s: %s", self.id, exc)
+
+    async def run(self) -> None:
+        """Serve the connection until it closes; jobs end with it."""
+        self.link.attach(self)  # type: ignore[arg-type]
+        try:
+            async with asyncio.TaskGroup() as group:
+                jobs = group.create_task(self._run_jobs(), name=f"ocpp-jobs-{self.id}")
+                try:
+                    await self.start()
+                except ConnectionClosed:
+                    pass
+                finally:
+                    self._closed.set()
+                    jobs.cancel()
+        finally:
+            self.link.detach(self)  # type: ignore[arg-type]
+
+    async def setup(self) -> None:
+        """After BootNotification: read smart-charging config, configure sampling, install the fail-safe."""
+        raise NotImplementedError
+
+    async def recover(self) -> None:
+        """After a reconnect without boot."""
+        raise NotImplementedError
+
+    def session_ended(self, evse_id: int | None) -> None:
+        if evse_id is not None:
+            self.enqueue(lambda: self.link.clear_session(evse_id))
+
+
+def _plain(details: Any) -> dict[str, Any]:
+    """CALLERROR details must be JSON: keep the strings, drop library objects."""
+    if not isinstance(details, dict):
+        return {}
+    return {key: value if isinstance(value, str | int | float | bool) else str(value) for key, value in details.items()}

@@ -1,0 +1,181 @@
+"""OCPP 1.6J central-system session: inbound messages become EvseState, outbound smart charging."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from ocpp.v16 import ChargePoint, call, call_result
+
+from evdlm.chargers.errors import ChargerCallError, ChargerError, ChargerTimeout
+from evdlm.chargers.ocpp.link import ChargerLink
+from evdlm.chargers.ocpp.parse import (
+    SAMPLED_MEASURANDS,
+    iso_utc,
+    parse_configuration_16,
+    parse_meter_values,
+    profile_payload_16,
+)
+from evdlm.chargers.ocpp.session import WIRE_LOG, SessionBase, after_route, route
+from evdlm.chargers.planning import LinkSettings, ProfileSpec
+from evdlm.core.clock import Clock
+
+LOG = logging.getLogger("evdlm.chargers.ocpp.v16")
+
+HEARTBEAT_INTERVAL_S = 60
+SMART_CHARGING_KEYS = [
+    "ChargeProfileMaxStackLevel",
+    "ChargingScheduleAllowedChargingRateUnit",
+    "ChargingScheduleMaxPeriods",
+    "MaxChargingProfilesInstalled",
+]
+CONNECTED_STATUSES = {"Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing"}
+FREE_STATUSES = {"Available", "Unavailable", "Reserved"}
+
+
+def connected_from_status(status: str) -> bool | None:
+    """1.6 ChargePointStatus → car plugged in; None (unchanged) for Faulted, which says nothing."""
+    if status in CONNECTED_STATUSES:
+        return True
+    if status in FREE_STATUSES:
+        return False
+    return None
+
+
+class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
+    version = "1.6"
+    error_code_map: ClassVar[dict[str, str]] = {
+        "FormatViolation": "FormationViolation",
+        "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
+    }
+    unreadable_frame_code = "FormationViolation"
+    bad_structure_code = "ProtocolError"
+    unknown_message_type_code = "ProtocolError"
+
+    def __init__(
+        self,
+        charger_id: str,
+        connection: Any,
+        link: ChargerLink,
+        settings: LinkSettings,
+        clock: Clock,
+        call_timeout_s: float,
+    ) -> None:
+        ChargePoint.__init__(self, charger_id, connection, response_timeout=call_timeout_s, logger=WIRE_LOG)
+        self._init_session(link, settings, clock)
+
+    # ---------------------------------------------------------------- inbound
+
+    @route("BootNotification")
+    def on_boot_notification(self, charge_point_vendor: str, charge_point_model: str, **_: Any) -> Any:
+        LOG.info("%s booted (%s %s)", self.id, charge_point_vendor, charge_point_model)
+        return call_result.BootNotification(
+            current_time=iso_utc(self.clock.now_s()), interval=HEARTBEAT_INTERVAL_S, status="Accepted"
+        )
+
+    @after_route("BootNotification")
+    def after_boot_notification(self, **_: Any) -> None:
+        # Calls to the charger only after it has its BootNotification answer (1.6 §4.2).
+        self.enqueue(self.setup)
+
+    @route("Heartbeat")
+    def on_heartbeat(self) -> Any:
+        return call_result.Heartbeat(current_time=iso_utc(self.clock.now_s()))
+
+    @route("StatusNotification")
+    def on_status_notification(self, connector_id: int, error_code: str, status: str, **_: Any) -> Any:
+        self.link.set_status(connector_id, connected_from_status(status))
+        if status == "Available":
+            self.session_ended(self.link.transaction_ended(None, connector_id) if connector_id else None)
+        return call_result.StatusNotification()
+
+    @route("MeterValues")
+    def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]], **_: Any) -> Any:
+        if connector_id:
+            self.link.meter_sample(connector_id, parse_meter_values(meter_value, "1.6"))
+        return call_result.MeterValues()
+
+    @route("Authorize")
+    def on_authorize(self, id_tag: str) -> Any:
+        # Authorisation is not load management's business: accept, the CPO backend decides billing.
+        return call_result.Authorize(id_tag_info={"status": "Accepted"})
+
+    @route("StartTransaction")
+    def on_start_transaction(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, **_: Any) -> Any:
+        transaction_id = self.link.next_transaction_id()
+        self.link.transaction_started(connector_id, str(transaction_id))
+        return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info={"status": "Accepted"})
+
+    @route("StopTransaction")
+    def on_stop_transaction(self, meter_stop: int, timestamp: str, transaction_id: int, **kwargs: Any) -> Any:
+        evse_id = self.link.evse_of_transaction(str(transaction_id))
+        transaction_data = kwargs.get("transaction_data")
+        if evse_id is not None and transaction_data:
+            self.link.meter_sample(evse_id, parse_meter_values(transaction_data, "1.6"))
+        self.session_ended(self.link.transaction_ended(str(transaction_id)))
+        return call_result.StopTransaction(id_tag_info={"status": "Accepted"})
+
+    # ---------------------------------------------------------------- outbound
+
+    async def set_profile(self, spec: ProfileSpec) -> str:
+        result = await self.call_checked(
+            call.SetChargingProfile(connector_id=spec.evse_id, cs_charging_profiles=profile_payload_16(spec))
+        )
+        return str(result.status)
+
+    async def clear_profile(self, profile_id: int) -> str:
+        result = await self.call_checked(call.ClearChargingProfile(id=profile_id))
+        return str(result.status)
+
+    async def setup(self) -> None:
+        try:
+            await self._setup()
+        except ChargerTimeout:
+            # A charger busy right after boot: try again rather than stay unconfigured.
+            LOG.warning("%s: configuration timed out, retrying", self.id)
+            self.enqueue(self.setup)
+
+    async def _setup(self) -> None:
+        async with self.link.lock:
+            reported = None
+            try:
+                answer = await self.call_checked(call.GetConfiguration(key=SMART_CHARGING_KEYS))
+                reported = parse_configuration_16(answer.configuration_key)
+            except ChargerCallError as exc:
+                LOG.warning("%s: GetConfiguration failed (%s): using config defaults", self.id, exc)
+            self.link.configure(reported)
+            await self._configure_sampling()
+            await self.link.install_failsafe()
+            self.link.ready = True
+
+    async def _configure_sampling(self) -> None:
+        measurands = list(SAMPLED_MEASURANDS)
+        # Many AC chargers cannot report SoC and reject the whole list because of it.
+        for candidate in (measurands, [m for m in measurands if m != "SoC"]):
+            if await self._change("MeterValuesSampledData", ",".join(candidate)):
+                break
+        await self._change("MeterValueSampleInterval", str(self.settings.meter_sample_interval_s))
+
+    async def _change(self, key: str, value: str) -> bool:
+        try:
+            answer = await self.call_checked(call.ChangeConfiguration(key=key, value=value))
+        except ChargerCallError as exc:
+            LOG.warning("%s: ChangeConfiguration %s failed: %s", self.id, key, exc)
+            return False
+        if answer.status not in ("Accepted", "RebootRequired"):
+            LOG.warning("%s: ChangeConfiguration %s=%s %s", self.id, key, value, answer.status)
+            return False
+        return True
+
+    async def recover(self) -> None:
+        if not self.link.failsafe_installed:
+            await self.setup()
+            return
+        self.link.ready = True
+        # Connectors may have changed while we were apart; the charger tells us again.
+        for connector_id in range(1, self.link.charger.evses + 1):
+            for message in ("StatusNotification", "MeterValues"):
+                try:
+                    await self.call_checked(call.TriggerMessage(requested_message=message, connector_id=connector_id))
+                except ChargerError as exc:
+                    LOG.info("%s: TriggerMessage %s failed: %s", self.id, message, exc)
