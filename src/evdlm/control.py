@@ -1,0 +1,406 @@
+"""The control cycle: snapshot → decide (off the event loop, within a budget) → dispatch → record.
+
+The decision itself is :func:`evdlm.core.decide.decide` (pure). This module owns timing,
+concurrency and the outputs: one dispatch in flight per charger (a slow charger never delays
+the others or the next cycle), battery setpoints, MQTT state, metrics, logs and recording. A
+cycle that overruns its period is logged and counted; the next one starts at once rather than
+piling up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter as Tally
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from evdlm.config.models import SiteConfig
+from evdlm.core.clock import Clock
+from evdlm.core.decide import Decision, DecisionContext, SolverChoice, decide
+from evdlm.core.memory import ControlMemory, EvseKey
+from evdlm.core.problem_builder import BuildInputs, DemandLimits, EvseMode
+from evdlm.core.types import ChargingCommand, CommandResult, CommandStatus, EvseState, Reading
+from evdlm.dr.engine import Effective
+from evdlm.observability import Metrics
+from evdlm.recording import RecordingWriter, key_text
+
+log = logging.getLogger("evdlm.control")
+
+
+class ReadingSource(Protocol):
+    def snapshot(self, now_s: float) -> dict[str, Reading]: ...
+
+
+class ChargerSystem(Protocol):
+    def evse_states(self) -> dict[EvseKey, EvseState]: ...
+
+    async def apply(self, commands: Sequence[ChargingCommand]) -> list[CommandResult]: ...
+
+
+class BatteryActuator(Protocol):
+    async def set_power_w(self, power_w: float) -> float: ...
+
+    async def release(self) -> None: ...
+
+
+class DemandSource(Protocol):
+    async def step(self) -> Effective: ...
+
+
+class StatePublisher(Protocol):
+    async def publish_cycle(self, report: CycleReport) -> None: ...
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    cycle: int
+    now_s: float
+    decision: Decision | None  # None when the decision missed its hard deadline
+    commands_sent: int
+    results: tuple[CommandResult, ...]  # results that arrived during this cycle
+    duration_s: float
+    dr: Effective | None
+    evse_modes: dict[str, int] = field(default_factory=dict)
+
+
+BATTERY_DEADBAND_W = 200.0
+
+
+class Controller:
+    def __init__(
+        self,
+        config: SiteConfig,
+        clock: Clock,
+        readings: ReadingSource,
+        chargers: ChargerSystem,
+        *,
+        metrics: Metrics | None = None,
+        demand: DemandSource | None = None,
+        battery: BatteryActuator | None = None,
+        recorder: RecordingWriter | None = None,
+        publisher: StatePublisher | None = None,
+        solver: SolverChoice = SolverChoice.CHAIN,
+        memory: ControlMemory | None = None,
+    ) -> None:
+        self.clock = clock
+        self.readings = readings
+        self.chargers = chargers
+        self.metrics = metrics or Metrics(config.site.id)
+        self.demand = demand
+        self.battery = battery
+        self.recorder = recorder
+        self.publisher = publisher
+        self.solver = solver
+        self.memory = memory or ControlMemory()
+        self.cycle_number = 0
+        self.overruns = 0
+        self._inflight: dict[str, asyncio.Task[list[CommandResult]]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._finished_results: list[CommandResult] = []
+        self._battery_sent_w: float | None = None
+        self._last_limits: dict[EvseKey, float] = {}
+        self.apply_config(config)
+
+    # ------------------------------------------------------------------ config
+
+    def apply_config(self, config: SiteConfig) -> None:
+        """Use ``config`` from the next cycle on (topology, limits, control settings)."""
+        self.config = config
+        self.context = DecisionContext.from_config(config, self.solver)
+        self.battery_device = config.battery.device if config.battery is not None else None
+
+    # ------------------------------------------------------------------ one cycle
+
+    async def run_cycle(self) -> CycleReport:
+        started = time.perf_counter()
+        now_s = self.clock.now_s()
+        self.cycle_number += 1
+        effective = await self.demand.step() if self.demand is not None else None
+        limits = DemandLimits(
+            import_limit_w=effective.import_limit_w if effective else None,
+            export_limit_w=effective.export_limit_w if effective else None,
+        )
+        readings = self.readings.snapshot(now_s)
+        states = self.chargers.evse_states()
+        inputs = BuildInputs(
+            now_s=now_s,
+            readings=readings,
+            evse_states=states,
+            memory=self.memory,
+            demand=limits,
+            battery_reading=readings.get(self.battery_device) if self.battery_device else None,
+        )
+        # The chain honours its own budget; the hard deadline catches anything that does not.
+        deadline_s = self.context.solve_budget_s * 2 + 0.5
+        decision: Decision | None
+        try:
+            decision = await asyncio.wait_for(asyncio.to_thread(decide, self.context, inputs), deadline_s)
+        except TimeoutError:
+            decision = None
+            log.error(
+                "cycle %d: decision missed its %.2f s deadline; limits and leases left as they are",
+                self.cycle_number,
+                deadline_s,
+            )
+
+        commands_sent = 0
+        if decision is not None:
+            self.memory = decision.plan.memory
+            commands_sent = self._dispatch(decision.plan.commands)
+            self._log_changes(decision)
+            if self.battery is not None:
+                self._drive_battery(decision.result.allocation.battery_w)
+
+        # Give this cycle's dispatch until the cycle's end to answer; slower chargers answer later.
+        remaining_s = self.config.control.cycle_period_s * 0.8 - (time.perf_counter() - started)
+        pending = [task for task in self._inflight.values() if not task.done()]
+        if pending and remaining_s > 0:
+            await asyncio.wait(pending, timeout=remaining_s)
+        results = self._collect_results()
+
+        duration_s = time.perf_counter() - started
+        modes = Tally(view.mode.value for view in decision.built.views) if decision is not None else Tally()
+        report = CycleReport(
+            self.cycle_number, now_s, decision, commands_sent, tuple(results), duration_s, effective, dict(modes)
+        )
+        self._observe(report, readings)
+        if self.recorder is not None and decision is not None:
+            self._record(report, inputs, states, readings)
+        if self.publisher is not None:
+            self._spawn(self.publisher.publish_cycle(report))
+        return report
+
+    def _dispatch(self, commands: Sequence[ChargingCommand]) -> int:
+        by_charger: dict[str, list[ChargingCommand]] = {}
+        for command in commands:
+            by_charger.setdefault(command.charger_id, []).append(command)
+        sent = 0
+        for charger_id, batch in by_charger.items():
+            if charger_id in self._inflight and not self._inflight[charger_id].done():
+                # One dispatch in flight per charger: its link still works on the previous one.
+                continue
+            self._inflight[charger_id] = asyncio.create_task(self.chargers.apply(batch), name=f"dispatch:{charger_id}")
+            sent += len(batch)
+        return sent
+
+    def _collect_results(self) -> list[CommandResult]:
+        results = self._finished_results
+        self._finished_results = []
+        for charger_id, task in list(self._inflight.items()):
+            if not task.done():
+                continue
+            del self._inflight[charger_id]
+            if task.cancelled():
+                continue
+            error = task.exception()
+            if error is not None:
+                log.error("dispatch to %s failed: %s", charger_id, error)
+                continue
+            results.extend(task.result())
+        return results
+
+    def _drive_battery(self, power_w: float) -> None:
+        if self._battery_sent_w is not None and abs(power_w - self._battery_sent_w) < BATTERY_DEADBAND_W:
+            return
+        battery = self.battery
+        assert battery is not None
+        self._battery_sent_w = power_w
+
+        async def send() -> None:
+            try:
+                await battery.set_power_w(power_w)
+            except Exception as exc:  # the device layer translates its errors; log and retry next change
+                log.warning("battery setpoint %.0f W not written: %s", power_w, exc)
+                self._battery_sent_w = None
+
+        self._spawn(send())
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _log_changes(self, decision: Decision) -> None:
+        for command in decision.plan.commands:
+            key = (command.charger_id, command.evse_id)
+            old = self._last_limits.get(key)
+            if old is None or not math.isclose(old, command.limit, abs_tol=0.05):
+                log.info(
+                    "limit %s/%d %s → %g %s: %s",
+                    command.charger_id,
+                    command.evse_id,
+                    "—" if old is None else f"{old:g}",
+                    command.limit,
+                    command.unit,
+                    command.reason,
+                    extra={
+                        "fields": {
+                            "event": "limit_change",
+                            "charger": command.charger_id,
+                            "evse": command.evse_id,
+                            "from": old,
+                            "to": command.limit,
+                            "unit": command.unit,
+                            "reason": command.reason,
+                        }
+                    },
+                )
+                self._last_limits[key] = command.limit
+        result = decision.result
+        if result.reason:
+            log.warning(
+                "cycle %d: %s produced the allocation (%s): %s",
+                self.cycle_number,
+                result.solver.value,
+                result.status.value,
+                result.reason,
+            )
+        for note in decision.built.notes:
+            log.debug("cycle %d: %s", self.cycle_number, note)
+
+    def _observe(self, report: CycleReport, readings: dict[str, Reading]) -> None:
+        m = self.metrics
+        m.cycles.inc()
+        m.cycle_seconds.observe(report.duration_s)
+        if report.duration_s > self.config.control.cycle_period_s:
+            self.overruns += 1
+            m.cycle_overruns.inc()
+            log.warning(
+                "cycle %d took %.3f s (period %.3f s)",
+                report.cycle,
+                report.duration_s,
+                self.config.control.cycle_period_s,
+            )
+        for outcome in report.results:
+            m.commands.labels(site=m.site, status=outcome.status.value).inc()
+            if outcome.status not in (CommandStatus.ACCEPTED, CommandStatus.UNCHANGED):
+                log.warning(
+                    "command %s/%d %g %s: %s %s",
+                    outcome.command.charger_id,
+                    outcome.command.evse_id,
+                    outcome.command.limit,
+                    outcome.command.unit,
+                    outcome.status.value,
+                    outcome.detail,
+                )
+        for name, reading in readings.items():
+            m.device_ok.labels(site=m.site, device=name).set(1.0 if reading.usable else 0.0)
+        grid = readings.get(self.config.grid.meter) if self.config.grid.meter else None
+        m.grid_import_w.set(grid.power_w if grid is not None and grid.usable and grid.power_w is not None else math.nan)
+        if report.dr is not None:
+            m.dr_import_limit_w.set(report.dr.import_limit_w if report.dr.import_limit_w is not None else math.nan)
+            m.dr_failsafe.set(1.0 if report.dr.mode.value == "FAILSAFE" else 0.0)
+        decision = report.decision
+        if decision is None:
+            return
+        result = decision.result
+        m.solve_seconds.observe(result.timings.total_s)
+        m.solver_used.labels(site=m.site, solver=result.solver.value, status=result.status.value).inc()
+        if "failed check" in result.reason:
+            m.check_violations.labels(
+                site=m.site, solver="heuristic" if "heuristic failed" in result.reason else "lp"
+            ).inc()
+        m.stale_devices.set(len(decision.built.stale_devices))
+        m.grid_fallback.set(1.0 if decision.built.grid_fallback else 0.0)
+        for mode in EvseMode:
+            m.evse_modes.labels(site=m.site, mode=mode.value).set(report.evse_modes.get(mode.value, 0))
+        headroom = decision.built.problem.row_headroom
+        for index, row in enumerate(self.context.topology.rows):
+            m.headroom.labels(site=m.site, row=row.name).set(float(headroom[index]))
+            m.row_load.labels(site=m.site, row=row.name).set(decision.built.row_uncontrolled[index])
+
+    def _record(
+        self, report: CycleReport, inputs: BuildInputs, states: dict[EvseKey, EvseState], readings: dict[str, Reading]
+    ) -> None:
+        assert self.recorder is not None and report.decision is not None
+        decision = report.decision
+        dr = report.dr
+        outcome = {
+            "status": decision.result.status.value,
+            "solver": decision.result.solver.value,
+            "reason": decision.result.reason,
+            "solve_s": round(decision.result.timings.total_s, 6),
+            "cycle_s": round(report.duration_s, 6),
+            "import_limit_w": decision.built.row_limit[self.context.topology.import_row],
+            "battery_w": decision.result.allocation.battery_w,
+            "stale": list(decision.built.stale_devices),
+            "results": [
+                [key_text((r.command.charger_id, r.command.evse_id)), r.status.value, r.detail]
+                for r in report.results
+                if r.status is not CommandStatus.UNCHANGED
+            ],
+        }
+        self.recorder.write_cycle(
+            now_s=inputs.now_s,
+            cycle=report.cycle,
+            memory_before=inputs.memory,
+            readings=readings,
+            evse_states=states,
+            dr={
+                "import_limit_w": inputs.demand.import_limit_w,
+                "export_limit_w": inputs.demand.export_limit_w,
+                "mode": dr.mode.value if dr else None,
+                "events": list(dr.events) if dr else [],
+            },
+            commands={(c.charger_id, c.evse_id): c.limit for c in decision.plan.commands},
+            outcome=outcome,
+        )
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, stop: asyncio.Event, *, max_cycles: int | None = None, on_cycle: Any = None) -> None:
+        """Cycle every ``cycle_period_s`` until ``stop`` is set (or ``max_cycles`` ran)."""
+        period_s = self.config.control.cycle_period_s
+        next_s = self.clock.now_s()
+        try:
+            while not stop.is_set() and (max_cycles is None or self.cycle_number < max_cycles):
+                report = await self.run_cycle()
+                if on_cycle is not None:
+                    on_cycle(report)
+                next_s += period_s
+                now_s = self.clock.now_s()
+                if next_s < now_s:
+                    next_s = now_s  # overran: start the next cycle now, never a burst of catch-up cycles
+                wait_s = next_s - now_s
+                if wait_s > 0:
+                    sleeper = asyncio.ensure_future(self.clock.sleep(wait_s))
+                    stopper = asyncio.ensure_future(stop.wait())
+                    await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    for task in (sleeper, stopper):
+                        task.cancel()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        for task in list(self._inflight.values()) + list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._inflight.values(), *self._background, return_exceptions=True)
+        self._inflight.clear()
+        if self.battery is not None:
+            try:
+                await self.battery.release()
+            except Exception as exc:
+                log.warning("battery not released: %s (its revert timer returns it to its own control)", exc)
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+def state_message(report: CycleReport, site_id: str) -> dict[str, Any]:
+    """The retained site state published on ``dlm/{site}/state``."""
+    decision = report.decision
+    out: dict[str, Any] = {"site": site_id, "at": report.now_s, "cycle": report.cycle, "modes": report.evse_modes}
+    if decision is not None:
+        out.update(
+            status=decision.result.status.value,
+            solver=decision.result.solver.value,
+            stale=list(decision.built.stale_devices),
+            gridFallback=decision.built.grid_fallback,
+            limits={key_text((c.charger_id, c.evse_id)): [c.limit, c.unit] for c in decision.plan.commands},
+        )
+    if report.dr is not None:
+        out["dr"] = report.dr.as_json(report.now_s)
+    return out

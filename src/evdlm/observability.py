@@ -1,0 +1,114 @@
+"""Prometheus metrics and structured logging for the gateway (prometheus-client lives here only)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+CYCLE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """The controller's metrics, in a registry of their own (tests make as many as they like)."""
+
+    def __init__(self, site_id: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"site": site_id}
+        self.cycle_seconds = Histogram(
+            "evdlm_cycle_seconds",
+            "Duration of a whole control cycle",
+            ["site"],
+            registry=self.registry,
+            buckets=CYCLE_BUCKETS_S,
+        ).labels(**labels)
+        self.solve_seconds = Histogram(
+            "evdlm_solve_seconds", "Solver chain wall time", ["site"], registry=self.registry, buckets=CYCLE_BUCKETS_S
+        ).labels(**labels)
+        self.cycle_overruns = Counter(
+            "evdlm_cycle_overruns", "Cycles that took longer than the period", ["site"], registry=self.registry
+        ).labels(**labels)
+        self.cycles = Counter("evdlm_cycles", "Control cycles run", ["site"], registry=self.registry).labels(**labels)
+        self.solver_used = Counter(
+            "evdlm_solver_used",
+            "Which stage produced the dispatched allocation",
+            ["site", "solver", "status"],
+            registry=self.registry,
+        )
+        self.check_violations = Counter(
+            "evdlm_check_violations",
+            "Allocations a solver produced that the checker rejected",
+            ["site", "solver"],
+            registry=self.registry,
+        )
+        self.headroom = Gauge(
+            "evdlm_headroom", "Headroom per constraint row (A or W)", ["site", "row"], registry=self.registry
+        )
+        self.row_load = Gauge(
+            "evdlm_row_uncontrolled",
+            "Load the controller does not command, per row (A or W)",
+            ["site", "row"],
+            registry=self.registry,
+        )
+        self.stale_devices = Gauge(
+            "evdlm_stale_devices", "Devices whose reading is not usable", ["site"], registry=self.registry
+        ).labels(**labels)
+        self.device_ok = Gauge(
+            "evdlm_device_ok", "1 when the device's reading is usable", ["site", "device"], registry=self.registry
+        )
+        self.grid_fallback = Gauge(
+            "evdlm_grid_fallback",
+            "1 while the site runs on the fallback import limit",
+            ["site"],
+            registry=self.registry,
+        ).labels(**labels)
+        self.commands = Counter(
+            "evdlm_commands", "Charging commands by outcome", ["site", "status"], registry=self.registry
+        )
+        self.evse_modes = Gauge("evdlm_evses", "EVSEs per mode this cycle", ["site", "mode"], registry=self.registry)
+        self.dr_import_limit_w = Gauge(
+            "evdlm_dr_import_limit_watts", "DR import limit in force (NaN for none)", ["site"], registry=self.registry
+        ).labels(**labels)
+        self.dr_failsafe = Gauge(
+            "evdlm_dr_failsafe", "1 while DR is in FAILSAFE", ["site"], registry=self.registry
+        ).labels(**labels)
+        self.grid_import_w = Gauge(
+            "evdlm_grid_import_watts", "Measured grid import (NaN when stale)", ["site"], registry=self.registry
+        ).labels(**labels)
+        self.site = site_id
+
+    def serve(self, host: str, port: int) -> int:
+        """Expose /metrics; returns the bound port (0 picks one)."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; ``extra={"fields": {...}}`` adds structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str, as_json: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
