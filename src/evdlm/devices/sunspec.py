@@ -197,10 +197,13 @@ def plan_model_reads(header: ModelHeader, names: Iterable[str], max_registers: i
             continue
         lo, hi = point.offset, point.offset + point.size
         if isinstance(point.sf, str) and point.sf in model.points:
-            sf_point = model.points[point.sf]
-            lo, hi = min(lo, sf_point.offset), max(hi, sf_point.offset + 1)
-        if hi - lo > max_registers:
-            raise ProfileError(f"model {header.model_id}: {name} and its scale factor span {hi - lo} registers")
+            sf_offset = model.points[point.sf].offset
+            if max(hi, sf_offset + 1) - min(lo, sf_offset) <= max_registers:
+                lo, hi = min(lo, sf_offset), max(hi, sf_offset + 1)
+            else:
+                # The link cannot carry both in one request (e.g. 802 SoC and SoC_SF are 46
+                # registers apart): read the SF on its own, the lesser evil than no value.
+                atoms.append((sf_offset, sf_offset + 1))
         atoms.append((lo, hi))
     requests: list[tuple[int, int]] = []
     start = end = -1
