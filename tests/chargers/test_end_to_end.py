@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from charger_rig import rig, site_config, wait_for
 
 from evdlm.chargers.sim.ev import Car
 from evdlm.core.types import ChargingCommand, CommandStatus
-from charger_rig import rig, site_config, wait_for
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])

@@ -137,7 +137,8 @@ class SimClient16(_ClientMixin, ChargePoint16):  # type: ignore[misc]
         return self.station.model
 
     @route("SetChargingProfile")
-    def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
+    async def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
+        await self.station.answer_delay()
         status = self.model.set_profile(parse_profile_16(connector_id, cs_charging_profiles))
         self.station.profile_answers.append(status)
         return result16.SetChargingProfile(status=status)
@@ -238,7 +239,7 @@ class SimClient16(_ClientMixin, ChargePoint16):  # type: ignore[misc]
             )
         )
 
-    async def started(self, evse_id: int) -> None:
+    async def transaction_started(self, evse_id: int) -> None:
         connector = self.model.connectors[evse_id]
         assert connector.car is not None
         await self.status(evse_id)
@@ -254,7 +255,7 @@ class SimClient16(_ClientMixin, ChargePoint16):  # type: ignore[misc]
             connector.transaction_id = str(answer.transaction_id)
         await self.status(evse_id)
 
-    async def stopped(self, evse_id: int, transaction_id: str | None, meter_stop_wh: float) -> None:
+    async def transaction_stopped(self, evse_id: int, transaction_id: str | None, meter_stop_wh: float) -> None:
         if transaction_id is not None:
             await self.send(
                 call16.StopTransaction(
@@ -281,7 +282,8 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
         return self.station.model
 
     @route("SetChargingProfile")
-    def on_set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any], **_: Any) -> Any:
+    async def on_set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any], **_: Any) -> Any:
+        await self.station.answer_delay()
         status = self.model.set_profile(parse_profile_201(evse_id, charging_profile))
         self.station.profile_answers.append(status)
         return result201.SetChargingProfile(status=status)
@@ -416,7 +418,7 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
             )
         )
 
-    async def started(self, evse_id: int) -> None:
+    async def transaction_started(self, evse_id: int) -> None:
         connector = self.model.connectors[evse_id]
         car = connector.car
         assert car is not None and connector.transaction_id is not None
@@ -442,7 +444,7 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
                 needs["departure_time"] = iso_utc(car.departure_at_s)
             await self.send(call201.NotifyEVChargingNeeds(charging_needs=needs, evse_id=evse_id))
 
-    async def stopped(self, evse_id: int, transaction_id: str | None, meter_stop_wh: float) -> None:
+    async def transaction_stopped(self, evse_id: int, transaction_id: str | None, meter_stop_wh: float) -> None:
         if transaction_id is not None:
             await self._transaction_event("Ended", evse_id, transaction_id, "EVCommunicationLost")
         await self.status(evse_id)
@@ -494,7 +496,7 @@ class SimStation:
         self._outbox: list[Outbound] = []
         self._client: SimClient | None = None
         self._reboot = False
-        self._stopped = False
+        self.stopped = False
         self._transaction_counter = itertools.count(1)
 
     @property
@@ -515,14 +517,14 @@ class SimStation:
             # 2.0.1 stations name their transactions.
             transaction_id = f"{self.charger.id}-{evse_id}-{next(self._transaction_counter)}"
         self.model.plug_in(evse_id, car, transaction_id, now_s)
-        self._post(lambda client: client.started(evse_id))
+        self._post(lambda client: client.transaction_started(evse_id))
 
     def unplug(self, evse_id: int) -> None:
         connector = self.model.connectors[evse_id]
         transaction_id = connector.transaction_id
         meter_stop_wh = connector.energy_register_wh
         self.model.unplug(evse_id)
-        self._post(lambda client: client.stopped(evse_id, transaction_id, meter_stop_wh))
+        self._post(lambda client: client.transaction_stopped(evse_id, transaction_id, meter_stop_wh))
 
     def _post(self, action: Callable[[SimClient], Awaitable[None]]) -> None:
         async def send() -> None:
@@ -531,6 +533,10 @@ class SimStation:
                 await action(client)
 
         self._outbox.append(send)
+
+    async def answer_delay(self) -> None:
+        if self.model.misbehaviour.answer_delay_s > 0:
+            await asyncio.sleep(self.model.misbehaviour.answer_delay_s)
 
     # -------------------------------------------------------------- readings
 
@@ -551,7 +557,7 @@ class SimStation:
             await client._connection.close()
 
     def stop(self) -> None:
-        self._stopped = True
+        self.stopped = True
 
     # -------------------------------------------------------------- lifetime
 
@@ -562,7 +568,7 @@ class SimStation:
             group.create_task(self._connection_loop(), name=f"sim-link-{self.charger.id}")
 
     async def _physics(self) -> None:
-        while not self._stopped:
+        while not self.stopped:
             for evse_id in self.model.advance(self.clock.now_s()):
                 self._post(lambda client, evse_id=evse_id: client.suspended(evse_id))  # type: ignore[misc]
             await self.clock.sleep(self.tick_s)
@@ -570,7 +576,7 @@ class SimStation:
     async def _connection_loop(self) -> None:
         delay_s = RECONNECT_BACKOFF_S[0]
         first = True
-        while not self._stopped:
+        while not self.stopped:
             headers = {}
             if self.security.password is not None:
                 token = base64.b64encode(f"{self.charger.id}:{self.security.password}".encode()).decode()
@@ -588,9 +594,10 @@ class SimStation:
                     self.connections += 1
                     self.last_refusal = None
                     delay_s = RECONNECT_BACKOFF_S[0]
-                    await self._session(connection, boot=first or self._reboot or self.boot_on_reconnect)
+                    boot = first or self._reboot or self.boot_on_reconnect
                     first = False
                     self._reboot = False
+                    await self._session(connection, boot=boot)
             except InvalidHandshake as exc:
                 status = getattr(getattr(exc, "response", None), "status_code", None)
                 self.last_refusal = int(status) if status is not None else -1
@@ -600,7 +607,7 @@ class SimStation:
             finally:
                 self._client = None
                 self.connected.clear()
-            if self._stopped:
+            if self.stopped:
                 return
             await asyncio.sleep(delay_s * (0.5 + random.random()))
             delay_s = min(delay_s * 2, RECONNECT_BACKOFF_S[1])
@@ -631,7 +638,7 @@ class SimStation:
     async def _talk(self, client: SimClient, reader: asyncio.Task[None]) -> None:
         last_sample_s = float("-inf")
         next_heartbeat_s = self.clock.now_s() + HEARTBEAT_INTERVAL_S
-        while not self._stopped and not reader.done():
+        while not self.stopped and not reader.done():
             while self._outbox:
                 # Removed only once sent: transaction messages survive a dropped connection.
                 await self._outbox[0]()

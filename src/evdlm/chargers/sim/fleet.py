@@ -90,7 +90,7 @@ class SimFleet:
         if task is not None and not task.done():
             return
         station = self.stations[charger_id]
-        station._stopped = False
+        station.stopped = False
         self._tasks[charger_id] = asyncio.create_task(station.run(), name=f"sim-station-{charger_id}")
 
     async def kill_station(self, charger_id: str) -> None:

@@ -25,6 +25,7 @@ class Misbehaviour:
     only_amps: bool = False  # reject W schedules
     only_stack_level_0: bool = False  # reject stackLevel > 0 (ABB-style firmware)
     advertise_truthfully: bool = True  # False: configuration keys claim more than it accepts
+    answer_delay_s: float = 0.0  # wall seconds before answering SetChargingProfile (a slow charger)
 
 
 @dataclass
