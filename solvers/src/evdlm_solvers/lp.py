@@ -143,6 +143,9 @@ def solve_lp(
     highs = highspy.Highs()  # type: ignore[no-untyped-call]
     highs.setOptionValue("output_flag", False)
     highs.setOptionValue("time_limit", float(max(time_limit_s, 1e-3)))
+    # Presolve costs more than it saves here (7x at 1000 EVSEs, 1.7x at 5000; see
+    # benchmarks/README.md): the rows are few and already tight, the bounds explicit.
+    highs.setOptionValue("presolve", "off")
     highs.passModel(model)
     highs.run()
     model_status = highs.getModelStatus()
