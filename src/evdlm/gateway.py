@@ -1,0 +1,216 @@
+"""The gateway service: every part built from one config, with one lifetime.
+
+    async with Gateway(config, clock, base_dir=...) as gateway:
+        await gateway.run(stop_event)
+
+Parts: the OCPP central system (write side), the device hub (read side), one shared MQTT
+client with a last will (DR, MQTT devices, state), the DR service, the Prometheus endpoint,
+the cycle recorder and the controller. ``reload`` applies a new config's topology, limits and
+control settings from the next cycle on; sections that need new connections (chargers,
+devices, links, broker, OCPP server) are reported as needing a restart and keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from evdlm.chargers.ocpp.server import OcppCentralSystem
+from evdlm.config import ConfigError, load_site_config, resolve_secret
+from evdlm.config.models import SiteConfig
+from evdlm.control import Controller, CycleReport, state_message
+from evdlm.core.clock import Clock
+from evdlm.core.decide import SolverChoice
+from evdlm.devices.hub import DeviceHub
+from evdlm.devices.sim.site import SiteSimulation
+from evdlm.dr.service import DrService
+from evdlm.mqtt.client import MqttClient, MqttError, MqttWill
+from evdlm.observability import Metrics
+from evdlm.recording import RecordingWriter
+
+log = logging.getLogger("evdlm.gateway")
+
+RESTART_SECTIONS = ("chargers", "devices", "modbus_links", "mqtt", "ocpp", "battery", "demand_response", "recording")
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify, WatchdogSec) we are alive; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), address)
+
+
+class MqttStatePublisher:
+    """Retained site state and per-EVSE limits on ``dlm/{site}/…`` (changes only)."""
+
+    def __init__(self, client: MqttClient, site_id: str, every_cycles: int = 5) -> None:
+        self.client = client
+        self.site_id = site_id
+        self.every_cycles = every_cycles
+        self._limits: dict[str, Any] = {}
+
+    async def publish_cycle(self, report: CycleReport) -> None:
+        if not self.client.connected:
+            return
+        try:
+            state = state_message(report, self.site_id)
+            for key, limit in state.get("limits", {}).items():
+                if self._limits.get(key) != limit:
+                    topic = f"dlm/{self.site_id}/evse/{key}/limit"
+                    await self.client.publish(
+                        topic, json.dumps({"limit": limit[0], "unit": limit[1]}), qos=1, retain=True
+                    )
+                    self._limits[key] = limit
+            if report.cycle % self.every_cycles == 1 or self.every_cycles == 1:
+                await self.client.publish(f"dlm/{self.site_id}/state", json.dumps(state), qos=1, retain=True)
+        except MqttError as exc:
+            log.debug("state not published: %s", exc)
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: SiteConfig,
+        clock: Clock,
+        *,
+        base_dir: Path = Path("."),
+        config_path: Path | None = None,
+        config_text: str | None = None,
+        simulation: SiteSimulation | None = None,
+        solver: SolverChoice = SolverChoice.CHAIN,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.base_dir = base_dir
+        self.config_path = config_path
+        self.config_text = config_text if config_text is not None else (config_path.read_text() if config_path else "")
+        self.simulation = simulation
+        self.solver = solver
+        self.metrics = Metrics(config.site.id)
+        self.metrics_port: int | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self.mqtt: MqttClient | None = None
+        self.ocpp: OcppCentralSystem | None = None
+        self.devices: DeviceHub | None = None
+        self.dr: DrService | None = None
+        self.controller: Controller | None = None
+
+    async def __aenter__(self) -> Gateway:
+        config = self.config
+        stack = self._stack
+        await stack.__aenter__()
+        try:
+            if config.mqtt is not None:
+                broker = config.mqtt
+                password = resolve_secret(broker.password, self.base_dir) if broker.password is not None else None
+                status_topic = f"dlm/{config.site.id}/status"
+                self.mqtt = MqttClient(
+                    broker.host,
+                    broker.port,
+                    client_id=broker.client_id or f"evdlm-{config.site.id}",
+                    clock=self.clock,
+                    keepalive_s=broker.keepalive_s,
+                    username=broker.username,
+                    password=password,
+                    tls=broker.tls,
+                    ca_file=broker.ca_file,
+                    will=MqttWill(status_topic, json.dumps({"state": "offline"})),
+                )
+                await stack.enter_async_context(self.mqtt)
+                if await self.mqtt.wait_connected(5.0):
+                    await self.mqtt.publish(status_topic, json.dumps({"state": "online"}), qos=1, retain=True)
+                else:
+                    log.warning(
+                        "MQTT broker %s:%d not reachable yet; retrying in the background", broker.host, broker.port
+                    )
+            self.ocpp = await stack.enter_async_context(OcppCentralSystem(config, self.clock, base_dir=self.base_dir))
+            self.devices = await stack.enter_async_context(
+                DeviceHub(config, self.clock, base_dir=self.base_dir, simulation=self.simulation, mqtt_client=self.mqtt)
+            )
+            if config.demand_response is not None and config.demand_response.enabled and self.mqtt is not None:
+                self.dr = DrService(config, self.mqtt, self.clock, self.base_dir / config.demand_response.state_file)
+                await self.dr.start()
+            observability = config.observability
+            if observability.metrics_port is not None:
+                self.metrics_port = self.metrics.serve(observability.metrics_host, observability.metrics_port)
+            recorder = None
+            if config.recording.enabled:
+                recorder = RecordingWriter(
+                    self.base_dir / config.recording.directory,
+                    config.site.id,
+                    self.config_text,
+                    self.clock,
+                    rotate_after_s=config.recording.rotate_after_s,
+                    max_disk_bytes=config.recording.max_disk_mb * 1e6,
+                )
+            self.controller = Controller(
+                config,
+                self.clock,
+                self.devices,
+                self.ocpp,
+                metrics=self.metrics,
+                demand=self.dr,
+                battery=self.devices.battery_control,
+                recorder=recorder,
+                publisher=MqttStatePublisher(self.mqtt, config.site.id) if self.mqtt is not None else None,
+                solver=self.solver,
+            )
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.controller is not None:
+            await self.controller.close()
+        if self.mqtt is not None and self.mqtt.connected:
+            with contextlib.suppress(MqttError, TimeoutError):
+                await self.mqtt.publish(
+                    f"dlm/{self.config.site.id}/status", json.dumps({"state": "offline"}), qos=1, retain=True
+                )
+        await self._stack.__aexit__(exc_type, exc, tb)
+
+    def reload(self) -> bool:
+        """Re-read the config file; apply it if valid, else keep running on the old one."""
+        if self.config_path is None or self.controller is None:
+            return False
+        try:
+            loaded = load_site_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, still running on the previous config:\n%s", exc)
+            return False
+        new = loaded.config
+        needs_restart = [
+            section for section in RESTART_SECTIONS if getattr(new, section) != getattr(self.config, section)
+        ]
+        if needs_restart:
+            log.warning("reload: %s changed and take effect only after a restart", ", ".join(needs_restart))
+            new = new.model_copy(update={section: getattr(self.config, section) for section in needs_restart})
+        self.controller.apply_config(new)
+        self.config = new
+        log.info("reload: config applied (%d warnings)", len(loaded.warnings))
+        return True
+
+    async def run(self, stop: asyncio.Event, *, max_cycles: int | None = None, on_cycle: Any = None) -> None:
+        assert self.controller is not None
+        sd_notify("READY=1")
+
+        def cycle_done(report: CycleReport) -> None:
+            sd_notify("WATCHDOG=1")
+            if on_cycle is not None:
+                on_cycle(report)
+
+        await self.controller.run(stop, max_cycles=max_cycles, on_cycle=cycle_done)
