@@ -34,7 +34,7 @@ SITES = st.builds(
 )
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(SITES)
 def test_chain_output_always_passes_or_only_uncontrolled_load_is_over(problem: Problem) -> None:
     result = solve(problem, time_budget_s=2.0)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -68,7 +72,7 @@ def one_feeder(
     )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(SITES)
 def test_heuristic_output_always_passes_the_checker(problem: Problem) -> None:
     allocation = solve_heuristic(problem)
@@ -80,7 +84,7 @@ def test_heuristic_output_always_passes_the_checker(problem: Problem) -> None:
     np.testing.assert_array_equal(allocation.setpoint[~allocation.admitted], 0.0)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(SITES)
 def test_jitted_heuristic_equals_its_python_function(problem: Problem) -> None:
     arguments = heuristic.kernel_arguments(problem)
@@ -90,7 +94,7 @@ def test_jitted_heuristic_equals_its_python_function(problem: Problem) -> None:
         np.testing.assert_array_equal(jitted_part, python_part)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(SITES)
 def test_jitted_admission_and_fill_equal_their_python_functions(problem: Problem) -> None:
     capacity, _ = heuristic._capacity_kernel(
@@ -224,3 +228,33 @@ def test_warm_up_reports_seconds() -> None:
 def test_large_site_is_feasible() -> None:
     problem = random_site(3000, 9, SiteShape(tightness=0.7))
     assert check(problem, solve_heuristic(problem)).ok
+
+
+_PURE_PYTHON_RUN = """
+import json, sys
+from evdlm_solvers import solve_heuristic
+from evdlm_solvers.synthetic import SiteShape, random_site
+results = []
+for seed in range(40):
+    problem = random_site(5 + seed, seed, SiteShape(tightness=seed / 40, battery_probability=0.5))
+    allocation = solve_heuristic(problem)
+    results.append([allocation.setpoint.tolist(), allocation.battery_w, allocation.admitted.tolist()])
+json.dump(results, sys.stdout)
+"""
+
+
+def test_every_kernel_and_helper_equals_pure_python() -> None:
+    # py_func parity above still calls jitted helpers; with the JIT off nothing is compiled.
+    completed = subprocess.run(
+        [sys.executable, "-c", _PURE_PYTHON_RUN],
+        env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for seed, (setpoint, battery_w, admitted) in enumerate(json.loads(completed.stdout)):
+        problem = random_site(5 + seed, seed, SiteShape(tightness=seed / 40, battery_probability=0.5))
+        allocation = solve_heuristic(problem)
+        np.testing.assert_array_equal(allocation.setpoint, setpoint)
+        assert allocation.battery_w == battery_w
+        np.testing.assert_array_equal(allocation.admitted, admitted)

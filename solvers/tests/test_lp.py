@@ -25,7 +25,7 @@ SITES = st.builds(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(SITES)
 def test_lp_is_feasible_and_at_least_as_good_as_the_heuristic(problem: Problem) -> None:
     heuristic = solve_heuristic(problem)

@@ -21,7 +21,7 @@ def fits_alone(problem: Problem) -> np.ndarray:
     return np.array([np.all(row_load(problem, alone[j], 0.0) <= room) for j in range(len(alone))])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     n_evse=st.integers(1, 30),
     seed=st.integers(0, 2**32 - 1),

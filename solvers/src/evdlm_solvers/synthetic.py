@@ -42,6 +42,9 @@ class SiteShape:
         Probability that the site has a battery.
     dc_fraction, single_phase_fraction : float
         Shares of DC chargers and of 1-phase AC cars; the rest are 3-phase AC.
+    phase_known_fraction : float
+        Share of 1-phase cars whose site phase the builder has learnt; the others load all
+        three phase rows (worst case).
     rotation_period_s, min_on_time_s : float
         Copied into the problem.
     """
@@ -51,6 +54,7 @@ class SiteShape:
     battery_probability: float = 0.3
     dc_fraction: float = 0.1
     single_phase_fraction: float = 0.3
+    phase_known_fraction: float = 0.7
     rotation_period_s: float = 900.0
     min_on_time_s: float = 300.0
 
@@ -114,7 +118,7 @@ def random_site(
         np.where(three_phase_ac, rng.choice([16.0, 32.0], size=n_evse), 32.0),
     )
     rotation = rng.integers(0, 3, size=n_evse)
-    phase_known = rng.random(n_evse) < 0.7
+    phase_known = rng.random(n_evse) < shape.phase_known_fraction
 
     # Coefficients: per phase row at feeder, board and grid; then the W rows.
     indptr = np.zeros(n_evse + 1, dtype=np.int64)
