@@ -104,7 +104,7 @@ def test_jitted_admission_and_fill_equal_their_python_functions(problem: Problem
         problem.battery_discharge_max_w,
         problem.battery_charge_max_w,
     )
-    row_ptr, row_evse, _ = heuristic._row_lists(
+    row_ptr, row_evse = heuristic._row_lists(
         problem.coef_indptr, problem.coef_row, problem.coef_value, problem.n_rows
     )
     structure = (problem.coef_indptr, problem.coef_row, problem.coef_value, row_ptr, row_evse)

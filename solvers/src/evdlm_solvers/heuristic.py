@@ -1,6 +1,6 @@
 """Greedy admission at the minimum, rotation, then weighted max-min water-filling (numba).
 
-One cycle, O(nnz log nnz):
+One cycle costs O(nnz log nnz) plus the rotation search, which the event cap bounds:
 
 1. Battery: discharge as far as the rows with a positive battery coefficient (export) allow,
    so the EVs see the most import headroom; it is settled back towards 0 at the end.
@@ -8,9 +8,10 @@ One cycle, O(nnz log nnz):
    flapping), then urgency, each admitted at its minimum if every row still fits.
 3. Rotation: a paused car waiting longer than the rotation period displaces the admitted
    car of the same or a lower priority class with the longest on-time past the minimum
-   on-time, if that makes room (or, when no single car does, the fewest such cars in
-   on-time order that together do); then the leftover room is offered again in
-   admission order. A car never displaces a higher class: classes are strict.
+   on-time, if that makes room (when no single car does: such cars on the rows that block
+   it, longest on-time first, until together they make room); then the leftover room is
+   offered again in admission order. A car never displaces a higher class: classes are
+   strict, so rotation guarantees turns within a class, not across classes.
 4. Water-filling per priority class (0 first): every admitted car of the class rises from
    its base at a rate proportional to its urgency in W, until its own upper bound (max,
    ramp-up) or a row saturates; an event heap keeps this O(nnz log nnz) instead of
@@ -123,8 +124,9 @@ def _settle_battery_w(
 @njit(cache=True)
 def _row_lists(
     indptr: IntArray, rows: IntArray, coefs: FloatArray, n_rows: int
-) -> tuple[IntArray, IntArray, FloatArray]:
-    """Transpose of the positive coefficients: for each row, its EVSEs and coefficients."""
+) -> tuple[IntArray, IntArray]:
+    """Transpose of the positive coefficients: row ``r``'s EVSEs are
+    ``row_evse[row_ptr[r]:row_ptr[r + 1]]``, in index order."""
     row_ptr = np.zeros(n_rows + 1, dtype=np.int64)
     for k in range(rows.shape[0]):
         if coefs[k] > 0.0:
@@ -133,14 +135,12 @@ def _row_lists(
         row_ptr[r + 1] += row_ptr[r]
     fill = row_ptr[:-1].copy()
     row_evse = np.empty(row_ptr[n_rows], dtype=np.int64)
-    row_coef = np.empty(row_ptr[n_rows], dtype=np.float64)
     for j in range(indptr.shape[0] - 1):
         for k in range(indptr[j], indptr[j + 1]):
             if coefs[k] > 0.0:
                 row_evse[fill[rows[k]]] = j
-                row_coef[fill[rows[k]]] = coefs[k]
                 fill[rows[k]] += 1
-    return row_ptr, row_evse, row_coef
+    return row_ptr, row_evse
 
 
 @njit(cache=True)
@@ -671,7 +671,7 @@ def _allocate_kernel(
     capacity, battery_fill_w = _capacity_kernel(
         headroom, battery_row, battery_coef, battery_discharge_max_w, battery_charge_max_w
     )
-    row_ptr, row_evse, _ = _row_lists(indptr, rows, coefs, n_rows)
+    row_ptr, row_evse = _row_lists(indptr, rows, coefs, n_rows)
     admitted = _admit_kernel(
         indptr, rows, coefs, row_ptr, row_evse, capacity, setpoint_min, setpoint_upper,
         charging, priority, urgency, waiting_s, on_time_s, rotation_period_s, min_on_time_s,
@@ -748,7 +748,7 @@ def admit(problem: Problem, max_probes: int = DEFAULT_MAX_EVENTS) -> BoolArray:
         problem.battery_discharge_max_w,
         problem.battery_charge_max_w,
     )
-    row_ptr, row_evse, _ = _row_lists(
+    row_ptr, row_evse = _row_lists(
         problem.coef_indptr, problem.coef_row, problem.coef_value, problem.n_rows
     )
     admitted: BoolArray = _admit_kernel(
