@@ -63,6 +63,9 @@ class SizeResult:
     violations: int
     numba_warm_up_s: float
     numba_cold_compile_s: float | None
+    load_average_1min: float
+    """The machine's 1-minute load average after the run: p99 figures are only as quiet
+    as the machine was."""
 
 
 class CvxpyCycleLp:
@@ -164,6 +167,7 @@ def cold_compile_s() -> float:
 def run_size(
     n_evse: int,
     *,
+    shape: SiteShape,
     seed: int,
     cycles: int,
     lp_samples: int,
@@ -173,7 +177,7 @@ def run_size(
 ) -> SizeResult:
     """Benchmark one site size."""
     rng = np.random.default_rng(seed)
-    site = random_site(n_evse, rng, SiteShape(tightness=0.6, overloaded_row_probability=0.0))
+    site = random_site(n_evse, rng, shape)
     problems = _cycles(site, cycles, rng)
 
     heuristic_s = []
@@ -241,6 +245,7 @@ def run_size(
         violations=violations,
         numba_warm_up_s=warm_up_s,
         numba_cold_compile_s=cold_s,
+        load_average_1min=os.getloadavg()[0],
     )
 
 
@@ -258,6 +263,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="LP solves per size (default 10)")
     parser.add_argument("--cvxpy-samples", type=int, default=3,
                         help="cvxpy solves per size after the first; 0 skips cvxpy")
+    parser.add_argument("--tightness", type=float, default=0.6,
+                        help="0 = limits near the sum of maxima, 1 = only part fits at minimum")
+    parser.add_argument("--single-phase-fraction", type=float, default=0.3,
+                        help="share of 1-phase AC cars (default 0.3)")
+    parser.add_argument("--phase-known-fraction", type=float, default=0.7,
+                        help="share of 1-phase cars on a known site phase (default 0.7)")
     parser.add_argument("--cold-compile", action="store_true",
                         help="also time numba compilation from an empty cache (subprocess)")
     return parser
@@ -268,9 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     options = _parser().parse_args(argv)
     cold_s = cold_compile_s() if options.cold_compile else None
     warm_up_s = warm_up()
+    shape = SiteShape(
+        tightness=options.tightness,
+        single_phase_fraction=options.single_phase_fraction,
+        phase_known_fraction=options.phase_known_fraction,
+    )
     for n_evse in options.n:
         result = run_size(
             n_evse,
+            shape=shape,
             seed=options.seed,
             cycles=options.cycles,
             lp_samples=options.lp_samples,
