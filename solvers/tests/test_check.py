@@ -167,3 +167,10 @@ def test_allocation_of_wrong_length_is_refused() -> None:
     allocation = Allocation(setpoint=np.zeros(3), battery_w=0.0, admitted=np.zeros(3, bool))
     with pytest.raises(ValueError, match="setpoints"):
         check(two_evse_site(), allocation)
+
+
+def test_nan_headroom_counts_as_violated() -> None:
+    problem = two_evse_site()
+    # Construction refuses NaN; an array corrupted afterwards must still not pass.
+    problem.row_headroom[0] = np.nan
+    assert [violation.row for violation in check(problem, paused(problem)).rows] == [0]

@@ -26,12 +26,19 @@ def test_arrays_are_coerced_to_solver_dtypes() -> None:
         ("priority", np.full(5, 4), "priority"),
         ("urgency", np.zeros(5), "urgency"),
         ("row_unit", np.zeros(1), "row_unit"),
+        ("row_headroom", "nan", "row_headroom holds NaN"),
+        ("setpoint_previous", "nan", "setpoint_previous must be finite"),
+        ("setpoint_min", "negative", "setpoint_min and ramp_up_max"),
     ],
 )
 def test_inconsistent_problems_are_refused(field: str, value: object, message: str) -> None:
     problem = random_site(5, 0)
     if value is None:
         value = problem.coef_row + problem.n_rows
+    elif isinstance(value, str) and value == "nan":
+        value = np.where(np.arange(getattr(problem, field).size) == 0, np.nan, getattr(problem, field))
+    elif isinstance(value, str):
+        value = -getattr(problem, field)
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(problem, **{field: value})
 

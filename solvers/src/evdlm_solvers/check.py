@@ -190,7 +190,8 @@ def check(
     load = row_load(problem, finite_setpoint, finite_battery_w)
     row_tol = np.where(problem.row_unit == UNIT_CURRENT_A, tol.current_a, tol.power_w)
     excess = load - problem.row_headroom
-    over = np.flatnonzero(excess > row_tol)
+    # Written so that a NaN counts as a violation rather than passing every comparison.
+    over = np.flatnonzero(~(excess <= row_tol))
     rows = tuple(
         RowViolation(row=int(row), excess=float(excess[row]), allocation_load=float(load[row]))
         for row in over

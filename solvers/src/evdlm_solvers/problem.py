@@ -189,6 +189,22 @@ class Problem:
             self.battery_coef_row.min() < 0 or self.battery_coef_row.max() >= n_rows
         ):
             raise ValueError("battery_coef_row holds a row index out of range")
+        # A NaN would compare false everywhere and slip through sizing and checking alike.
+        for name in ("row_headroom", "setpoint_max", "ramp_up_max"):
+            if np.isnan(getattr(self, name)).any():
+                raise ValueError(f"{name} holds NaN")
+        for name in (
+            "coef_value",
+            "setpoint_min",
+            "setpoint_previous",
+            "waiting_s",
+            "on_time_s",
+            "battery_coef_value",
+        ):
+            if not np.isfinite(getattr(self, name)).all():
+                raise ValueError(f"{name} must be finite")
+        if np.any(self.setpoint_min < 0.0) or np.any(self.ramp_up_max < 0.0):
+            raise ValueError("setpoint_min and ramp_up_max must be >= 0")
         if np.any((self.priority < 0) | (self.priority >= PRIORITY_CLASS_COUNT)):
             raise ValueError(f"priority classes run from 0 to {PRIORITY_CLASS_COUNT - 1}")
         if np.any(~(self.power_per_unit_w > 0.0)) or np.any(~(self.urgency > 0.0)):
