@@ -222,8 +222,9 @@ def _find_victim(
     """The longest-on car whose removal lets ``d`` in at its minimum; (victim or -1, probes).
 
     Candidates must carry load on ``d``'s most selective blocking row. A short row's
-    list is scanned whole; a long row (the grid connection) is searched in the global
-    on-time order, where the first car that makes room is the answer.
+    list is scanned whole; for a long row (the grid connection) ``by_on_time`` (the
+    displaceable cars, longest on-time first) is searched, and the first car that makes
+    room is the answer.
     """
     probes = 0
     victim = -1
@@ -331,6 +332,46 @@ def _find_victims(
 
 
 @njit(cache=True)
+def _add_displaceable(
+    v: int,
+    amount: float,
+    indptr: IntArray,
+    rows: IntArray,
+    coefs: FloatArray,
+    priority: IntArray,
+    displaceable_load: FloatArray,
+) -> None:
+    for k in range(indptr[v], indptr[v + 1]):
+        if coefs[k] > 0.0:
+            displaceable_load[priority[v], rows[k]] += coefs[k] * amount
+
+
+@njit(cache=True)
+def _room_possible(
+    d: int,
+    indptr: IntArray,
+    rows: IntArray,
+    coefs: FloatArray,
+    load: FloatArray,
+    capacity: FloatArray,
+    setpoint_min: FloatArray,
+    priority: IntArray,
+    displaceable_load: FloatArray,
+) -> bool:
+    """False when ``d`` would not fit even with every car it may displace gone."""
+    for k in range(indptr[d], indptr[d + 1]):
+        if coefs[k] <= 0.0:
+            continue
+        r = rows[k]
+        lowest = load[r]
+        for c in range(priority[d], PRIORITY_CLASS_COUNT):
+            lowest -= displaceable_load[c, r]
+        if lowest + coefs[k] * setpoint_min[d] > capacity[r]:
+            return False
+    return True
+
+
+@njit(cache=True)
 def _admit_kernel(
     indptr: IntArray,
     rows: IntArray,
@@ -373,13 +414,28 @@ def _admit_kernel(
     due = _stable_by_class(
         due[np.argsort(-waiting_s[due], kind="mergesort")], priority, PRIORITY_CLASS_COUNT
     )
-    by_on_time = np.argsort(-on_time_s, kind="mergesort")
+    # Cars that may be displaced at all, longest on-time first; displacing one only ever
+    # removes it, so the list stays valid (with an admitted check) for the whole cycle.
+    displaceable = np.flatnonzero(
+        admitted & charging & (setpoint_min > 0.0) & (on_time_s >= min_on_time_s)
+    )
+    by_on_time = displaceable[np.argsort(-on_time_s[displaceable], kind="mergesort")]
+    # Minimum load of the displaceable cars per class and row: a due car that would not
+    # fit even with all of them gone is skipped without a search (most overdue cars on a
+    # full site), which keeps rotation near O(nnz) per cycle.
+    displaceable_load = np.zeros((PRIORITY_CLASS_COUNT, capacity.shape[0]), dtype=np.float64)
+    for v in by_on_time:
+        _add_displaceable(v, setpoint_min[v], indptr, rows, coefs, priority, displaceable_load)
     victims = np.empty(n_evse, dtype=np.int64)
     probes = 0
     for due_index in range(due.shape[0]):
         d = int(due[due_index])
         if probes >= max_probes:
             break
+        probes += 1
+        if not _room_possible(d, indptr, rows, coefs, load, capacity, setpoint_min, priority,
+                              displaceable_load):
+            continue
         # Only a victim on the blocking row with the fewest EVSEs can make room there.
         blocking_row = -1
         for k in range(indptr[d], indptr[d + 1]):
@@ -401,6 +457,9 @@ def _admit_kernel(
             admitted[victim] = False
             displaced[victim] = True
             _add_load(victim, -setpoint_min[victim], indptr, rows, coefs, load)
+            _add_displaceable(
+                victim, -setpoint_min[victim], indptr, rows, coefs, priority, displaceable_load
+            )
             admitted[d] = True
             _add_load(d, setpoint_min[d], indptr, rows, coefs, load)
             continue
@@ -410,8 +469,12 @@ def _admit_kernel(
         )
         probes += used
         for i in range(n_victims):
-            admitted[victims[i]] = False
-            displaced[victims[i]] = True
+            v = victims[i]
+            admitted[v] = False
+            displaced[v] = True
+            _add_displaceable(
+                v, -setpoint_min[v], indptr, rows, coefs, priority, displaceable_load
+            )
         if n_victims > 0:
             admitted[d] = True
             _add_load(d, setpoint_min[d], indptr, rows, coefs, load)
