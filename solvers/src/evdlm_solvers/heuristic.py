@@ -518,6 +518,25 @@ def _heap_push(
 
 
 @njit(cache=True)
+def _sift_down(
+    heap_time: FloatArray, heap_id: IntArray, heap_version: IntArray, size: int, i: int
+) -> None:
+    while True:
+        left = 2 * i + 1
+        smallest = i
+        if left < size and heap_time[left] < heap_time[smallest]:
+            smallest = left
+        if left + 1 < size and heap_time[left + 1] < heap_time[smallest]:
+            smallest = left + 1
+        if smallest == i:
+            return
+        heap_time[smallest], heap_time[i] = heap_time[i], heap_time[smallest]
+        heap_id[smallest], heap_id[i] = heap_id[i], heap_id[smallest]
+        heap_version[smallest], heap_version[i] = heap_version[i], heap_version[smallest]
+        i = smallest
+
+
+@njit(cache=True)
 def _heap_pop(
     heap_time: FloatArray, heap_id: IntArray, heap_version: IntArray, size: int
 ) -> tuple[float, int, int, int]:
@@ -529,20 +548,7 @@ def _heap_pop(
     heap_time[0] = heap_time[size]
     heap_id[0] = heap_id[size]
     heap_version[0] = heap_version[size]
-    i = 0
-    while True:
-        left = 2 * i + 1
-        smallest = i
-        if left < size and heap_time[left] < heap_time[smallest]:
-            smallest = left
-        if left + 1 < size and heap_time[left + 1] < heap_time[smallest]:
-            smallest = left + 1
-        if smallest == i:
-            break
-        heap_time[smallest], heap_time[i] = heap_time[i], heap_time[smallest]
-        heap_id[smallest], heap_id[i] = heap_id[i], heap_id[smallest]
-        heap_version[smallest], heap_version[i] = heap_version[i], heap_version[smallest]
-        i = smallest
+    _sift_down(heap_time, heap_id, heap_version, size, 0)
     return top_time, top_id, top_version, size
 
 
@@ -643,13 +649,14 @@ def _fill_kernel(
         members = by_class[start:stop]
         start = stop
 
+        # The class's first events are written unordered and heapified in O(n).
         size = 0
         for j in members:
             active[j] = True
-            size = _heap_push(
-                heap_time, heap_id, heap_version, size,
-                (setpoint_upper[j] - setpoint[j]) / rise_rate[j], j, 0,
-            )
+            heap_time[size] = (setpoint_upper[j] - setpoint[j]) / rise_rate[j]
+            heap_id[size] = j
+            heap_version[size] = 0
+            size += 1
             for k in range(indptr[j], indptr[j + 1]):
                 if coefs[k] > 0.0:
                     row_rate[rows[k]] += coefs[k] * rise_rate[j]
@@ -658,10 +665,12 @@ def _fill_kernel(
             row_since[r] = 0.0
             if row_active[r] > 0:
                 row_version[r] += 1
-                size = _heap_push(
-                    heap_time, heap_id, heap_version, size,
-                    remaining[r] / row_rate[r], n_evse + r, row_version[r],
-                )
+                heap_time[size] = remaining[r] / row_rate[r]
+                heap_id[size] = n_evse + r
+                heap_version[size] = row_version[r]
+                size += 1
+        for i in range(size // 2 - 1, -1, -1):
+            _sift_down(heap_time, heap_id, heap_version, size, i)
         base = setpoint.copy()
         level = 0.0
         while size > 0:
