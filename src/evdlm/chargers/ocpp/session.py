@@ -87,7 +87,9 @@ class SessionBase:
 
         async def _send(self, message: str) -> None: ...
         async def _handle_call(self, msg: Any) -> Any: ...
-        async def call(self, payload: Any, suppress: bool = True, unique_id: Any = None) -> Any: ...
+        async def call(
+            self, payload: Any, suppress: bool = True, unique_id: Any = None, skip_schema_validation: bool = False
+        ) -> Any: ...
         async def start(self) -> None: ...
 
     def _init_session(self, link: ChargerLink, settings: LinkSettings, clock: Clock) -> None:
@@ -138,13 +140,13 @@ class SessionBase:
 
     # -------------------------------------------------------------- outbound calls
 
-    async def call_checked(self, payload: Any) -> Any:
+    async def call_checked(self, payload: Any, *, trusted_payload: bool = False) -> Any:
         """``call`` with ``suppress=False``, translating library and transport errors.
 
         Races the connection's end so a charger that disconnects mid-call is reported offline
         at once rather than after ``call_timeout_s``.
         """
-        pending = asyncio.ensure_future(self.call(payload, suppress=False))
+        pending = asyncio.ensure_future(self.call(payload, suppress=False, skip_schema_validation=trusted_payload))
         closed = asyncio.ensure_future(self._closed.wait())
         try:
             await asyncio.wait({pending, closed}, return_when=asyncio.FIRST_COMPLETED)
@@ -205,6 +207,16 @@ class SessionBase:
     def session_ended(self, evse_id: int | None) -> None:
         if evse_id is not None:
             self.enqueue(lambda: self.link.clear_session(evse_id))
+
+
+PROFILE_STATUSES = ("Accepted", "Rejected", "NotSupported")
+
+
+def checked_profile_status(status: Any) -> str:
+    """SetChargingProfile's answer, which must be one of the enum values of both versions."""
+    if status not in PROFILE_STATUSES:
+        raise ChargerCallError("FormatViolation", f"SetChargingProfile answered with status {status!r}")
+    return str(status)
 
 
 def _plain(details: Any) -> dict[str, Any]:
