@@ -119,3 +119,35 @@ def test_both_solvers_failing_on_a_full_site_pauses_everyone(
     assert (result.status, result.solver) == (SolveStatus.SAFE, SolverName.SAFE_PAUSED)
     assert not result.allocation.setpoint.any()
     assert "LP time_limit" in result.reason
+
+
+def test_battery_shrinks_an_import_overload_it_cannot_remove() -> None:
+    # Rows: grid import (W, 5 kW over its limit), export (W, 3 kW of room). One DC EVSE.
+    problem = Problem(
+        row_headroom=np.array([-5_000.0, 3_000.0]),
+        row_unit=np.array([1, 1]),
+        row_parent=np.array([-1, -1]),
+        coef_indptr=np.array([0, 2]),
+        coef_row=np.array([0, 1]),
+        coef_value=np.array([1.0, -1.0]),
+        evse_unit=np.array([1]),
+        power_per_unit_w=np.array([1.0]),
+        setpoint_min=np.array([0.0]),
+        setpoint_max=np.array([50_000.0]),
+        setpoint_previous=np.array([0.0]),
+        ramp_up_max=np.array([np.inf]),
+        charging=np.array([False]),
+        priority=np.array([1]),
+        urgency=np.array([1.0]),
+        waiting_s=np.array([0.0]),
+        on_time_s=np.array([0.0]),
+        battery_discharge_max_w=10_000.0,
+        battery_charge_max_w=10_000.0,
+        battery_coef_row=np.array([0, 1]),
+        battery_coef_value=np.array([-1.0, 1.0]),
+    )
+    result = solve(problem)
+    assert (result.status, result.solver) == (SolveStatus.OVER_LIMIT, SolverName.HEURISTIC)
+    assert result.allocation.setpoint[0] == 0.0
+    assert result.allocation.battery_w == 3_000.0
+    assert result.report.rows[0].excess == 2_000.0

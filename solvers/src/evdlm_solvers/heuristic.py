@@ -71,8 +71,9 @@ def _battery_fill_w(
             lower = max(lower, slack / coef)
     if lower > upper:
         # No battery setpoint satisfies every battery row even with the EVs paused: the
-        # site is over a limit by uncontrolled load; stay idle and let the chain report it.
-        return 0.0
+        # import side is over its limit by uncontrolled load. Discharge as far as the export
+        # rows allow, which shrinks the overload without breaking another row.
+        return max(upper, -charge_max_w)
     return upper
 
 
