@@ -57,7 +57,29 @@ async def test_a_chain_that_never_ends_is_bounded() -> None:
 
 
 def test_every_supported_model_has_a_definition() -> None:
-    for model_id in (1, 201, 202, 203, 204, 211, 212, 213, 214, 101, 102, 103, 111, 112, 113, 701, 702, 704, 124, 713, 802):
+    for model_id in (
+        1,
+        201,
+        202,
+        203,
+        204,
+        211,
+        212,
+        213,
+        214,
+        101,
+        102,
+        103,
+        111,
+        112,
+        113,
+        701,
+        702,
+        704,
+        124,
+        713,
+        802,
+    ):
         assert sunspec.model_definition(model_id).points["ID"].offset == 0
 
 
@@ -72,7 +94,9 @@ def test_values_travel_with_their_scale_factors() -> None:
             sf = model.points[str(point.sf)]
             value_address, sf_address = header.address + point.offset, header.address + sf.offset
             assert any(
-                start <= value_address and value_address + point.size <= start + count and start <= sf_address < start + count
+                start <= value_address
+                and value_address + point.size <= start + count
+                and start <= sf_address < start + count
                 for start, count in requests
             ), (limit, name)
 

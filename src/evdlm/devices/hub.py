@@ -34,7 +34,7 @@ from evdlm.core.types import Quality, Reading
 from evdlm.devices.battery import BatteryControl, SunSpecBatteryControl
 from evdlm.devices.codec import Measurement, orient
 from evdlm.devices.errors import DeviceError
-from evdlm.devices.modbus_transport import ModbusTransport
+from evdlm.devices.modbus_transport import ModbusTransport, raise_if_cancelling
 from evdlm.devices.mqtt_device import parse_mqtt_payload
 from evdlm.devices.profile import SUNSPEC, load_profile
 from evdlm.devices.quality import DEFAULT_PLAUSIBILITY, CounterState, Plausibility, to_reading, unwrap_counters
@@ -53,7 +53,8 @@ class _Slot:
     latest: Reading | None = None
     last_good: Measurement | None = None
     counters: CounterState = field(default_factory=CounterState)
-    logged_quality: Quality | None = None
+    # A device starts out MISSING: the first line logged is its first reading (or failure).
+    logged_quality: Quality = Quality.MISSING
     failing: bool = False
     polls: int = 0
 
@@ -202,6 +203,7 @@ class DeviceHub:
         while True:
             started_s = self.clock.now_s()
             await self.poll_once(slot.device.name)
+            raise_if_cancelling()
             await self.clock.sleep(max(0.0, period_s - (self.clock.now_s() - started_s)))
 
     async def poll_once(self, name: str) -> Reading:
@@ -285,7 +287,7 @@ class DeviceHub:
                 level,
                 "device %s: quality %s → %s%s",
                 slot.device.name,
-                slot.logged_quality.value if slot.logged_quality is not None else "none",
+                slot.logged_quality.value,
                 reading.quality.value,
                 f" ({reading.reason})" if reading.reason else "",
             )

@@ -42,6 +42,21 @@ READ_INPUT = 4
 WRITE_MULTIPLE = 16
 
 logger = logging.getLogger("evdlm.devices.modbus")
+# pymodbus logs every failed connect and timeout at WARNING; this module reports them once, as
+# DeviceErrors that the hub logs on quality transitions, so its own lines are only noise.
+logging.getLogger("pymodbus.logging").setLevel(logging.CRITICAL)
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a library swallowed.
+
+    On Python 3.11 ``asyncio.wait_for`` (which pymodbus awaits every response with) drops a
+    cancellation that arrives together with the response; the task would then run on with
+    ``cancelling() > 0`` and its TaskGroup would wait for it forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def backoff_delay_s(failures: int, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -175,6 +190,7 @@ class ModbusTransport:
                 # pymodbus enforces timeout_s itself; the outer bound is a belt for its own bugs.
                 async with asyncio.timeout(self.link.timeout_s * 2 + 1.0):
                     response = await call(client)
+                raise_if_cancelling()
             except (ModbusIOException, TimeoutError) as exc:
                 self.errors += 1
                 # Drop the connection: a late answer would otherwise be read as the answer to the
