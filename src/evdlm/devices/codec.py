@@ -7,7 +7,6 @@ whose order vendors disagree on (``big``: high word first, as SunSpec, Eastron a
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -114,7 +113,3 @@ def orient(measurement: Measurement, invert: bool) -> Measurement:
         import_energy_wh=measurement.export_energy_wh,
         export_energy_wh=measurement.import_energy_wh,
     )
-
-
-def is_nan(value: float | None) -> bool:
-    return value is not None and math.isnan(value)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from evdlm.config.models import BatteryControlMode, Device, DeviceRole, SiteConfig
+from evdlm.config.models import BatteryControlMode, Device, SiteConfig
 from evdlm.config.secrets import resolve_secret
 from evdlm.core.clock import Clock
 from evdlm.core.types import Quality, Reading
@@ -297,9 +297,6 @@ class DeviceHub:
     def snapshot(self, now_s: float) -> dict[str, Reading]:
         """The latest reading of every device, aged at ``now_s`` (MISSING when never read)."""
         return {name: self._current(slot, now_s) for name, slot in self._slots.items()}
-
-    def role_of(self, name: str) -> DeviceRole:
-        return self._slots[name].device.role
 
     def polls(self, name: str) -> int:
         """How many polls of ``name`` were attempted (tests, benchmarks)."""

@@ -39,7 +39,6 @@ ModbusLinkConfig = ModbusTcpLink | ModbusRtuOverTcpLink | ModbusRtuLink
 
 READ_HOLDING = 3
 READ_INPUT = 4
-WRITE_MULTIPLE = 16
 
 logger = logging.getLogger("evdlm.devices.modbus")
 # pymodbus logs every failed connect and timeout at WARNING; this module reports them once, as
@@ -244,7 +243,6 @@ ServerReply = list[int] | int | None
 ReadHandler = Callable[[int, int, int, int], Awaitable[ServerReply]]
 WriteHandler = Callable[[int, int, list[int]], Awaitable[ServerReply]]
 
-ILLEGAL_FUNCTION = int(ExcCodes.ILLEGAL_FUNCTION)
 ILLEGAL_ADDRESS = int(ExcCodes.ILLEGAL_ADDRESS)
 DEVICE_FAILURE = int(ExcCodes.DEVICE_FAILURE)
 

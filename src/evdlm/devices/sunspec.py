@@ -170,19 +170,6 @@ async def discover_models(read: ReadFn) -> list[ModelHeader]:
     raise DiscoveryError(f"no SunSpec marker at {', '.join(map(str, SUNSPEC_BASE_ADDRESSES))}")
 
 
-def required_points(model: ModelDef, names: Iterable[str]) -> list[str]:
-    """``names`` (those the model has) plus the scale-factor points they refer to."""
-    result: list[str] = []
-    for name in names:
-        point = model.points.get(name)
-        if point is None:
-            continue
-        result.append(name)
-        if isinstance(point.sf, str) and point.sf in model.points and point.sf not in result:
-            result.append(point.sf)
-    return result
-
-
 def plan_model_reads(header: ModelHeader, names: Iterable[str], max_registers: int) -> list[tuple[int, int]]:
     """Requests ``(address, count)`` covering ``names`` and their scale factors.
 
