@@ -43,6 +43,28 @@ def test_lp_is_feasible_and_at_least_as_good_as_the_heuristic(problem: Problem) 
     assert result.objective >= heuristic_objective - 1e-6 * max(abs(heuristic_objective), 1.0)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    SITES,
+    st.integers(0, 2**32 - 1),
+)
+def test_lp_stays_at_least_as_good_with_extreme_weights(problem: Problem, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    problem = dataclasses.replace(
+        problem,
+        urgency=np.exp(rng.uniform(np.log(1e-3), np.log(1e3), problem.n_evse)),
+        priority=rng.integers(0, 4, problem.n_evse),
+        ramp_up_max=np.where(rng.random(problem.n_evse) < 0.3, 0.0, problem.ramp_up_max),
+    )
+    heuristic = solve_heuristic(problem)
+    result = solve_lp(problem, heuristic.admitted)
+    if result.status is LpStatus.INFEASIBLE:
+        assert (problem.row_headroom[problem.battery_coef_row] < 0).any()
+        return
+    heuristic_objective = weighted_power(problem, heuristic)
+    assert result.objective >= heuristic_objective - 1e-6 * max(abs(heuristic_objective), 1e-9)
+
+
 def test_lp_admits_like_the_heuristic_by_default() -> None:
     problem = random_site(80, 4, SiteShape(tightness=0.9))
     result = solve_lp(problem)

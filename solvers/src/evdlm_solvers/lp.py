@@ -107,7 +107,10 @@ def solve_lp(
     col_upper = np.where(runnable, upper, 0.0)
 
     weight = objective_weight(problem)
-    scale = float(weight.max()) if n_evse else 1.0
+    # Costs scaled to at most 1 over the columns that can move keep HiGHS's optimality
+    # tolerance meaningful; a paused class-0 car must not shrink everyone else's cost.
+    movable = col_upper > col_lower
+    scale = float(weight[movable].max()) if movable.any() else 1.0
     battery_cost = BATTERY_COST_FRACTION * float(
         (weight / problem.power_per_unit_w).min() if n_evse else 1.0
     )
@@ -116,7 +119,6 @@ def solve_lp(
     model.num_col_ = n_evse + 2
     model.num_row_ = problem.n_rows
     model.sense_ = highspy.ObjSense.kMaximize
-    # Costs scaled to at most 1 keep HiGHS's optimality tolerance meaningful across classes.
     model.col_cost_ = np.concatenate([weight, [-battery_cost, -battery_cost]]) / scale
     model.col_lower_ = np.concatenate([col_lower, [0.0, 0.0]])
     model.col_upper_ = np.concatenate(
@@ -146,6 +148,9 @@ def solve_lp(
     # Presolve costs more than it saves here (7x at 1000 EVSEs, 1.7x at 5000; see
     # benchmarks/README.md): the rows are few and already tight, the bounds explicit.
     highs.setOptionValue("presolve", "off")
+    # Weights span classes (100x each) and urgencies; at the default 1e-7 a cheap class-3
+    # column could be left short of its optimum by more than the heuristic gets from it.
+    highs.setOptionValue("dual_feasibility_tolerance", 1e-9)
     highs.passModel(model)
     highs.run()
     model_status = highs.getModelStatus()
