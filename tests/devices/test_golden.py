@@ -30,6 +30,7 @@ class DumpTransport:
             for block in blocks
             for i, value in enumerate(block["registers"])
         }
+        self.name = "dump"
         self.max_registers_per_request = max_registers
         self.requests: list[tuple[int, int, int]] = []
 
@@ -74,3 +75,10 @@ async def test_device_invert_sign_flips_a_golden_meter() -> None:
     measurement = await reader.read()
     assert measurement.power_w == pytest.approx(-6910.0)
     assert measurement.import_energy_wh == pytest.approx(56_750.0)
+
+
+async def test_sunspec_identity_comes_from_the_common_model() -> None:
+    dump = json.loads((DATA / "sunspec_inverter_103.json").read_text())
+    reader = SunSpecReader(DumpTransport(dump["blocks"]), 1, DeviceRole.PV, invert_sign=False)  # type: ignore[arg-type]
+    await reader.discover()
+    assert reader.identity == {"Mn": "golden", "Md": "inverter-103", "Vr": None, "SN": "0001"}

@@ -242,3 +242,43 @@ async def test_demo_config_runs_on_simulators(clock: Clock) -> None:
     async with start_site(config, clock) as site:
         await wait_for(lambda: all_ok(site), timeout_s=5.0)
         assert set(snap(site)) == {"grid_meter", "garage_meter", "roof_pv", "store"}
+
+
+async def test_sim_sources_read_the_simulation_in_process() -> None:
+    text = """
+schema_version: 1
+site: {id: t}
+grid: {import_limit_kw: 50, phase_current_limit_a: 80, meter: grid}
+circuits: [{id: main, phase_current_limit_a: 80, meter: main_meter}]
+chargers: [{id: CP01, ocpp_version: "1.6", circuit: main}]
+devices:
+  - {name: grid, role: grid_meter, poll_period_s: 0.05, sim: {model: grid_meter}}
+  - {name: main_meter, role: circuit_meter, poll_period_s: 0.05, sim: {model: circuit_meter}}
+  - {name: pv, role: pv, poll_period_s: 0.05, sim: {model: pv}}
+  - {name: bat, role: battery, poll_period_s: 0.05, sim: {model: battery}}
+control: {fallback_import_limit_kw: 20}
+"""
+    config = parse_site_config(text).config
+    clock = ScaledClock(1_800_000_000.0, speed=60.0)
+    sim = SiteSimulation(sim_params_for(config), clock.now_s(), circuits=circuit_specs_for(config, base_share=0.5))
+    sim.set_ev_load("CP01", (10.0, 0.0, 0.0))
+    async with DeviceHub(config, clock, simulation=sim) as hub:
+        await wait_for(lambda: all(r.quality is Quality.OK for r in hub.snapshot(clock.now_s()).values()))
+        readings = hub.snapshot(clock.now_s())
+        truth = sim.advance(clock.now_s())
+        assert readings["bat"].soc_pct == pytest.approx(truth.battery_soc_pct, abs=0.5)
+        main = readings["main_meter"].phase_power_w
+        assert main is not None and main[0] == pytest.approx(0.5 * truth.base_phase_w[0] + 2300.0, rel=0.05)
+
+
+async def test_simulators_can_bind_the_configured_ports(clock: Clock) -> None:
+    config = make_config()
+    async with SiteSimulators(config, SiteSimulation(sim_params_for(config), clock.now_s()), clock) as ephemeral:
+        ports = {name: server.port for name, server in ephemeral.servers.items()}
+    fixed = config.model_copy(
+        update={"modbus_links": [link.model_copy(update={"port": ports[link.name]}) for link in config.modbus_links]}
+    )
+    sim = SiteSimulation(sim_params_for(fixed), clock.now_s())
+    async with SiteSimulators(fixed, sim, clock, use_config_ports=True) as sims:
+        assert {name: server.port for name, server in sims.servers.items()} == ports
+        assert sims.config() == fixed

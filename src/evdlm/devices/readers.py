@@ -6,6 +6,7 @@ are :class:`~evdlm.devices.errors.DeviceError` subclasses; the hub turns them in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +18,8 @@ from evdlm.devices.errors import DiscoveryError, ModbusExceptionResponse
 from evdlm.devices.modbus_transport import READ_HOLDING, ModbusTransport
 from evdlm.devices.profile import RegisterBlock, RegisterProfile, decode_profile, plan_reads
 from evdlm.devices.sunspec import ModelHeader
+
+logger = logging.getLogger("evdlm.devices.sunspec")
 
 
 class Reader(Protocol):
@@ -66,14 +69,32 @@ class SunSpecReader:
         self.role = role
         self.invert_sign = invert_sign
         self.headers: list[ModelHeader] | None = None
+        self.identity: dict[str, str | None] = {}
 
     async def _read_holding(self, address: int, count: int) -> list[int]:
         return await self.transport.read_registers(self.unit_id, READ_HOLDING, address, count)
 
     async def discover(self) -> list[ModelHeader]:
         if self.headers is None:
-            self.headers = await sunspec.discover_models(self._read_holding)
+            headers = await sunspec.discover_models(self._read_holding)
+            self.headers = headers
+            self.identity = await self._read_identity()
+            logger.info(
+                "link %s unit %d: SunSpec %s, models %s",
+                self.transport.name,
+                self.unit_id,
+                " ".join(str(v) for v in self.identity.values() if v) or "(no common model)",
+                [header.model_id for header in headers],
+            )
         return self.headers
+
+    async def _read_identity(self) -> dict[str, str | None]:
+        """Manufacturer, model, version and serial number from common model 1 (for the logs)."""
+        header = self.find((sunspec.COMMON_MODEL,))
+        if header is None:
+            return {}
+        values = (await self.read_model(header, sunspec.COMMON_POINTS)).values
+        return {name: value if isinstance(value, str) else None for name, value in values.items()}
 
     def find(self, candidates: Sequence[int]) -> ModelHeader | None:
         return None if self.headers is None else sunspec.model_of(self.headers, candidates)

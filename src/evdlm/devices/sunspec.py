@@ -42,6 +42,7 @@ SUNS_MARKER = (0x5375, 0x6E53)
 END_MODEL_ID = 0xFFFF
 MAX_CHAIN_MODELS = 64  # a device with more models than this is looping or corrupt
 
+COMMON_MODEL = 1
 METER_INT_MODELS = (201, 202, 203, 204)
 METER_FLOAT_MODELS = (211, 212, 213, 214)
 INVERTER_INT_MODELS = (101, 102, 103)
@@ -290,6 +291,7 @@ def accumulator_modulus(header: ModelHeader, blocks: Sequence[tuple[int, Sequenc
 
 # ---------------------------------------------------------------- measurements per model family
 
+COMMON_POINTS = ("Mn", "Md", "Vr", "SN")
 METER_POINTS = (
     "W", "WphA", "WphB", "WphC", "AphA", "AphB", "AphC", "PhVphA", "PhVphB", "PhVphC", "Hz", "TotWhImp", "TotWhExp",
 )  # fmt: skip
