@@ -53,7 +53,7 @@ def test_lp_stays_at_least_as_good_with_extreme_weights(problem: Problem, seed: 
     problem = dataclasses.replace(
         problem,
         urgency=np.exp(rng.uniform(np.log(1e-3), np.log(1e3), problem.n_evse)),
-        priority=rng.integers(0, 4, problem.n_evse),
+        priority=rng.integers(0, 10, problem.n_evse),
         ramp_up_max=np.where(rng.random(problem.n_evse) < 0.3, 0.0, problem.ramp_up_max),
     )
     heuristic = solve_heuristic(problem)

@@ -23,7 +23,7 @@ def test_arrays_are_coerced_to_solver_dtypes() -> None:
     [
         ("setpoint_min", np.zeros(4), "setpoint_min"),
         ("coef_row", None, "out of range"),
-        ("priority", np.full(5, 4), "priority"),
+        ("priority", np.full(5, 10), "priority"),
         ("urgency", np.zeros(5), "urgency"),
         ("row_unit", np.zeros(1), "row_unit"),
         ("row_headroom", "nan", "row_headroom holds NaN"),

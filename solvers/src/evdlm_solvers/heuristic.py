@@ -31,7 +31,6 @@ import numpy as np
 from numba import njit
 
 from evdlm_solvers.problem import (
-    PRIORITY_CLASS_COUNT,
     Allocation,
     BoolArray,
     FloatArray,
@@ -175,6 +174,16 @@ def _add_load(
 
 
 @njit(cache=True)
+def _class_count(priority: IntArray) -> int:
+    """Number of priority classes to bucket (highest class number + 1).
+
+    Taken from the data rather than from ``problem.PRIORITY_CLASS_COUNT``: numba freezes
+    globals into its cache, which only notices edits to this file.
+    """
+    return int(priority.max()) + 1 if priority.shape[0] > 0 else 1
+
+
+@njit(cache=True)
 def _stable_by_class(order: IntArray, group: IntArray, n_groups: int) -> IntArray:
     """``order`` regrouped by ``group[order]`` (0 first), keeping order within a group."""
     start = np.zeros(n_groups + 1, dtype=np.int64)
@@ -198,7 +207,7 @@ def _admission_order(priority: IntArray, charging: BoolArray, urgency: FloatArra
     """
     group = 2 * priority + np.where(charging, 0, 1)
     by_urgency = np.argsort(-urgency, kind="mergesort")
-    return _stable_by_class(by_urgency, group, 2 * PRIORITY_CLASS_COUNT)
+    return _stable_by_class(by_urgency, group, 2 * _class_count(priority))
 
 
 @njit(cache=True)
@@ -365,7 +374,7 @@ def _room_possible(
             continue
         r = rows[k]
         lowest = load[r]
-        for c in range(priority[d], PRIORITY_CLASS_COUNT):
+        for c in range(priority[d], displaceable_load.shape[0]):
             lowest -= displaceable_load[c, r]
         if lowest + coefs[k] * setpoint_min[d] > capacity[r]:
             return False
@@ -413,7 +422,7 @@ def _admit_kernel(
         return admitted
     # Longest-waiting first within a class.
     due = _stable_by_class(
-        due[np.argsort(-waiting_s[due], kind="mergesort")], priority, PRIORITY_CLASS_COUNT
+        due[np.argsort(-waiting_s[due], kind="mergesort")], priority, _class_count(priority)
     )
     # Cars that may be displaced at all, longest on-time first; displacing one only ever
     # removes it, so the list stays valid (with an admitted check) for the whole cycle.
@@ -424,7 +433,7 @@ def _admit_kernel(
     # Minimum load of the displaceable cars per class and row: a due car that would not
     # fit even with all of them gone is skipped without a search (most overdue cars on a
     # full site), which keeps rotation near O(nnz) per cycle.
-    displaceable_load = np.zeros((PRIORITY_CLASS_COUNT, capacity.shape[0]), dtype=np.float64)
+    displaceable_load = np.zeros((_class_count(priority), capacity.shape[0]), dtype=np.float64)
     for v in by_on_time:
         _add_displaceable(v, setpoint_min[v], indptr, rows, coefs, priority, displaceable_load)
     victims = np.empty(n_evse, dtype=np.int64)
@@ -641,7 +650,7 @@ def _fill_kernel(
     dirty_rows = np.empty(n_rows, dtype=np.int64)
 
     candidates = np.flatnonzero(admitted & (setpoint_upper > setpoint) & (rise_rate > 0.0))
-    by_class = _stable_by_class(candidates, priority, PRIORITY_CLASS_COUNT)
+    by_class = _stable_by_class(candidates, priority, _class_count(priority))
     start = 0
     while start < by_class.shape[0]:
         stop = start

@@ -24,11 +24,12 @@ UNIT_POWER_W: Final = 1
 PRIORITY_WEIGHT_BASE: Final = 100.0
 """Weight ratio between neighbouring priority classes in the weighted objective.
 
-Large enough that one class-0 W outweighs anything the urgency spread (normalised near 1)
-can do in class 1, small enough that four classes keep the LP's costs within 1e8.
+Large enough that one W of a class outweighs anything the urgency spread (normalised near
+1) can do in the next class, small enough that four classes in use keep the LP's costs
+within 1e6 of each other.
 """
-PRIORITY_CLASS_COUNT: Final = 4
-"""Priority classes run from 0 (highest) to 3."""
+PRIORITY_CLASS_COUNT: Final = 10
+"""Priority classes run from 0 (highest) to 9, as in the site configuration."""
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -276,10 +277,13 @@ def paused(problem: Problem) -> Allocation:
 def objective_weight(problem: Problem) -> FloatArray:
     """Weight per setpoint unit in the delivered-power objective, shape (n_evse,).
 
-    ``PRIORITY_WEIGHT_BASE ** -class * urgency * power_per_unit_w``: weighted W per
-    setpoint unit, so classes dominate and urgency shares within a class.
+    ``PRIORITY_WEIGHT_BASE ** -rank * urgency * power_per_unit_w``: weighted W per setpoint
+    unit, so classes dominate and urgency shares within a class. ``rank`` is the class's
+    position among the classes present in the problem (classes 0, 5 and 9 in use weigh
+    1, 1e-2 and 1e-4): the numbers in a site's configuration do not stretch the LP's costs.
     """
-    class_weight = PRIORITY_WEIGHT_BASE ** (-problem.priority.astype(np.float64))
+    _, rank = np.unique(problem.priority, return_inverse=True)
+    class_weight = PRIORITY_WEIGHT_BASE ** (-rank.astype(np.float64))
     return class_weight * problem.urgency * problem.power_per_unit_w
 
 
