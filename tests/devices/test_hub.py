@@ -282,3 +282,12 @@ async def test_simulators_can_bind_the_configured_ports(clock: Clock) -> None:
     async with SiteSimulators(fixed, sim, clock, use_config_ports=True) as sims:
         assert {name: server.port for name, server in sims.servers.items()} == ports
         assert sims.config() == fixed
+
+
+async def test_closing_the_hub_releases_a_commanded_battery(clock: Clock) -> None:
+    async with start_site(make_config(), clock) as site:
+        assert site.hub.battery_control is not None
+        await site.hub.battery_control.set_power_w(2000.0)
+        assert site.sim.command.storctl_mod == 3
+        await site.hub.__aexit__(None, None, None)
+        assert site.sim.command.storctl_mod == 0

@@ -63,6 +63,11 @@ class SunSpecBatteryControl:
         self._last_write_at_s = float("-inf")
         self._heartbeat = 0
 
+    @property
+    def commanded(self) -> bool:
+        """True while a setpoint sent by this controller may still hold the battery."""
+        return self._last_power_w is not None
+
     def clamp_w(self, power_w: float) -> float:
         return max(-self._battery.max_charge_kw * 1000.0, min(self._battery.max_discharge_kw * 1000.0, power_w))
 

@@ -118,13 +118,14 @@ class DeviceHub:
                 tls=broker.tls,
                 ca_file=broker.ca_file,
             )
-        self.battery_control: BatteryControl | None = None
+        self._battery: SunSpecBatteryControl | None = None
         battery = config.battery
         if battery is not None and battery.control is not BatteryControlMode.NONE:
             reader = self._sunspec_readers.get(battery.device)
             if reader is None:
                 raise ValueError(f"battery control needs device {battery.device!r} on a SunSpec Modbus profile")
-            self.battery_control = SunSpecBatteryControl(reader, battery, clock)
+            self._battery = SunSpecBatteryControl(reader, battery, clock)
+        self.battery_control: BatteryControl | None = self._battery
         self._tg: asyncio.TaskGroup | None = None
 
     def _build_slot(self, device: Device, base_dir: Path | None, simulation: SiteSimulation | None) -> _Slot:
@@ -181,11 +182,11 @@ class DeviceHub:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.battery_control is not None:
+        if self._battery is not None and self._battery.commanded:
             # Best effort: the revert timer covers the case where this cannot reach the battery.
             with contextlib.suppress(DeviceError, TimeoutError):
                 async with asyncio.timeout(2.0):
-                    await self.battery_control.release()
+                    await self._battery.release()
         if self._tg is not None:
             for task in list(self._tg._tasks):  # the TaskGroup keeps no public task list
                 task.cancel()

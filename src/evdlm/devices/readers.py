@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from evdlm.config.models import DeviceRole
@@ -156,17 +156,7 @@ class SunSpecReader:
             measurement = sunspec.measurement_from_der((await self.read_model(der, sunspec.DER_AC_POINTS)).values)
         else:
             raise DiscoveryError(f"unit {self.unit_id}: no SunSpec battery power (802 or 701)")
-        soc = sunspec.battery_soc_pct(values)
-        return Measurement(
-            power_w=measurement.power_w,
-            phase_power_w=measurement.phase_power_w,
-            phase_current_a=measurement.phase_current_a,
-            phase_voltage_v=measurement.phase_voltage_v,
-            frequency_hz=measurement.frequency_hz,
-            import_energy_wh=measurement.import_energy_wh,
-            export_energy_wh=measurement.export_energy_wh,
-            soc_pct=soc,
-        )
+        return replace(measurement, soc_pct=sunspec.battery_soc_pct(values))
 
 
 class CallableReader:
