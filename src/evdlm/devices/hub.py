@@ -127,6 +127,7 @@ class DeviceHub:
             self._battery = SunSpecBatteryControl(reader, battery, clock)
         self.battery_control: BatteryControl | None = self._battery
         self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def _build_slot(self, device: Device, base_dir: Path | None, simulation: SiteSimulation | None) -> _Slot:
         if device.modbus is not None:
@@ -171,7 +172,7 @@ class DeviceHub:
                 await self.mqtt.__aenter__()
             for slot in self._slots.values():
                 if slot.reader is not None:
-                    self._tg.create_task(self._poll_loop(slot), name=f"poll:{slot.device.name}")
+                    self._tasks.append(self._tg.create_task(self._poll_loop(slot), name=f"poll:{slot.device.name}"))
                 elif slot.device.mqtt is not None and self.mqtt is not None:
                     await self.mqtt.subscribe(slot.device.mqtt.topic, self._mqtt_handler(slot), qos=1)
         except BaseException:
@@ -188,8 +189,9 @@ class DeviceHub:
                 async with asyncio.timeout(2.0):
                     await self._battery.release()
         if self._tg is not None:
-            for task in list(self._tg._tasks):  # the TaskGroup keeps no public task list
+            for task in self._tasks:
                 task.cancel()
+            self._tasks.clear()
             await self._tg.__aexit__(None, None, None)
             self._tg = None
         if self.mqtt is not None and self._own_mqtt:

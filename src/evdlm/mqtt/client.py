@@ -19,7 +19,7 @@ import logging
 import random
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
@@ -138,6 +138,7 @@ class MqttClient:
         self._disconnected = asyncio.Event()
         self._connack: asyncio.Future[bool] | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.connects = 0  # successful connections so far (tests, metrics)
 
@@ -160,8 +161,8 @@ class MqttClient:
         self._loop_thread = threading.get_ident()
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
-        self._tg.create_task(self._supervise(), name=f"mqtt:{self.host}:{self.port}:connection")
-        self._tg.create_task(self._housekeeping(), name=f"mqtt:{self.host}:{self.port}:keepalive")
+        self._spawn(self._supervise(), f"mqtt:{self.host}:{self.port}:connection")
+        self._spawn(self._housekeeping(), f"mqtt:{self.host}:{self.port}:keepalive")
         return self
 
     async def __aexit__(
@@ -172,7 +173,7 @@ class MqttClient:
             self._client.disconnect()
             self._flush_writes()
         assert self._tg is not None
-        for task in list(self._tg._tasks):  # the TaskGroup keeps no public task list
+        for task in list(self._tasks):
             task.cancel()
         await self._tg.__aexit__(None, None, None)
         self._drop_socket()
@@ -180,6 +181,12 @@ class MqttClient:
             if not future.done():
                 future.set_exception(MqttNotConnectedError("client closed"))
         self._pending.clear()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        assert self._tg is not None
+        task = self._tg.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _supervise(self) -> None:
         failures = 0
@@ -357,7 +364,7 @@ class MqttClient:
                 except Exception:
                     logger.exception("mqtt handler for %s failed", msg.topic)
 
-            self._tg.create_task(run(), name=f"mqtt-handler:{msg.topic}")
+            self._spawn(run(), f"mqtt-handler:{msg.topic}")
 
     # ------------------------------------------------------------ public operations
 
