@@ -196,7 +196,7 @@ async def test_a_slow_device_does_not_delay_the_others(site: Site) -> None:
     await asyncio.sleep(1.0)
     grid_polls = site.hub.polls("grid") - before["grid"]
     pv_polls = site.hub.polls("pv") - before["pv"]
-    assert grid_polls >= 7  # ~10 at 0.1 s
+    assert grid_polls >= 5  # ~10 at 0.1 s; slack for a loaded CI machine
     assert pv_polls < grid_polls
     assert snap(site)["pv"].quality is Quality.OK  # slow but answering: still fresh
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from evdlm.devices import sunspec
 from evdlm.devices.battery import storage_rates_pct
@@ -160,3 +162,20 @@ def test_storage_rates_pin_the_battery_to_one_power() -> None:
 
 def test_int_encoding_of_negative_rates() -> None:
     assert encode_value(-5000, "int16") == [0xEC78]
+
+
+@given(
+    st.integers(-32767, 32767),
+    st.integers(-3, 3),
+    st.integers(1, 2**32 - 1),
+)
+def test_int_and_sf_round_trip(raw_w: int, exponent: int, raw_wh: int) -> None:
+    power_w = raw_w * 10.0**exponent
+    energy_wh = float(raw_wh)
+    registers = sunspec.build_model_registers(
+        203, {"W": power_w, "TotWhImp": energy_wh}, {"W_SF": exponent, "TotWh_SF": 0}
+    )
+    header = sunspec.ModelHeader(203, 0, registers[1])
+    out = sunspec.decode_points(header, [(0, registers)], ["W", "TotWhImp"])
+    assert out["W"] == pytest.approx(power_w, rel=1e-12, abs=1e-12)
+    assert out["TotWhImp"] == energy_wh
