@@ -117,3 +117,26 @@ async def test_embedded_amqtt_fallback_round_trip() -> None:
         await c.subscribe("t", lambda m: got.append(m.payload))
         await c.publish("t", b"ok", qos=1)
         await wait_for(lambda: got == [b"ok"])
+
+
+async def test_handlers_sharing_a_filter_leave_independently(mqtt_broker: tuple[str, int]) -> None:
+    first: list[bytes] = []
+    second: list[bytes] = []
+
+    def on_first(m: MqttMessage) -> None:
+        first.append(m.payload)
+
+    async with client(mqtt_broker, "shared") as c:
+        await c.wait_connected(5.0)
+        await c.subscribe("s/#", on_first)
+        await c.subscribe("s/#", lambda m: second.append(m.payload))
+        await c.publish("s/1", b"a")
+        await wait_for(lambda: first == [b"a"] and second == [b"a"])
+        await c.unsubscribe("s/#", on_first)
+        await c.publish("s/1", b"b")
+        await wait_for(lambda: second == [b"a", b"b"])
+        assert first == [b"a"]
+        await c.unsubscribe("s/#")
+        await c.publish("s/1", b"c")
+        await asyncio.sleep(0.1)
+        assert second == [b"a", b"b"]

@@ -128,6 +128,8 @@ class DeviceHub:
         self.battery_control: BatteryControl | None = self._battery
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._mqtt_entered = False
+        self._mqtt_handlers: list[tuple[str, Callable[[MqttMessage], None]]] = []
 
     def _build_slot(self, device: Device, base_dir: Path | None, simulation: SiteSimulation | None) -> _Slot:
         if device.modbus is not None:
@@ -170,11 +172,14 @@ class DeviceHub:
         try:
             if self.mqtt is not None and self._own_mqtt:
                 await self.mqtt.__aenter__()
+                self._mqtt_entered = True
             for slot in self._slots.values():
                 if slot.reader is not None:
                     self._tasks.append(self._tg.create_task(self._poll_loop(slot), name=f"poll:{slot.device.name}"))
                 elif slot.device.mqtt is not None and self.mqtt is not None:
-                    await self.mqtt.subscribe(slot.device.mqtt.topic, self._mqtt_handler(slot), qos=1)
+                    handler = self._mqtt_handler(slot)
+                    self._mqtt_handlers.append((slot.device.mqtt.topic, handler))
+                    await self.mqtt.subscribe(slot.device.mqtt.topic, handler, qos=1)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -194,8 +199,13 @@ class DeviceHub:
             self._tasks.clear()
             await self._tg.__aexit__(None, None, None)
             self._tg = None
-        if self.mqtt is not None and self._own_mqtt:
-            await self.mqtt.__aexit__(None, None, None)
+        if self.mqtt is not None:
+            for topic, handler in self._mqtt_handlers:
+                await self.mqtt.unsubscribe(topic, handler)
+            self._mqtt_handlers.clear()
+            if self._mqtt_entered:
+                self._mqtt_entered = False
+                await self.mqtt.__aexit__(None, None, None)
         for transport in self.transports.values():
             transport.close()
 

@@ -396,9 +396,21 @@ class MqttClient:
             raise MqttError(f"subscribe {topic_filter}: {rc}")
         await self._acknowledged(mid, timeout_s, f"subscribe {topic_filter}")
 
-    async def unsubscribe(self, topic_filter: str) -> None:
-        if self._subscriptions.pop(topic_filter, None) is not None and self.connected:
-            self._client.unsubscribe(topic_filter)
+    async def unsubscribe(self, topic_filter: str, handler: Handler | None = None) -> None:
+        """Stop calling ``handler`` (or every handler) for ``topic_filter``.
+
+        The broker subscription goes when the filter's last handler does, so components sharing
+        one client can leave independently.
+        """
+        subscription = self._subscriptions.get(topic_filter)
+        if subscription is None:
+            return
+        if handler is not None and handler in subscription.handlers:
+            subscription.handlers.remove(handler)
+        if handler is None or not subscription.handlers:
+            del self._subscriptions[topic_filter]
+            if self.connected:
+                self._client.unsubscribe(topic_filter)
 
     async def publish(
         self,
