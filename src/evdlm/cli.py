@@ -50,6 +50,63 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from evdlm.config import ConfigError, load_site_config
+    from evdlm.core.clock import SystemClock
+    from evdlm.core.decide import SolverChoice
+    from evdlm.gateway import Gateway
+    from evdlm.observability import configure_logging
+
+    config_path = Path(args.config)
+    try:
+        loaded = load_site_config(config_path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_CONFIG_INVALID
+    config = loaded.config
+    configure_logging(args.log_level or config.observability.log_level, args.json_logs or config.observability.log_json)
+    for warning in loaded.warnings:
+        logging_warning(str(warning))
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        async with Gateway(
+            config,
+            SystemClock(),
+            base_dir=config_path.resolve().parent,
+            state_dir=Path(args.state_dir),
+            config_path=config_path,
+            solver=SolverChoice(args.solver),
+        ) as gateway:
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+            await gateway.run(stop, max_cycles=args.max_cycles)
+
+    asyncio.run(serve())
+    return EXIT_OK
+
+
+def logging_warning(message: str) -> None:
+    import logging
+
+    logging.getLogger("evdlm.config").warning("%s", message)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from evdlm.demo import DemoOptions, demo_main
+    from evdlm.observability import configure_logging
+
+    configure_logging(args.log_level, False)
+    minutes, speed = (20.0, 40.0) if args.quick else (args.minutes, args.speed)
+    return demo_main(DemoOptions(sim_minutes=minutes, speed=speed, out_dir=Path(args.out), live=not args.no_live))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evdlm",
@@ -70,6 +127,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("config", nargs="+", help="site config YAML file(s)")
     validate.set_defaults(handler=_cmd_validate)
+
+    run = verbs.add_parser(
+        "run",
+        help="run the gateway service on a site config",
+        description="Run the controller: read meters, allocate, push OCPP limits every cycle. SIGTERM/SIGINT "
+        "stop it cleanly; SIGHUP re-reads the config and applies it only if it is valid.",
+        epilog="example:\n  evdlm run /etc/evdlm/site.yaml --state-dir /var/lib/evdlm",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("config", help="site config YAML")
+    run.add_argument("--state-dir", default=".", help="where relative DR-state and recording paths live (default: .)")
+    run.add_argument(
+        "--solver",
+        choices=["heuristic", "lp"],
+        default="heuristic",
+        help="heuristic with LP fallback (default), or LP first",
+    )
+    run.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override the config's log level"
+    )
+    run.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
+    run.add_argument("--max-cycles", type=int, help="stop after this many cycles (tests, trials)")
+    run.set_defaults(handler=_cmd_run)
+
+    demo = verbs.add_parser(
+        "demo",
+        help="simulate the embedded demo site on loopback with the real controller",
+        description="Start Modbus meter/PV/battery simulators, an MQTT broker, one OCPP charge-point simulator "
+        "per charger and the real gateway, all on 127.0.0.1, and play a compressed workplace morning with a DR "
+        "event and a meter outage. Ends with a summary and a plot.",
+        epilog="examples:\n  evdlm demo            # 60 simulated minutes at 30x (2 minutes)\n  evdlm demo --quick    # 20 simulated minutes at 40x (30 s)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--minutes", type=float, default=60.0, help="simulated minutes (default 60)")
+    demo.add_argument("--speed", type=float, default=30.0, help="time compression (default 30x)")
+    demo.add_argument("--quick", action="store_true", help="a quick look: 20 simulated minutes at 40x")
+    demo.add_argument("--out", default="demo-out", help="folder for the plot and the recording (default demo-out)")
+    demo.add_argument("--no-live", action="store_true", help="no live table, progress lines only")
+    demo.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    demo.set_defaults(handler=_cmd_demo)
 
     schema = verbs.add_parser(
         "schema",

@@ -99,6 +99,7 @@ class Controller:
         self.cycle_number = 0
         self.overruns = 0
         self._inflight: dict[str, asyncio.Task[list[CommandResult]]] = {}
+        self._deciding: asyncio.Future[Decision] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._finished_results: list[CommandResult] = []
         self._battery_sent_w: float | None = None

@@ -22,6 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from evdlm_solvers.heuristic import warm_up
+
 from evdlm.chargers.ocpp.server import OcppCentralSystem
 from evdlm.config import ConfigError, load_site_config, resolve_secret
 from evdlm.config.models import SiteConfig
@@ -85,6 +87,7 @@ class Gateway:
         clock: Clock,
         *,
         base_dir: Path = Path("."),
+        state_dir: Path = Path("."),
         config_path: Path | None = None,
         config_text: str | None = None,
         simulation: SiteSimulation | None = None,
@@ -92,7 +95,8 @@ class Gateway:
     ) -> None:
         self.config = config
         self.clock = clock
-        self.base_dir = base_dir
+        self.base_dir = base_dir  # relative profile, certificate and secret paths (the config's folder)
+        self.state_dir = state_dir  # relative DR state and recording paths (the working directory)
         self.config_path = config_path
         self.config_text = config_text if config_text is not None else (config_path.read_text() if config_path else "")
         self.simulation = simulation
@@ -111,6 +115,9 @@ class Gateway:
         stack = self._stack
         await stack.__aenter__()
         try:
+            # Compile the numba kernels before the first cycle (seconds on a cold cache).
+            compile_s = await asyncio.to_thread(warm_up)
+            log.info("solver kernels ready in %.2f s", compile_s)
             if config.mqtt is not None:
                 broker = config.mqtt
                 password = resolve_secret(broker.password, self.base_dir) if broker.password is not None else None
@@ -139,7 +146,7 @@ class Gateway:
                 DeviceHub(config, self.clock, base_dir=self.base_dir, simulation=self.simulation, mqtt_client=self.mqtt)
             )
             if config.demand_response is not None and config.demand_response.enabled and self.mqtt is not None:
-                self.dr = DrService(config, self.mqtt, self.clock, self.base_dir / config.demand_response.state_file)
+                self.dr = DrService(config, self.mqtt, self.clock, self.state_dir / config.demand_response.state_file)
                 await self.dr.start()
             observability = config.observability
             if observability.metrics_port is not None:
@@ -147,7 +154,7 @@ class Gateway:
             recorder = None
             if config.recording.enabled:
                 recorder = RecordingWriter(
-                    self.base_dir / config.recording.directory,
+                    self.state_dir / config.recording.directory,
                     config.site.id,
                     self.config_text,
                     self.clock,

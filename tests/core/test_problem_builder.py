@@ -129,12 +129,30 @@ def test_cut_charger_is_held_at_its_old_limit_until_it_comes_down(topology, sett
         evses={("A1", 1): EvseMemory(setpoint=10.0, transaction_id="tx-A1", cut_from=30.0, cut_at_s=NOW_S - 2)}
     )
     readings = {"gm": meter("gm", (28.0, 28.0, 28.0)), "am": meter("am", (28.0, 28.0, 28.0))}
-    still_high = build_problem(topology, settings, _inputs([charging("A1", (28.0, 28.0, 28.0))], readings, memory))
     a1 = topology.evse_index[("A1", 1)]
+    # The last sample predates the cut: it bounds nothing, the old 30 A limit counts.
+    stale_sample = charging("A1", (28.0, 28.0, 28.0), updated_at_s=NOW_S - 5)
+    still_high = build_problem(topology, settings, _inputs([stale_sample], readings, memory))
     assert still_high.views[a1].mode is EvseMode.HELD
     assert still_high.problem.row_headroom[_row(topology, "a/L1")] == pytest.approx(40 - 1 - 30)
+    # A sample after the cut bounds it: its draw only falls from there.
+    fresh_sample = charging("A1", (28.0, 28.0, 28.0), updated_at_s=NOW_S - 1)
+    coming_down = build_problem(topology, settings, _inputs([fresh_sample], readings, memory))
+    assert coming_down.views[a1].mode is EvseMode.HELD
+    assert coming_down.problem.row_headroom[_row(topology, "a/L1")] == pytest.approx(40 - 1 - 28)
     came_down = build_problem(topology, settings, _inputs([charging("A1", (10.0, 10.0, 10.0))], readings, memory))
     assert came_down.views[a1].mode is EvseMode.ACTIVE
+
+
+def test_overload_is_measured_not_projected(topology, settings) -> None:  # type: ignore[no-untyped-def]
+    readings = {"gm": meter("gm", (45.0, 30.0, 30.0)), "am": meter("am", (45.0, 30.0, 30.0))}
+    built = build_problem(topology, settings, _inputs([charging("A1", (30.0, 30.0, 30.0))], readings))
+    assert built.overloaded_nodes == frozenset({"a"})
+    calm = {"gm": meter("gm", (35.0, 30.0, 30.0)), "am": meter("am", (35.0, 30.0, 30.0))}
+    assert (
+        build_problem(topology, settings, _inputs([charging("A1", (30.0, 30.0, 30.0))], calm)).overloaded_nodes
+        == frozenset()
+    )
 
 
 def test_recently_paused_car_stays_paused_for_min_off_time(topology, settings) -> None:  # type: ignore[no-untyped-def]
@@ -168,3 +186,11 @@ def test_dc_draw_comes_from_reported_power(topology, settings) -> None:  # type:
     built = build_problem(topology, settings, _inputs([charging("B2", None, power_w=6900.0)], readings))
     assert built.views[topology.evse_index[("B2", 1)]].measured_a == pytest.approx((10.0, 10.0, 10.0))
     assert built.problem.row_headroom[_row(topology, "grid/L1")] == pytest.approx(100 - 1 - 0)
+
+
+def test_paused_car_is_admitted_with_hysteresis_never_below_its_minimum(topology, settings) -> None:  # type: ignore[no-untyped-def]
+    readings = {"gm": meter("gm", (0.0, 0.0, 0.0)), "am": meter("am", (0.0, 0.0, 0.0))}
+    states = [charging("A1", (0.0, 0.0, 0.0)), charging("A2", (0.0, 0.0, 0.0), ev_max_current_a=7.0)]
+    built = build_problem(topology, settings, _inputs(states, readings))
+    lowest = {topology.evses[i].key[0]: built.problem.setpoint_min[c] for c, i in enumerate(built.columns)}
+    assert lowest == {"A1": 8.0, "A2": 6.0}  # A2's car takes at most 7 A: no room for hysteresis

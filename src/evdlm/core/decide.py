@@ -7,9 +7,10 @@ is the counterfactual.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
+import numpy as np
 from evdlm_solvers.chain import SolveResult, SolverName, SolveStatus, StageTimings, solve
 from evdlm_solvers.check import check
 from evdlm_solvers.heuristic import admit
@@ -18,7 +19,8 @@ from evdlm_solvers.problem import paused
 
 from evdlm.config.models import SiteConfig
 from evdlm.core.dispatch import Plan, plan_commands
-from evdlm.core.problem_builder import BuildInputs, BuiltProblem, SiteSettings, build_problem
+from evdlm.core.memory import ControlMemory
+from evdlm.core.problem_builder import BuildInputs, BuiltProblem, EvseMode, SiteSettings, build_problem
 from evdlm.core.topology import Topology, build_topology
 
 
@@ -74,12 +76,78 @@ def _solve_lp_first(built: BuiltProblem, budget_s: float) -> SolveResult:
     )
 
 
+def hold_battery_while_cutting(built: BuiltProblem, result: SolveResult, memory: ControlMemory) -> SolveResult:
+    """Keep the battery's discharge while the cars it covered are still coming down.
+
+    A battery follows a new setpoint within a cycle, cars take seconds: dropping discharge in
+    the cycle that cuts the cars would push the import over its limit meanwhile. The held
+    allocation is dispatched only if the checker accepts it too.
+    """
+    allocation = result.allocation
+    problem = built.problem
+    held_w = min(memory.battery_w, problem.battery_discharge_max_w)
+    if held_w <= allocation.battery_w:
+        return result
+    cutting = bool(np.any(allocation.setpoint < problem.setpoint_previous - 0.5))
+    settling = any(view.mode is EvseMode.HELD for view in built.views)
+    if not (cutting or settling):
+        return result
+    candidate = replace(allocation, battery_w=held_w)
+    report = check(problem, candidate)
+    if report.ok or (report.only_uncontrolled_excess and result.status is SolveStatus.OVER_LIMIT):
+        return replace(result, allocation=candidate, report=report)
+    return result
+
+
+def _row_load(built: BuiltProblem, setpoint: np.ndarray, battery_w: float) -> np.ndarray:
+    problem = built.problem
+    load = np.zeros(problem.n_rows)
+    counts = np.diff(problem.coef_indptr)
+    np.add.at(load, problem.coef_row, problem.coef_value * np.repeat(setpoint, counts))
+    np.add.at(load, problem.battery_coef_row, problem.battery_coef_value * battery_w)
+    return load
+
+
+def defer_raises_until_cuts_land(built: BuiltProblem, result: SolveResult) -> SolveResult:
+    """Raise nobody on a row whose cut cars have not come down yet.
+
+    The solvers move every car at once; the cars do not: a cut takes effect seconds later. Where
+    the transition (cut cars still at their old setpoint, raised cars already at their new
+    one) would overload a row, the raises touching that row wait for a later cycle. The
+    deferred allocation is dispatched only if the checker accepts it.
+    """
+    problem = built.problem
+    allocation = result.allocation
+    setpoint, previous = allocation.setpoint, problem.setpoint_previous
+    raising = setpoint > previous + 1e-9
+    if not raising.any() or not (setpoint < previous - 1e-9).any():
+        return result
+    transition = _row_load(built, np.maximum(previous, setpoint), allocation.battery_w)
+    over_rows = transition > problem.row_headroom + 1e-6
+    if not over_rows.any():
+        return result
+    counts = np.diff(problem.coef_indptr)
+    touching = np.zeros(problem.n_evse, dtype=np.bool_)
+    np.logical_or.at(
+        touching, np.repeat(np.arange(problem.n_evse), counts), over_rows[problem.coef_row] & (problem.coef_value > 0)
+    )
+    deferred = np.where(raising & touching, previous, setpoint)
+    candidate = replace(allocation, setpoint=deferred, admitted=deferred > 0)
+    report = check(problem, candidate)
+    if report.ok or (report.only_uncontrolled_excess and result.status is SolveStatus.OVER_LIMIT):
+        reason = "; ".join(part for part in (result.reason, "raises deferred until cuts land") if part)
+        return replace(result, allocation=candidate, report=report, reason=reason)
+    return result
+
+
 def decide(context: DecisionContext, inputs: BuildInputs) -> Decision:
     built = build_problem(context.topology, context.settings, inputs)
     if context.solver is SolverChoice.LP:
         result = _solve_lp_first(built, context.solve_budget_s)
     else:
         result = solve(built.problem, time_budget_s=context.solve_budget_s)
+    result = defer_raises_until_cuts_land(built, result)
+    result = hold_battery_while_cutting(built, result, inputs.memory)
     plan = plan_commands(
         context.topology,
         built,

@@ -87,9 +87,6 @@ def plan_commands(
     """Commands for every reachable EVSE and the memory the next cycle starts from."""
     voltage_v = topology.nominal_voltage_v
     column_of = {index: column for column, index in enumerate(built.columns)}
-    overloaded_nodes = {
-        topology.rows[row].node for row, headroom in enumerate(built.problem.row_headroom) if headroom < 0
-    }
     commands: list[ChargingCommand] = []
     evses: dict[tuple[str, int], EvseMemory] = {}
     for index, slot in enumerate(topology.evses):
@@ -106,8 +103,8 @@ def plan_commands(
             reason = "allocated" if target > 0 else "paused by the allocation"
         elif view.mode is EvseMode.IDLE:
             target, reason = 0.0, view.reason
-        elif view.mode is EvseMode.HELD and overloaded_nodes & set(topology.nodes[slot.node].path):
-            target, reason = 0.0, "emergency cut: its circuit is over its limit"
+        elif view.mode is EvseMode.HELD and built.overloaded_nodes & set(topology.nodes[slot.node].path):
+            target, reason = 0.0, "emergency cut: its circuit measures above its limit"
         else:
             target, reason = old.setpoint, view.reason
         evses[slot.key] = _next_memory(

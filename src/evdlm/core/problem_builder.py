@@ -40,6 +40,9 @@ PHASE_DRAWING_A = 2.0
 # so the unused current goes to other cars; the cap creeps up by the same step.
 DEMAND_SLACK_A = 2.0
 URGENCY_MIN, URGENCY_MAX = 0.1, 10.0
+# A paused car starts only when it fits this much above its minimum, so the lag of the next
+# charger sample behind the meters (the car ramping up) cannot push it straight back out.
+ADMISSION_HYSTERESIS_A = 2.0
 
 PhaseTriple = tuple[float, float, float]
 
@@ -93,6 +96,7 @@ class BuiltProblem:
     row_uncontrolled: tuple[float, ...]  # load the controller does not command, row unit
     grid_fallback: bool  # the grid meter is stale: the fallback import limit is in force
     stale_devices: tuple[str, ...]
+    overloaded_nodes: frozenset[str]  # nodes whose measured load is above their limit right now
     notes: tuple[str, ...]
 
 
@@ -207,8 +211,11 @@ def view_evse(
     if memory.cut_from is not None and memory.cut_at_s is not None:
         settling = inputs_now_s - memory.cut_at_s < settings.control.settle_time_s
         if settling and max(measured) > previous_a + FOLLOW_TOLERANCE_A:
-            cut_from_a = setpoint_per_phase_a(slot, memory.cut_from, voltage_v)
-            return view(EvseMode.HELD, f"settling after a cut from {memory.cut_from:g}", cut_from_a)
+            # Since the cut its draw can only fall: a sample taken after the cut bounds it. An
+            # older sample bounds nothing, so it counts at the old limit until one arrives.
+            sampled_after_cut = state.updated_at_s > memory.cut_at_s
+            bound_a = max(measured) if sampled_after_cut else setpoint_per_phase_a(slot, memory.cut_from, voltage_v)
+            return view(EvseMode.HELD, f"settling after a cut from {memory.cut_from:g}", max(bound_a, previous_a))
     return view(EvseMode.ACTIVE, "charging")
 
 
@@ -303,6 +310,7 @@ def build_problem(topology: Topology, settings: SiteSettings, inputs: BuildInput
         ]
     )
 
+    overloaded: set[str] = set()
     # Current and node power rows.
     for node in topology.nodes.values():
         reading = usable(node.meter)
@@ -335,6 +343,13 @@ def build_problem(topology: Topology, settings: SiteSettings, inputs: BuildInput
                 uncontrolled[index] = sums.outside_w[node.id]
         if meter_broken and node.id != GRID_NODE:
             notes.append(f"circuit {node.id}: meter {node.meter} not usable, counted as fully loaded")
+        drawn_a = (
+            phase_a
+            if phase_a is not None
+            else [sums.active_a[node.id][p] + sums.outside_a[node.id][p] for p in range(3)]
+        )
+        if max(drawn_a) > node.phase_current_limit_a:
+            overloaded.add(node.id)
 
     # Grid connection power rows.
     grid_reading = usable(topology.nodes[GRID_NODE].meter)
@@ -385,6 +400,7 @@ def build_problem(topology: Topology, settings: SiteSettings, inputs: BuildInput
         row_uncontrolled=tuple(float(value) for value in uncontrolled),
         grid_fallback=grid_fallback,
         stale_devices=tuple(sorted(stale)),
+        overloaded_nodes=frozenset(overloaded),
         notes=tuple(notes),
     )
 
@@ -455,6 +471,8 @@ def _columns(
             and now_s - memory.paused_at_s < control.min_off_time_s
         ):
             highest = 0.0  # below the minimum: the solvers can only keep it paused
+        elif memory.setpoint == 0 and not slot.is_dc and highest >= lowest + ADMISSION_HYSTERESIS_A:
+            lowest += ADMISSION_HYSTERESIS_A
         ramp = control.ramp_up_a_per_s * control.cycle_period_s
         arrays["unit_w"][column] = power_per_unit
         arrays["min"][column] = lowest

@@ -8,6 +8,7 @@ restored before subscribing, so a restart re-applies them before the broker rede
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ class DrService:
             started_s=clock.now_s(),
         )
         self._outbox: deque[Response] = deque()
+        self._flushing = asyncio.Lock()  # the message handler and the cycle both flush
         self._last_effective: dict[str, Any] | None = None
 
     async def start(self) -> None:
@@ -85,16 +87,17 @@ class DrService:
             log.error("DR state not persisted to %s: %s", self.state_file, exc)
 
     async def _flush(self) -> None:
-        while self._outbox:
-            response = self._outbox[0]
-            topic = f"dr/{self.site_id}/responses/{response.event_id}"
-            try:
-                if response.payload:
-                    await self.client.publish(topic, json.dumps(response.payload), qos=1, retain=True)
-            except MqttError as exc:
-                log.info("DR response for %s queued: %s", response.event_id, exc)
-                return
-            self._outbox.popleft()
+        async with self._flushing:
+            while self._outbox:
+                response = self._outbox[0]
+                topic = f"dr/{self.site_id}/responses/{response.event_id}"
+                try:
+                    if response.payload:
+                        await self.client.publish(topic, json.dumps(response.payload), qos=1, retain=True)
+                except MqttError as exc:
+                    log.info("DR response for %s queued: %s", response.event_id, exc)
+                    return
+                self._outbox.popleft()
 
     async def step(self) -> Effective:
         """Advance with time (once per cycle); publish what changed; return the limits in force."""

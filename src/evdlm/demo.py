@@ -1,0 +1,374 @@
+"""``evdlm demo``: the embedded default site, simulated on loopback, with the real controller.
+
+A scripted workplace morning in compressed time: cars arrive one after another (one on a
+single phase, one that fills up early, one with a departure time), the PV rises, the DSO sends
+an import-limit event over MQTT, and the garage sub-meter goes silent for a while. A live view
+shows the site; the run ends with a summary (peak import against the limit in force, energy
+delivered, DR compliance) and a plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from evdlm.chargers.sim.ev import Car
+from evdlm.config import load_site_config
+from evdlm.control import CycleReport
+from evdlm.core.clock import ScaledClock
+from evdlm.data import DEMO_SITE_PATH
+from evdlm.devices.sim.servers import Fault
+from evdlm.simsite import SimulatedSite, dr_event, simulated_site
+
+log = logging.getLogger("evdlm.demo")
+
+# When limits are checked after a change: chargers and cars need up to this long to follow.
+RESPONSE_ALLOWANCE_S = 15.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    config_path: Path = DEMO_SITE_PATH
+    sim_minutes: float = 60.0
+    speed: float = 30.0
+    out_dir: Path = Path("demo-out")
+    live: bool = True
+    start_local: time = time(8, 0)
+
+
+@dataclass
+class Sample:
+    t_s: float
+    grid_w: float
+    import_limit_w: float
+    dr_limit_w: float | None
+    pv_w: float
+    battery_w: float
+    ev_w: float
+    limits: dict[str, float]
+
+
+@dataclass
+class DemoResult:
+    samples: list[Sample] = field(default_factory=list)
+    dr_window: tuple[float, float] | None = None
+    dr_limit_w: float | None = None
+    outage_window: tuple[float, float] | None = None
+    cycles: int = 0
+    overruns: int = 0
+    cycle_durations_s: list[float] = field(default_factory=list)
+    cycle_p50_ms: float = 0.0
+    cycle_p99_ms: float = 0.0
+    plot_path: Path | None = None
+    recording_dir: Path | None = None
+
+    # ---------------------------------------------------------------- figures
+
+    def peak(self) -> tuple[float, float, float]:
+        """Peak import (W), when (s from start) and the limit in force then (W)."""
+        best = max(self.samples, key=lambda s: s.grid_w)
+        return best.grid_w, best.t_s, best.import_limit_w
+
+    def seconds_over_limit(self) -> float:
+        """Time the import exceeded the limit in force, outside each change's response allowance."""
+        over = 0.0
+        changed_at = -math.inf
+        previous_limit = None
+        for a, b in zip(self.samples, self.samples[1:], strict=False):
+            if previous_limit is None or not math.isclose(a.import_limit_w, previous_limit):
+                changed_at = a.t_s
+            previous_limit = a.import_limit_w
+            if a.t_s - changed_at > RESPONSE_ALLOWANCE_S and a.grid_w > a.import_limit_w:
+                over += b.t_s - a.t_s
+        return over
+
+    def energy_kwh(self) -> float:
+        return sum(a.ev_w * (b.t_s - a.t_s) for a, b in zip(self.samples, self.samples[1:], strict=False)) / 3.6e6
+
+    def dr_compliance(self) -> tuple[float, float | None]:
+        """Share of DR time with import at or under the DR limit (after the allowance), and the
+        time from the event's start until import first came under it (s)."""
+        if self.dr_window is None or self.dr_limit_w is None:
+            return (math.nan, None)
+        start, end = self.dr_window
+        inside = [s for s in self.samples if start + RESPONSE_ALLOWANCE_S <= s.t_s < end]
+        ok = sum(1 for s in inside if s.grid_w <= self.dr_limit_w + 1.0)
+        reaction = next(
+            (s.t_s - start for s in self.samples if s.t_s >= start and s.grid_w <= self.dr_limit_w + 1.0), None
+        )
+        return (ok / len(inside) if inside else math.nan, reaction)
+
+
+def _start_of_demo(timezone: str, at: time) -> float:
+    zone = ZoneInfo(timezone)
+    today = datetime.now(zone).date()
+    return datetime.combine(today, at, tzinfo=zone).timestamp()
+
+
+def _cars(minutes: float) -> list[tuple[float, str, Car]]:
+    """(arrival s from start, charger, car): arrivals spread over the first third of the run."""
+    spread_s = minutes * 60.0 / 3.0
+    plan = [
+        ("CP01", Car(phases=3, max_current_a=32, soc_pct=20)),
+        ("CP02", Car(phases=3, max_current_a=16, soc_pct=35)),
+        ("CP04", Car(phases=3, max_current_a=16, soc_pct=40)),  # priority charger (fleet car)
+        ("CP05", Car(phases=1, max_current_a=32, soc_pct=30)),
+        ("CP03", Car(phases=3, max_current_a=32, soc_pct=50, capacity_wh=4_000, full_soc_pct=95)),  # fills up early
+        ("CP07", Car(phases=3, max_current_a=32, soc_pct=25)),
+        ("CP06", Car(phases=1, max_current_a=16, soc_pct=60)),
+        ("CP08", Car(phases=3, max_current_a=32, soc_pct=15)),
+    ]
+    return [(spread_s * index / len(plan), charger, car) for index, (charger, car) in enumerate(plan)]
+
+
+def _table(site: SimulatedSite, report: CycleReport, sample: Sample, elapsed_s: float) -> Table:
+    local = datetime.fromtimestamp(report.now_s, ZoneInfo(site.config.site.timezone))
+    title = (
+        f"evdlm demo — {site.config.site.id} — {local:%H:%M:%S} (+{elapsed_s / 60:.1f} min) — "
+        f"grid {sample.grid_w / 1000:.1f} kW / limit {sample.import_limit_w / 1000:.1f} kW — PV {sample.pv_w / 1000:.1f} kW — "
+        f"battery {sample.battery_w / 1000:+.1f} kW"
+    )
+    dr = report.dr
+    if dr is not None and dr.import_limit_w is not None:
+        title += f" — DR {dr.import_limit_w / 1000:.1f} kW {dr.mode.value}"
+    table = Table(title=title, expand=False)
+    for column in ("charger", "mode", "limit", "drawn A (L1/L2/L3)", "reason"):
+        table.add_column(column)
+    decision = report.decision
+    controller = site.gateway.controller
+    if decision is None or controller is None:
+        return table
+    views = {slot.key: decision.built.views[index] for index, slot in enumerate(controller.context.topology.evses)}
+    drawn = site.fleet.drawn_current_a()
+    for command in decision.plan.commands:
+        key = (command.charger_id, command.evse_id)
+        current = drawn.get(command.charger_id, (0.0, 0.0, 0.0))
+        table.add_row(
+            command.charger_id,
+            views[key].mode.value,
+            f"{command.limit:g} {command.unit}",
+            " / ".join(f"{value:4.1f}" for value in current),
+            command.reason,
+        )
+    return table
+
+
+async def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult:
+    console = console or Console()
+    loaded = load_site_config(options.config_path)
+    config = loaded.config
+    start_s = _start_of_demo(config.site.timezone, options.start_local)
+    clock = ScaledClock(start_s, options.speed)
+    duration_s = options.sim_minutes * 60.0
+    out_dir = options.out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = DemoResult(recording_dir=out_dir / "recordings")
+    dr_start_s = duration_s * 0.40
+    dr_end_s = duration_s * 0.60
+    outage = (duration_s * 0.75, duration_s * 0.80)
+    result.outage_window = outage
+    program = (
+        config.demand_response.programs[0].id if config.demand_response and config.demand_response.programs else None
+    )
+    dr_limit_kw = 25.0
+
+    async with simulated_site(config, clock, workdir=out_dir, config_text=options.config_path.read_text()) as site:
+        controller = site.gateway.controller
+        assert controller is not None
+        arrivals = _cars(options.sim_minutes)
+        stop = asyncio.Event()
+        garage_link = next((d.modbus.link for d in site.config.devices if d.name == "garage_meter" and d.modbus), None)
+        garage_unit = next(
+            (d.modbus.unit_id for d in site.config.devices if d.name == "garage_meter" and d.modbus), None
+        )
+        live = (
+            Live(console=console, refresh_per_second=4, transient=False)
+            if options.live and console.is_terminal
+            else None
+        )
+        state = {"dr_sent": False, "outage": False, "last_heartbeat_s": -math.inf, "last_print_s": -math.inf}
+
+        async def script(elapsed_s: float) -> None:
+            while arrivals and arrivals[0][0] <= elapsed_s:
+                _, charger_id, car = arrivals.pop(0)
+                site.fleet.plug_in(charger_id, 1, car)
+                log.info("car plugged in at %s", charger_id)
+            if elapsed_s - state["last_heartbeat_s"] >= 30:
+                state["last_heartbeat_s"] = elapsed_s
+                await site.heartbeat()
+            if program is not None and not state["dr_sent"] and elapsed_s >= dr_start_s - 120:
+                state["dr_sent"] = True
+                event = dr_event(
+                    config.site.id,
+                    program,
+                    "demo-congestion-1",
+                    start_s + dr_start_s,
+                    dr_end_s - dr_start_s,
+                    dr_limit_kw,
+                    clock.now_s(),
+                )
+                await site.publish_dr_event(event)
+                result.dr_window = (dr_start_s, dr_end_s)
+                result.dr_limit_w = max(dr_limit_kw, config.demand_response.programs[0].import_floor_kw) * 1000.0  # type: ignore[union-attr]
+            if garage_link is not None and garage_unit is not None:
+                server = site.simulators.servers[garage_link]
+                in_outage = outage[0] <= elapsed_s < outage[1]
+                if in_outage and not state["outage"]:
+                    server.faults.inject(Fault("silent"), garage_unit)
+                    state["outage"] = True
+                elif not in_outage and state["outage"]:
+                    server.faults.clear(garage_unit)
+                    state["outage"] = False
+
+        def on_cycle(report: CycleReport) -> None:
+            elapsed_s = report.now_s - start_s
+            decision = report.decision
+            snapshot = site.simulation.advance(report.now_s)
+            sample = Sample(
+                t_s=elapsed_s,
+                grid_w=snapshot.grid_w,
+                import_limit_w=decision.built.row_limit[controller.context.topology.import_row]
+                if decision
+                else math.nan,
+                dr_limit_w=report.dr.import_limit_w if report.dr is not None else None,
+                pv_w=snapshot.pv_w,
+                battery_w=snapshot.battery_w,
+                ev_w=sum(snapshot.ev_phase_a) * config.grid.nominal_voltage_v,
+                limits={c.charger_id: c.limit for c in decision.plan.commands} if decision else {},
+            )
+            result.samples.append(sample)
+            result.cycle_durations_s.append(report.duration_s)
+            if live is not None:
+                live.update(_table(site, report, sample, elapsed_s))
+            elif elapsed_s - state["last_print_s"] >= 300:
+                state["last_print_s"] = elapsed_s
+                console.print(
+                    f"+{elapsed_s / 60:5.1f} min  grid {sample.grid_w / 1000:5.1f} kW  limit {sample.import_limit_w / 1000:5.1f} kW  "
+                    f"EV {sample.ev_w / 1000:5.1f} kW  PV {sample.pv_w / 1000:4.1f} kW  modes {report.evse_modes}"
+                )
+            if elapsed_s >= duration_s:
+                stop.set()
+
+        async def drive() -> None:
+            while not stop.is_set():
+                await script(clock.now_s() - start_s)
+                await clock.sleep(1.0)
+
+        with live if live is not None else _nothing():
+            driver = asyncio.create_task(drive(), name="demo-script")
+            try:
+                await site.gateway.run(stop, on_cycle=on_cycle)
+            finally:
+                stop.set()
+                await driver
+        result.cycles = controller.cycle_number
+        result.overruns = controller.overruns
+    durations = sorted(result.cycle_durations_s)
+    if durations:
+        result.cycle_p50_ms = durations[len(durations) // 2] * 1000
+        result.cycle_p99_ms = durations[min(len(durations) - 1, int(len(durations) * 0.99))] * 1000
+    result.plot_path = plot_demo(result, out_dir / "demo.png", config.site.id)
+    return result
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def plot_demo(result: DemoResult, path: Path, site_id: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [s.t_s / 60 for s in result.samples]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, height_ratios=(3, 2))
+    top.plot(minutes, [s.grid_w / 1000 for s in result.samples], label="grid import (measured)", color="black")
+    top.plot(
+        minutes,
+        [s.import_limit_w / 1000 for s in result.samples],
+        label="import limit in force",
+        color="red",
+        linestyle="--",
+    )
+    top.plot(minutes, [s.ev_w / 1000 for s in result.samples], label="EV charging", color="tab:blue")
+    top.plot(minutes, [s.pv_w / 1000 for s in result.samples], label="PV", color="tab:orange")
+    top.plot(minutes, [s.battery_w / 1000 for s in result.samples], label="battery (+ discharge)", color="tab:green")
+    if result.dr_window is not None:
+        top.axvspan(result.dr_window[0] / 60, result.dr_window[1] / 60, color="red", alpha=0.08, label="DR event")
+    if result.outage_window is not None:
+        top.axvspan(
+            result.outage_window[0] / 60,
+            result.outage_window[1] / 60,
+            color="grey",
+            alpha=0.15,
+            label="garage meter silent",
+        )
+    top.set_ylabel("kW")
+    top.set_title(f"evdlm demo — {site_id}")
+    top.legend(loc="upper left", fontsize=8, ncols=2)
+    top.grid(alpha=0.3)
+    chargers = sorted({key for s in result.samples for key in s.limits})
+    for charger in chargers:
+        bottom.step(minutes, [s.limits.get(charger, 0.0) for s in result.samples], where="post", label=charger)
+    bottom.set_ylabel("limit (A per phase)")
+    bottom.set_xlabel("minutes since start")
+    bottom.legend(loc="upper left", fontsize=7, ncols=4)
+    bottom.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def summary_table(result: DemoResult) -> Table:
+    peak_w, peak_t, peak_limit_w = result.peak()
+    compliance, reaction = result.dr_compliance()
+    table = Table(title="evdlm demo — summary", show_header=False)
+    table.add_column("figure")
+    table.add_column("value")
+    table.add_row("cycles (overruns)", f"{result.cycles} ({result.overruns})")
+    table.add_row("cycle time p50 / p99", f"{result.cycle_p50_ms:.1f} ms / {result.cycle_p99_ms:.1f} ms")
+    table.add_row(
+        "peak import (limit then)", f"{peak_w / 1000:.1f} kW at +{peak_t / 60:.1f} min ({peak_limit_w / 1000:.1f} kW)"
+    )
+    table.add_row(
+        "time over the limit in force",
+        f"{result.seconds_over_limit():.0f} s (outside {RESPONSE_ALLOWANCE_S:g} s response allowances)",
+    )
+    table.add_row("EV energy delivered", f"{result.energy_kwh():.1f} kWh")
+    if result.dr_window is not None:
+        table.add_row(
+            "DR compliance",
+            f"{compliance * 100:.1f} % of the event under {result.dr_limit_w / 1000:.1f} kW"  # type: ignore[operator]
+            + (f"; under it {reaction:.0f} s after the start" if reaction is not None else "; never under it"),
+        )
+    if result.plot_path is not None:
+        table.add_row("plot", str(result.plot_path))
+    if result.recording_dir is not None:
+        table.add_row("recording", str(result.recording_dir))
+    return table
+
+
+def demo_main(options: DemoOptions) -> int:
+    console = Console()
+    console.print(
+        f"[bold]evdlm demo[/bold]: {options.sim_minutes:g} simulated minutes at {options.speed:g}× "
+        f"(about {options.sim_minutes * 60 / options.speed:.0f} s); Modbus, OCPP and MQTT on 127.0.0.1"
+    )
+    result = asyncio.run(run_demo(options, console))
+    console.print(summary_table(result))
+    return 0
