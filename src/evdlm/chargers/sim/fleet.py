@@ -45,6 +45,7 @@ class SimFleet:
         security: Mapping[str, StationSecurity] | None = None,
         tick_s: float = 1.0,
         boot_on_reconnect: bool = False,
+        validate_frames: bool = True,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -65,6 +66,7 @@ class SimFleet:
                 misbehaviour=(misbehaviour or {}).get(charger.id),
                 tick_s=tick_s,
                 boot_on_reconnect=boot_on_reconnect,
+                validate_frames=validate_frames,
             )
         self._chargers = {charger.id: charger for charger in config.chargers}
         self._tasks: dict[str, asyncio.Task[None]] = {}
