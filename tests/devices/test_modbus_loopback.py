@@ -154,3 +154,41 @@ async def test_garbage_decodes_to_absurd_not_plausible_values() -> None:
         async with ModbusTransport(tcp_link(server.port), CLOCK) as transport:
             m = await ProfileReader(transport, 1, load_profile("em24"), False).read()
     assert m.power_w is not None and abs(m.power_w) > 1e8
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    import random
+
+    from evdlm.devices.modbus_transport import backoff_delay_s
+
+    rng = random.Random(1)
+    delays = [backoff_delay_s(n, 0.2, 10.0, rng) for n in range(1, 12)]
+    for n, delay in enumerate(delays, start=1):
+        nominal = min(10.0, 0.2 * 2 ** (n - 1))
+        assert nominal / 2 <= delay <= nominal
+    assert len({round(backoff_delay_s(8, 0.2, 10.0, rng), 6) for _ in range(20)}) > 1  # jitter
+
+
+async def test_battery_write_failures_reach_the_caller() -> None:
+    from evdlm.config.models import Battery
+    from evdlm.devices.battery import SunSpecBatteryControl
+    from evdlm.devices.errors import DeviceError
+    from evdlm.devices.sim.servers import sunspec_battery_unit
+    from evdlm.devices.sim.site import SiteSimParams, SiteSimulation
+
+    sim = SiteSimulation(SiteSimParams(), CLOCK.now_s())
+    battery = Battery(device="b", max_charge_kw=10, max_discharge_kw=10, capacity_kwh=30, control="sunspec_124")
+    async with (
+        SimModbusServer({1: sunspec_battery_unit(sim, serial="b", with_704=False)}, CLOCK) as server,
+        ModbusTransport(tcp_link(server.port), CLOCK) as transport,
+    ):
+        reader = SunSpecReader(transport, 1, DeviceRole.BATTERY, False)
+        control = SunSpecBatteryControl(reader, battery, CLOCK)
+        await reader.discover()
+        server.faults.inject(Fault("exception", exception_code=4))
+        with pytest.raises(DeviceError):
+            await control.set_power_w(1000.0)
+        assert not control.commanded
+        server.faults.clear()
+        assert await control.set_power_w(1000.0) == 1000.0
+        assert sim.command.storctl_mod == 3

@@ -58,6 +58,8 @@ class SunSpecBatteryControl:
         self._reader = reader
         self._battery = battery
         self._clock = clock
+        if battery.control is BatteryControlMode.NONE:
+            raise ValueError(f"battery {battery.device}: control is 'none' (read only)")
         self.mode = battery.control
         self._last_power_w: float | None = None
         self._last_write_at_s = float("-inf")
