@@ -57,6 +57,9 @@ class SizeResult:
     cvxpy_first_ms: float | None
     cvxpy_objective_gap: float | None
     """Largest relative difference between the cvxpy and highspy objectives."""
+    milp_median_ms: float | None
+    milp_objective_ratio: float | None
+    """Median of MILP objective (admission decided by the solver) / fixed-admission LP's."""
     power_fraction_median: float
     power_fraction_min: float
     objective_fraction_median: float
@@ -133,6 +136,101 @@ class CvxpyCycleLp:
         return value
 
 
+def solve_milp(problem: Problem, time_limit_s: float) -> tuple[float, float, str]:
+    """The cycle as a MILP that decides admission itself (benchmark only).
+
+    Binary ``on_j`` per EVSE with ``min_j * on_j <= setpoint_j <= upper_j * on_j``, the same
+    rows, bounds and objective as :func:`~evdlm_solvers.lp.solve_lp`, no admission policy
+    (charging cars may be dropped for throughput). Returns (objective in weighted W,
+    wall time s, HiGHS status text); the objective is NaN unless optimal.
+    """
+    import highspy
+
+    started = time.perf_counter()
+    n_evse, n_rows = problem.n_evse, problem.n_rows
+    upper = problem.setpoint_upper
+    runnable = upper >= problem.setpoint_min
+    weight = objective_weight(problem)
+    scale = float(weight[runnable].max()) if runnable.any() else 1.0
+    battery_cost = BATTERY_COST_FRACTION * float((weight / problem.power_per_unit_w).min())
+    # Columns: setpoints, on/off, battery discharge and charge.
+    n_cols = 2 * n_evse + 2
+    nnz = int(problem.coef_indptr[-1])
+    battery_nnz = problem.battery_coef_row.size
+    link_lower = n_rows + 2 * np.arange(n_evse)
+    link_upper = link_lower + 1
+    setpoint_rows = np.empty(nnz + 2 * n_evse, dtype=np.int64)
+    setpoint_values = np.empty(nnz + 2 * n_evse)
+    setpoint_start = problem.coef_indptr + 2 * np.arange(n_evse + 1)
+    for j in range(n_evse):
+        own = slice(problem.coef_indptr[j], problem.coef_indptr[j + 1])
+        at = setpoint_start[j]
+        width = problem.coef_indptr[j + 1] - problem.coef_indptr[j]
+        setpoint_rows[at:at + width] = problem.coef_row[own]
+        setpoint_values[at:at + width] = problem.coef_value[own]
+        setpoint_rows[at + width:at + width + 2] = (link_lower[j], link_upper[j])
+        setpoint_values[at + width:at + width + 2] = (1.0, 1.0)
+    switch_rows = np.stack([link_lower, link_upper], axis=1).ravel()
+    switch_values = np.stack([-problem.setpoint_min, -np.where(runnable, upper, 0.0)], 1).ravel()
+    index = np.concatenate(
+        [setpoint_rows, switch_rows, problem.battery_coef_row, problem.battery_coef_row]
+    )
+    value = np.concatenate(
+        [setpoint_values, switch_values, problem.battery_coef_value, -problem.battery_coef_value]
+    )
+    start = np.concatenate(
+        [
+            setpoint_start,
+            setpoint_start[-1] + 2 * np.arange(1, n_evse + 1),
+            [setpoint_start[-1] + 2 * n_evse + battery_nnz],
+            [setpoint_start[-1] + 2 * n_evse + 2 * battery_nnz],
+        ]
+    )
+    model = highspy.HighsLp()
+    model.num_col_ = n_cols
+    model.num_row_ = n_rows + 2 * n_evse
+    model.sense_ = highspy.ObjSense.kMaximize
+    model.col_cost_ = np.concatenate(
+        [weight / scale, np.zeros(n_evse), [-battery_cost / scale] * 2]
+    )
+    model.col_lower_ = np.zeros(n_cols)
+    model.col_upper_ = np.concatenate(
+        [
+            np.where(runnable, upper, 0.0),
+            runnable.astype(np.float64),
+            [problem.battery_discharge_max_w, problem.battery_charge_max_w],
+        ]
+    )
+    model.row_lower_ = np.concatenate(
+        [np.full(n_rows, -highspy.kHighsInf), np.tile([0.0, -highspy.kHighsInf], n_evse)]
+    )
+    model.row_upper_ = np.concatenate(
+        [row_upper_bounds(problem), np.tile([highspy.kHighsInf, 0.0], n_evse)]
+    )
+    model.integrality_ = [highspy.HighsVarType.kContinuous] * n_evse + [
+        highspy.HighsVarType.kInteger
+    ] * n_evse + [highspy.HighsVarType.kContinuous] * 2
+    matrix = model.a_matrix_
+    matrix.format_ = highspy.MatrixFormat.kColwise
+    matrix.num_col_ = n_cols
+    matrix.num_row_ = n_rows + 2 * n_evse
+    matrix.start_ = start.astype(np.int32)
+    matrix.index_ = index.astype(np.int32)
+    matrix.value_ = value
+    highs = highspy.Highs()  # type: ignore[no-untyped-call]
+    highs.setOptionValue("output_flag", False)
+    highs.setOptionValue("time_limit", float(time_limit_s))
+    highs.setOptionValue("mip_rel_gap", 1e-6)
+    highs.passModel(model)
+    highs.run()
+    status = highs.getModelStatus()
+    objective = float("nan")
+    if status == highspy.HighsModelStatus.kOptimal:
+        values = np.asarray(highs.getSolution().col_value, dtype=np.float64)
+        objective = float(weight @ values[:n_evse])
+    return objective, time.perf_counter() - started, highs.modelStatusToString(status)
+
+
 def _cycles(problem: Problem, count: int, rng: np.random.Generator) -> list[Problem]:
     """``count`` successive cycles with jittered headroom and the heuristic fed back."""
     base_headroom = problem.row_headroom
@@ -172,6 +270,7 @@ def run_size(
     cycles: int,
     lp_samples: int,
     cvxpy_samples: int,
+    milp_samples: int,
     warm_up_s: float,
     cold_s: float | None,
 ) -> SizeResult:
@@ -231,6 +330,19 @@ def run_size(
             cvxpy_ms = float(np.median(cvxpy_s[1:] or cvxpy_s)) * 1e3
             cvxpy_gap = float(max(gaps))
 
+    milp_ms: float | None = None
+    milp_ratio: float | None = None
+    if milp_samples > 0:
+        milp_s = []
+        ratios = []
+        for problem in problems[::step][:milp_samples]:
+            objective, elapsed, _ = solve_milp(problem, 10.0)
+            milp_s.append(elapsed)
+            admitted = solve_heuristic(problem).admitted
+            ratios.append(objective / solve_lp(problem, admitted, 10.0).objective)
+        milp_ms = float(np.median(milp_s)) * 1e3
+        milp_ratio = float(np.median(ratios))
+
     return SizeResult(
         n_evse=n_evse,
         n_rows=site.n_rows,
@@ -243,6 +355,8 @@ def run_size(
         cvxpy_median_ms=cvxpy_ms,
         cvxpy_first_ms=cvxpy_first_ms,
         cvxpy_objective_gap=cvxpy_gap,
+        milp_median_ms=milp_ms,
+        milp_objective_ratio=milp_ratio,
         power_fraction_median=float(np.median(power_fraction)),
         power_fraction_min=float(np.min(power_fraction)),
         objective_fraction_median=float(np.median(objective_fraction)),
@@ -267,6 +381,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="LP solves per size (default 10)")
     parser.add_argument("--cvxpy-samples", type=int, default=3,
                         help="cvxpy solves per size after the first; 0 skips cvxpy")
+    parser.add_argument("--milp-samples", type=int, default=3,
+                        help="MILP solves per size up to --milp-max-n; 0 skips the MILP")
+    parser.add_argument("--milp-max-n", type=int, default=1000,
+                        help="largest size the MILP is tried at (default 1000)")
     parser.add_argument("--tightness", type=float, default=0.6,
                         help="0 = limits near the sum of maxima, 1 = only part fits at minimum")
     parser.add_argument("--single-phase-fraction", type=float, default=0.3,
@@ -296,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             cycles=options.cycles,
             lp_samples=options.lp_samples,
             cvxpy_samples=options.cvxpy_samples,
+            milp_samples=options.milp_samples if n_evse <= options.milp_max_n else 0,
             warm_up_s=warm_up_s,
             cold_s=cold_s,
         )
