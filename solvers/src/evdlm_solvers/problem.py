@@ -84,7 +84,7 @@ class Problem:
     charging : ndarray of bool, shape (n_evse,)
         Admitted last cycle (kept at its minimum while it fits: no flapping).
     priority : ndarray of int64, shape (n_evse,)
-        Priority class, 0 = highest.
+        Priority class 0 (highest) to 9; classes are strict.
     urgency : ndarray, shape (n_evse,)
         Weight > 0 for fair sharing (energy needed / time left, normalised by the builder).
     waiting_s : ndarray, shape (n_evse,)
