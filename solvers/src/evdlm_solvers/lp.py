@@ -5,10 +5,12 @@ delivered power (:func:`~evdlm_solvers.problem.objective_weight`). The 0-or-at-l
 semantics are handled by fixing the admitted set (the heuristic's admission step by
 default): admitted EVSEs are bounded to ``[min, upper]``, the others to 0. A MILP would
 re-decide admission every cycle, which is a policy (no flapping, rotation, priority order)
-rather than a throughput question, and its solve time has no useful bound at 1000 EVSEs.
+rather than a throughput question, and its solve time has no useful bound (measured at
+30-55x this LP up to 1000 EVSEs; benchmarks/README.md).
 
 The battery is two non-negative columns (discharge, charge) with a cost of a thousandth of
-the least valuable EV watt, so it moves only when that lets the EVs take more power.
+the least valuable EV watt that can move, so it moves only when that lets the EVs take
+more power.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def solve_lp(
     movable = col_upper > col_lower
     scale = float(weight[movable].max()) if movable.any() else 1.0
     battery_cost = BATTERY_COST_FRACTION * float(
-        (weight / problem.power_per_unit_w).min() if n_evse else 1.0
+        (weight / problem.power_per_unit_w)[movable].min() if movable.any() else 1.0
     )
     battery_nnz = problem.battery_coef_row.size
     model = highspy.HighsLp()
