@@ -117,15 +117,18 @@ class CvxpyCycleLp:
     def solve(self, problem: Problem, admitted: np.ndarray[Any, Any]) -> FloatArray:
         """Solve for this cycle's values; returns the setpoints (own unit)."""
         upper = problem.setpoint_upper
+        runnable = admitted & (upper >= problem.setpoint_min)
+        lower_bound = np.where(runnable, problem.setpoint_min, 0.0)
+        upper_bound = np.where(runnable, upper, 0.0)
+        movable = upper_bound > lower_bound
         weight = objective_weight(problem)
-        scale = float(weight.max())
-        self.lower.value = np.where(admitted, problem.setpoint_min, 0.0)
-        self.upper.value = np.where(admitted, upper, 0.0)
+        scale = float(weight[movable].max()) if movable.any() else 1.0
+        self.lower.value = lower_bound
+        self.upper.value = upper_bound
         self.headroom.value = row_upper_bounds(problem)
         self.weight.value = weight / scale
-        self.battery_cost.value = (
-            BATTERY_COST_FRACTION * float((weight / problem.power_per_unit_w).min()) / scale
-        )
+        cheapest = float((weight / problem.power_per_unit_w)[movable].min()) if movable.any() else 1.0
+        self.battery_cost.value = BATTERY_COST_FRACTION * cheapest / scale
         self.discharge_max_w.value = problem.battery_discharge_max_w
         self.charge_max_w.value = problem.battery_charge_max_w
         # Same HiGHS options as the production LP, so only the modelling layer differs.
