@@ -169,6 +169,7 @@ async def bench(chargers: int, evses: int, rounds: int, sample_interval_s: int, 
                 "all_delivered_within_2_s": max(round_s) <= 2.0 and not failures,
                 "failures": failures,
                 "evses_with_accepted_limit": following,
+                "evses_reporting_meter_values": sum(1 for state in states.values() if state.energy_wh is not None),
                 "server_cpu_s_per_round": round(statistics.median(cpu_per_round_s), 3),
                 "server_cpu_idle_fraction": round(idle_cpu_fraction, 3),
                 "server_rss_start_mb": round(rss_start_mb, 1),
@@ -191,7 +192,9 @@ def main() -> None:
     parser.add_argument("--evses", type=int, default=1, help="EVSEs per charger")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sample-interval-s", type=int, default=10)
-    parser.add_argument("--idle-s", type=float, default=5.0, help="steady state measured for CPU")
+    parser.add_argument(
+        "--idle-s", type=float, default=10.0, help="steady state measured for CPU (one sample interval)"
+    )
     args = parser.parse_args()
     result = asyncio.run(bench(args.chargers, args.evses, args.rounds, args.sample_interval_s, args.idle_s))
     print(json.dumps(result, indent=2))

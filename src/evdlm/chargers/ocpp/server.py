@@ -100,8 +100,11 @@ class OcppCentralSystem:
 
     def _resolve_passwords(self) -> dict[str, str]:
         passwords: dict[str, str] = {}
+        basic_auth = self.config.ocpp.security_profile in (1, 2)
         for charger in self.config.chargers:
             if charger.password is None:
+                if basic_auth:
+                    LOG.error("%s: no password configured under security profile 1/2: it will be refused", charger.id)
                 continue
             try:
                 passwords[charger.id] = resolve_secret(charger.password, self._base_dir)
