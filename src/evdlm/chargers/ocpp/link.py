@@ -172,6 +172,18 @@ class ChargerLink:
     def transaction_started(self, evse_id: int, transaction_id: str) -> None:
         self._update(evse_id, connected=True, charging=True, transaction_id=transaction_id)
 
+    def transaction_resumed(self, evse_id: int, transaction_id: str | None) -> None:
+        """A session that began before this connection (or this process): learnt from a status
+        that implies a transaction, or from meter values that name one."""
+        evse = self._evses.get(evse_id)
+        if evse is None:
+            return
+        self._update(evse_id, connected=True, charging=True, transaction_id=transaction_id or evse.state.transaction_id)
+
+    def charging(self, evse_id: int) -> bool:
+        evse = self._evses.get(evse_id)
+        return evse is not None and evse.state.charging
+
     def transaction_ended(self, transaction_id: str | None, evse_id: int | None = None) -> int | None:
         """Mark the session over; returns the EVSE whose dynamic profile should be cleared."""
         for candidate_id, evse in self._evses.items():

@@ -351,7 +351,7 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
 
     @route("TriggerMessage")
     def on_trigger_message(self, requested_message: str, evse: dict[str, Any] | None = None, **_: Any) -> Any:
-        if requested_message not in ("StatusNotification", "MeterValues", "Heartbeat"):
+        if requested_message not in ("StatusNotification", "MeterValues", "TransactionEvent", "Heartbeat"):
             return result201.TriggerMessage(status="NotImplemented")
         return result201.TriggerMessage(status="Accepted")
 
@@ -362,7 +362,9 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
             if requested_message == "StatusNotification":
                 await self.status(evse_id)
             elif requested_message == "MeterValues":
-                await self.meter_values(evse_id)
+                await self.meter_values_message(evse_id)
+            elif requested_message == "TransactionEvent":
+                await self.meter_values(evse_id, trigger="Trigger")
         if requested_message == "Heartbeat":
             await self.send(call201.Heartbeat())
 
@@ -393,7 +395,19 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
             )
         )
 
-    async def meter_values(self, evse_id: int) -> None:
+    async def meter_values_message(self, evse_id: int) -> None:
+        """A MeterValues request (outside transactions, or triggered)."""
+        samples = meter_samples(self.model, evse_id, self.model.measurands, _sample_201)
+        if samples:
+            await self.send(
+                call201.MeterValues(
+                    evse_id=evse_id,
+                    meter_value=[{"timestamp": iso_utc(self.station.clock.now_s()), "sampled_value": samples}],
+                )
+            )
+
+    async def meter_values(self, evse_id: int, trigger: str = "MeterValuePeriodic") -> None:
+        """During a transaction 2.0.1 stations report through TransactionEvent Updated."""
         connector = self.model.connectors[evse_id]
         if connector.car is None or connector.transaction_id is None:
             return
@@ -404,7 +418,7 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
             "Updated",
             evse_id,
             connector.transaction_id,
-            "MeterValuePeriodic",
+            trigger,
             meter_value=[{"timestamp": iso_utc(self.station.clock.now_s()), "sampled_value": samples}],
         )
 

@@ -30,6 +30,8 @@ SMART_CHARGING_KEYS = [
     "MaxChargingProfilesInstalled",
 ]
 CONNECTED_STATUSES = {"Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing"}
+# 1.6 §4.9: these are only reported while a transaction runs.
+TRANSACTION_STATUSES = {"Charging", "SuspendedEV", "SuspendedEVSE"}
 FREE_STATUSES = {"Available", "Unavailable", "Reserved"}
 
 
@@ -85,12 +87,18 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
     @route("StatusNotification")
     def on_status_notification(self, connector_id: int, error_code: str, status: str, **_: Any) -> Any:
         self.link.set_status(connector_id, connected_from_status(status))
+        if connector_id and status in TRANSACTION_STATUSES and not self.link.charging(connector_id):
+            self.link.transaction_resumed(connector_id, None)
         if status == "Available":
             self.session_ended(self.link.transaction_ended(None, connector_id) if connector_id else None)
         return call_result.StatusNotification()
 
     @route("MeterValues")
-    def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]], **_: Any) -> Any:
+    def on_meter_values(
+        self, connector_id: int, meter_value: list[dict[str, Any]], transaction_id: int | None = None, **_: Any
+    ) -> Any:
+        if connector_id and transaction_id is not None and self.link.evse_of_transaction(str(transaction_id)) is None:
+            self.link.transaction_resumed(connector_id, str(transaction_id))
         if connector_id:
             self.link.meter_sample(connector_id, parse_meter_values(meter_value, "1.6"))
         return call_result.MeterValues()
@@ -175,11 +183,11 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
         return True
 
     async def recover(self) -> None:
-        if not self.link.failsafe_installed:
-            await self.setup()
-            return
-        self.link.ready = True
-        # Connectors may have changed while we were apart; the charger tells us again.
+        if self.link.failsafe_installed:
+            self.link.ready = True
+        else:
+            await self.setup()  # a central system that restarted knows nothing of this charger yet
+        # Connectors and sessions may have changed while we were apart; the charger tells us again.
         for connector_id in range(1, self.link.charger.evses + 1):
             for message in ("StatusNotification", "MeterValues"):
                 try:

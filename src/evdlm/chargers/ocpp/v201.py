@@ -233,12 +233,13 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
                 )
 
     async def recover(self) -> None:
-        if not self.link.failsafe_installed:
-            await self.setup()
-            return
-        self.link.ready = True
+        if self.link.failsafe_installed:
+            self.link.ready = True
+        else:
+            await self.setup()  # a central system that restarted knows nothing of this station yet
+        # F06: a triggered TransactionEvent (Updated, trigger "Trigger") names a running transaction.
         for evse_id in range(1, self.link.charger.evses + 1):
-            for message in ("StatusNotification", "MeterValues"):
+            for message in ("StatusNotification", "TransactionEvent"):
                 try:
                     await self.call_checked(
                         call.TriggerMessage(requested_message=message, evse={"id": evse_id, "connector_id": 1})
