@@ -64,6 +64,7 @@ async def test_reconnect_recovers_state_and_resends(version: str) -> None:
         assert station.boots == 1 and station.connections == 2  # no reboot: state recovered, not re-read
         state = r.central.evse_states()[("CP", 1)]
         assert state.online and state.charging and state.transaction_id == transaction_id
+        assert state.accepted_limit is None  # unknown until sent again
         # After a reconnect the lease is re-sent even though the limit is unchanged.
         assert (await r.central.apply([ChargingCommand("CP", 1, 20, "A", 3)]))[0].status is CommandStatus.ACCEPTED
 

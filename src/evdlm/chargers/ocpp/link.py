@@ -137,7 +137,7 @@ class ChargerLink:
         for evse_id, evse in self._evses.items():
             # After a reconnect we cannot know what the charger kept: send every limit again.
             evse.lease = None
-            self._update(evse_id, online=True)
+            self._update(evse_id, online=True, accepted_limit=None, accepted_unit=None)
 
     def detach(self, transport: ProfileTransport) -> None:
         if self.transport is not transport:
