@@ -91,6 +91,7 @@ async def test_session_end_clears_dynamic_profile(version: str) -> None:
         r.fleet.unplug("CP", 1)
         await wait_for(lambda: dynamic_profile_id(1) not in station.model.profiles, "profile cleared")
         await wait_for(lambda: not r.central.evse_states()[("CP", 1)].connected, "connector free")
+        await wait_for(lambda: r.central.evse_states()[("CP", 1)].accepted_limit is None, "clear answered")
         state = r.central.evse_states()[("CP", 1)]
         assert not state.charging and not state.connected and state.accepted_limit is None
         assert 1 in station.model.profiles  # the fail-safe stays

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -68,7 +69,7 @@ def unique_id_of(raw: str | bytes) -> str:
     return "-1"
 
 
-class SessionBase:
+class SessionBase(ABC):
     """Mixed into the version's ``ocpp`` ChargePoint subclass (server side)."""
 
     version: str
@@ -179,6 +180,9 @@ class SessionBase:
                 await job()
             except ChargerError as exc:
                 LOG.warning("%s: %s", self.id, exc)
+            except Exception:
+                # A bug in one job must not take the charger's connection down with it.
+                LOG.exception("%s: housekeeping job failed", self.id)
 
     async def run(self) -> None:
         """Serve the connection until it closes; jobs end with it."""
@@ -196,13 +200,13 @@ class SessionBase:
         finally:
             self.link.detach(self)  # type: ignore[arg-type]
 
+    @abstractmethod
     async def setup(self) -> None:
         """After BootNotification: read smart-charging config, configure sampling, install the fail-safe."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def recover(self) -> None:
-        """After a reconnect without boot."""
-        raise NotImplementedError
+        """After a reconnect without boot: configure if this process has not yet, refresh state."""
 
     def session_ended(self, evse_id: int | None) -> None:
         if evse_id is not None:
@@ -219,8 +223,18 @@ def checked_profile_status(status: Any) -> str:
     return str(status)
 
 
+# CALLERROR details echo parts of the bad frame: bounded, so garbage is not mirrored back in bulk.
+MAX_DETAIL_CHARS = 200
+
+
 def _plain(details: Any) -> dict[str, Any]:
-    """CALLERROR details must be JSON: keep the strings, drop library objects."""
+    """CALLERROR details must be JSON: keep scalars, stringify library objects, cut long text."""
     if not isinstance(details, dict):
         return {}
-    return {key: value if isinstance(value, str | int | float | bool) else str(value) for key, value in details.items()}
+    plain: dict[str, Any] = {}
+    for key, value in details.items():
+        if isinstance(value, int | float | bool):
+            plain[str(key)] = value
+        else:
+            plain[str(key)] = str(value)[:MAX_DETAIL_CHARS]
+    return plain
