@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml solvers/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e "./solvers[test]" -e ".[test]"
+	$(BIN)/python -m pip install -q -e "./solvers[test,cvxpy]" -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

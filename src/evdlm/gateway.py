@@ -109,6 +109,7 @@ class Gateway:
         self.devices: DeviceHub | None = None
         self.dr: DrService | None = None
         self.controller: Controller | None = None
+        self._closed = False
 
     async def __aenter__(self) -> Gateway:
         config = self.config
@@ -181,6 +182,9 @@ class Gateway:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self.controller is not None:
             await self.controller.close()
         if self.mqtt is not None and self.mqtt.connected:

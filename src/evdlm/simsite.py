@@ -8,10 +8,11 @@ gateway against all of it. Used by ``evdlm demo``, the end-to-end tests and the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,14 @@ from typing import Any
 from evdlm.chargers.sim.fleet import SimFleet, site_phase_currents
 from evdlm.chargers.sim.station import Misbehaviour
 from evdlm.config.models import SiteConfig
+from evdlm.control import CycleReport
 from evdlm.core.clock import Clock
 from evdlm.core.decide import SolverChoice
 from evdlm.devices.sim.servers import SiteSimulators, circuit_specs_for, sim_params_for
 from evdlm.devices.sim.site import SiteSimParams, SiteSimulation
 from evdlm.dr.messages import from_epoch, rfc3339
 from evdlm.gateway import Gateway
-from evdlm.mqtt.broker import LocalBroker
+from evdlm.mqtt.broker import LocalBroker, free_port
 from evdlm.mqtt.client import MqttClient
 
 
@@ -66,6 +68,36 @@ class SimulatedSite:
     fleet: SimFleet
     utility: MqttClient | None
     workdir: Path
+    broker: LocalBroker | None = None
+    gateway_factory: Callable[[], Gateway] | None = None
+    on_cycle: Callable[[CycleReport], None] | None = None
+    _stop: asyncio.Event | None = None
+    _runner: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------- the controller's lifetime
+
+    def start_controller(self) -> None:
+        """Run the gateway's control loop in the background (see :meth:`stop_controller`)."""
+        self._stop = asyncio.Event()
+        self._runner = asyncio.create_task(self.gateway.run(self._stop, on_cycle=self.on_cycle), name="gateway")
+
+    async def stop_controller(self, *, kill: bool = False) -> None:
+        """Stop the loop; ``kill`` also closes the gateway as a crash would (no goodbye)."""
+        if self._stop is not None and self._runner is not None:
+            self._stop.set()
+            await self._runner
+            self._runner = None
+        if kill:
+            await self.gateway.__aexit__(None, None, None)
+
+    async def restart_controller(self, downtime_s: float) -> None:
+        """Kill the gateway, wait ``downtime_s`` (this clock), start a new one on the same ports."""
+        assert self.gateway_factory is not None
+        await self.stop_controller(kill=True)
+        await self.clock.sleep(downtime_s)
+        self.gateway = self.gateway_factory()
+        await self.gateway.__aenter__()
+        self.start_controller()
 
     def grid_w(self) -> float:
         """What the grid connection really carries now (the simulation's truth), W."""
@@ -87,7 +119,8 @@ class SimulatedSite:
 
 def _rewire(config: SiteConfig, workdir: Path, broker: LocalBroker | None) -> SiteConfig:
     updates: dict[str, Any] = {
-        "ocpp": config.ocpp.model_copy(update={"host": "127.0.0.1", "port": 0}),
+        # A fixed port, so stations find a restarted gateway again.
+        "ocpp": config.ocpp.model_copy(update={"host": "127.0.0.1", "port": free_port()}),
         "recording": config.recording.model_copy(update={"directory": str(workdir / "recordings")}),
         "observability": config.observability.model_copy(update={"metrics_port": 0, "metrics_host": "127.0.0.1"}),
     }
@@ -127,17 +160,27 @@ async def simulated_site(
                 broker = await stack.enter_async_context(LocalBroker())
             simulators = await stack.enter_async_context(SiteSimulators(config, simulation, clock))
             wired = _rewire(simulators.config(), workdir, broker)
-            gateway = await stack.enter_async_context(
-                Gateway(wired, clock, base_dir=workdir, config_text=config_text, simulation=simulation, solver=solver)
-            )
-            assert gateway.ocpp is not None
+
+            def new_gateway() -> Gateway:
+                return Gateway(
+                    wired, clock, state_dir=workdir, config_text=config_text, simulation=simulation, solver=solver
+                )
+
+            gateway = new_gateway()
+            await gateway.__aenter__()
+            holder: list[SimulatedSite] = []
+
+            async def close_gateway() -> None:
+                # The site may have restarted its gateway: close whichever is current.
+                site = holder[0] if holder else None
+                if site is not None:
+                    await site.stop_controller()
+                await (site.gateway if site is not None else gateway).__aexit__(None, None, None)
+
+            stack.push_async_callback(close_gateway)
             fleet = await stack.enter_async_context(
                 SimFleet(
-                    wired,
-                    clock,
-                    f"ws://127.0.0.1:{gateway.ocpp.port}",
-                    misbehaviour=misbehaviour,
-                    tick_s=station_tick_s,
+                    wired, clock, f"ws://127.0.0.1:{wired.ocpp.port}", misbehaviour=misbehaviour, tick_s=station_tick_s
                 )
             )
             chargers = {charger.id: charger for charger in wired.chargers}
@@ -160,4 +203,8 @@ async def simulated_site(
                     retain=True,
                 )
             await fleet.wait_connected(timeout_s=30.0)
-            yield SimulatedSite(wired, clock, simulation, simulators, gateway, fleet, utility, workdir)
+            site = SimulatedSite(
+                wired, clock, simulation, simulators, gateway, fleet, utility, workdir, broker, new_gateway
+            )
+            holder.append(site)
+            yield site

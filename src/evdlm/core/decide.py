@@ -19,7 +19,7 @@ from evdlm_solvers.problem import paused
 
 from evdlm.config.models import SiteConfig
 from evdlm.core.dispatch import Plan, plan_commands
-from evdlm.core.memory import ControlMemory
+from evdlm.core.memory import ControlMemory, EvseMemory
 from evdlm.core.problem_builder import BuildInputs, BuiltProblem, EvseMode, SiteSettings, build_problem
 from evdlm.core.topology import Topology, build_topology
 
@@ -140,7 +140,36 @@ def defer_raises_until_cuts_land(built: BuiltProblem, result: SolveResult) -> So
     return result
 
 
+def seed_memory(context: DecisionContext, inputs: BuildInputs) -> BuildInputs:
+    """Start from what chargers offer when there is no memory of them (a restarted controller).
+
+    Without this, a restart would treat every charging car as starting from 0 A: it would be cut
+    to its minimum and ramped up again, for nothing.
+    """
+    missing = {
+        slot.key: state
+        for slot in context.topology.evses
+        if slot.key not in inputs.memory.evses
+        and not slot.is_dc
+        and (state := inputs.evse_states.get(slot.key)) is not None
+        and state.charging
+        and (state.offered_current_a or 0.0) > 0.0
+    }
+    if not missing:
+        return inputs
+    evses = dict(inputs.memory.evses)
+    for key, state in missing.items():
+        evses[key] = EvseMemory(
+            setpoint=float(state.offered_current_a or 0.0),
+            transaction_id=state.transaction_id,
+            admitted_since_s=inputs.now_s,
+            changed_at_s=inputs.now_s,
+        )
+    return replace(inputs, memory=replace(inputs.memory, evses=evses))
+
+
 def decide(context: DecisionContext, inputs: BuildInputs) -> Decision:
+    inputs = seed_memory(context, inputs)
     built = build_problem(context.topology, context.settings, inputs)
     if context.solver is SolverChoice.LP:
         result = _solve_lp_first(built, context.solve_budget_s)
