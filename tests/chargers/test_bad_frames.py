@@ -80,3 +80,37 @@ async def test_bad_frames_answered(
         record for record in caplog.records if record.name.startswith("evdlm.chargers") and "RAW" in record.getMessage()
     ]
     assert len(refusals) >= len(cases)
+
+
+async def test_external_limits_and_reports_acknowledged() -> None:
+    """2.0.1 NotifyChargingLimit / ClearedChargingLimit / ReportChargingProfiles: answered, logged."""
+    config = site_config([{"id": "RAW", "ocpp_version": "2.0.1"}])
+    async with rig(config, wait=False) as r:
+        r.fleet.stations["RAW"].stop()
+        await r.fleet.kill_station("RAW")
+        profile = {
+            "id": 7,
+            "stackLevel": 0,
+            "chargingProfilePurpose": "ChargingStationExternalConstraints",
+            "chargingProfileKind": "Absolute",
+            "chargingSchedule": [
+                {
+                    "id": 1,
+                    "startSchedule": "2026-11-21T08:00:00Z",
+                    "chargingRateUnit": "A",
+                    "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10}],
+                }
+            ],
+        }
+        frames = {
+            "n1": ["NotifyChargingLimit", {"chargingLimit": {"chargingLimitSource": "SO"}, "evseId": 1}],
+            "n2": ["ClearedChargingLimit", {"chargingLimitSource": "SO", "evseId": 1}],
+            "n3": [
+                "ReportChargingProfiles",
+                {"requestId": 1, "chargingLimitSource": "SO", "evseId": 1, "chargingProfile": [profile]},
+            ],
+        }
+        async with connect(f"ws://127.0.0.1:{r.central.port}/RAW", subprotocols=["ocpp2.0.1"]) as ws:  # type: ignore[list-item]
+            for unique_id, (action, payload) in frames.items():
+                answer = await answer_to(ws, json.dumps([2, unique_id, action, payload]), unique_id)
+                assert answer == [3, unique_id, {}], (action, answer)
