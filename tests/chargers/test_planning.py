@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from evdlm.chargers.planning import (
     ChargerCapabilities,
@@ -116,3 +118,38 @@ def test_compliance_grace_and_recovery() -> None:
     assert state == ComplianceState(True, None)
     # Nothing measured: keep what we knew.
     assert assess_compliance(state, 10.0, 100.0, 150.0, 30.0, None, None) is state
+
+
+@given(
+    limit=st.floats(min_value=0, max_value=500, allow_nan=False),
+    unit=st.sampled_from(["A", "W"]),
+    wire_unit=st.sampled_from(["A", "W"]),
+    phases=st.sampled_from([1, 3]),
+    charger_phases=st.sampled_from([1, 3]),
+    voltage_v=st.floats(min_value=100, max_value=480),
+    min_current_a=st.floats(min_value=0, max_value=16),
+    max_current_a=st.floats(min_value=16, max_value=80),
+)
+def test_wire_limit_invariants(
+    limit: float,
+    unit: str,
+    wire_unit: str,
+    phases: int,
+    charger_phases: int,
+    voltage_v: float,
+    min_current_a: float,
+    max_current_a: float,
+) -> None:
+    """Whatever the controller asks: 0 or at least the minimum, never above the maximum, whole
+    units (so the 1.6 schema's one decimal always holds), and never more than asked."""
+    caps = ChargerCapabilities(
+        **{**AC.__dict__, "phases": charger_phases, "min_current_a": min_current_a, "max_current_a": max_current_a}
+    )
+    command_limit = limit if unit == "A" else limit * 100
+    sent = wire_limit(command(command_limit, unit, phases), wire_unit, caps, voltage_v)  # type: ignore[arg-type]
+    used_phases = min(phases, charger_phases)
+    sent_a = sent if wire_unit == "A" else sent / (voltage_v * used_phases)
+    asked_a = command_limit if unit == "A" else command_limit / (voltage_v * used_phases)
+    assert sent == int(sent)
+    assert sent == 0 or sent_a >= min_current_a - 1e-6
+    assert sent_a <= min(asked_a, max_current_a) + 1e-6
