@@ -7,6 +7,7 @@ import time
 import pytest
 from charger_rig import rig, site_config, wait_for
 
+from evdlm.chargers.ocpp import link as link_module
 from evdlm.chargers.sim.ev import Car
 from evdlm.chargers.sim.station import Misbehaviour
 from evdlm.core.types import ChargingCommand, CommandStatus
@@ -15,7 +16,8 @@ FAST_CAR = Car(phases=3, max_current_a=32, dead_time_s=1, ramp_time_constant_s=1
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
-async def test_rejecting_charger_becomes_uncontrollable(version: str) -> None:
+async def test_rejecting_charger_becomes_uncontrollable(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(link_module, "UNCONTROLLABLE_RETRY_S", 40.0)  # 1 s of test time
     config = site_config([{"id": "BAD", "ocpp_version": version}])
     async with rig(config, misbehaviour={"BAD": Misbehaviour(reject_profiles=True)}) as r:
         result = (await r.central.apply([ChargingCommand("BAD", 1, 10, "A", 3)]))[0]
@@ -26,6 +28,12 @@ async def test_rejecting_charger_becomes_uncontrollable(version: str) -> None:
         assert r.fleet.station("BAD").profile_answers.count("Rejected") >= 4
         again = (await r.central.apply([ChargingCommand("BAD", 1, 12, "A", 3)]))[0]
         assert again.status is CommandStatus.NOT_SUPPORTED
+        # Fixed by a firmware update: asked again after UNCONTROLLABLE_RETRY_S, controllable again.
+        r.fleet.set_misbehaviour("BAD", Misbehaviour())
+        await r.clock.sleep(link_module.UNCONTROLLABLE_RETRY_S)
+        retried = (await r.central.apply([ChargingCommand("BAD", 1, 12, "A", 3)]))[0]
+        assert retried.status is CommandStatus.ACCEPTED
+        assert r.central.evse_states()[("BAD", 1)].controllable
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])

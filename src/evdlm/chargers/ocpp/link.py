@@ -40,6 +40,11 @@ LOG = logging.getLogger("evdlm.chargers.link")
 
 EvseKey = tuple[str, int]
 
+# An EVSE that refused every profile variant is asked again after this long (simulated time):
+# firmware gets updated and transient refusals happen, but the flash writes of retrying every
+# cycle would not help either.
+UNCONTROLLABLE_RETRY_S = 900.0
+
 
 class ProfileTransport(Protocol):
     """What a version's session offers the link; raises :class:`ChargerError` subclasses."""
@@ -84,6 +89,7 @@ class _Evse:
     lease: Lease | None = None
     compliance: ComplianceState = field(default_factory=lambda: ComplianceState(True, None))
     limit_since_s: float = 0.0
+    uncontrollable_since_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +162,8 @@ class ChargerLink:
             self.capabilities.reported_max_stack_level,
             self.capabilities.dynamic_stack_level,
         )
-        for evse_id in self._evses:
+        for evse_id, evse in self._evses.items():
+            evse.uncontrollable_since_s = None
             self._update(evse_id, controllable=True)
 
     def set_status(self, evse_id: int, connected: bool | None) -> None:
@@ -339,12 +346,13 @@ class ChargerLink:
             return self._result(command, CommandStatus.OFFLINE, detail="not connected")
         if not self.ready:
             return self._result(command, CommandStatus.OFFLINE, detail="connected, configuration in progress")
-        if not evse.state.controllable:
+        caps = self.capabilities
+        now_s = self.clock.now_s()
+        since_s = evse.uncontrollable_since_s
+        if not evse.state.controllable and since_s is not None and now_s - since_s < UNCONTROLLABLE_RETRY_S:
             return self._result(
                 command, CommandStatus.NOT_SUPPORTED, detail="refused every profile variant; counted at its maximum"
             )
-        caps = self.capabilities
-        now_s = self.clock.now_s()
         unit = caps.unit_for(command.unit)
         limit = wire_limit(command, unit, caps, self.settings.nominal_voltage_v)
         phases = max(1, min(command.phases, caps.phases))
@@ -400,6 +408,7 @@ class ChargerLink:
             command.evse_id,
             last_failure[1],
         )
+        evse.uncontrollable_since_s = now_s
         self._update(command.evse_id, controllable=False)
         return self._result(command, last_failure[0], detail=last_failure[1])
 
@@ -451,4 +460,5 @@ class ChargerLink:
             evse.limit_since_s = now_s
         limit_a = spec.limit if spec.unit == "A" else watts_to_amps(spec.limit, self.settings.nominal_voltage_v, phases)
         LOG.debug("%s/%s accepted %.1f %s (%.1f A)", self.charger.id, command.evse_id, spec.limit, spec.unit, limit_a)
-        self._update(command.evse_id, accepted_limit=spec.limit, accepted_unit=spec.unit)
+        evse.uncontrollable_since_s = None
+        self._update(command.evse_id, accepted_limit=spec.limit, accepted_unit=spec.unit, controllable=True)
