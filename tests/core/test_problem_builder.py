@@ -8,7 +8,7 @@ import pytest
 from evdlm.core.memory import ControlMemory, EvseMemory
 from evdlm.core.problem_builder import BuildInputs, DemandLimits, EvseMode, build_problem
 from evdlm.core.topology import Topology
-from evdlm.core.types import Quality
+from evdlm.core.types import Quality, Reading
 
 from .conftest import NOW_S, charging, meter
 
@@ -194,3 +194,31 @@ def test_paused_car_is_admitted_with_hysteresis_never_below_its_minimum(topology
     built = build_problem(topology, settings, _inputs(states, readings))
     lowest = {topology.evses[i].key[0]: built.problem.setpoint_min[c] for c, i in enumerate(built.columns)}
     assert lowest == {"A1": 8.0, "A2": 6.0}  # A2's car takes at most 7 A: no room for hysteresis
+
+
+def test_single_phase_is_learned_only_from_reported_phases(topology, settings) -> None:  # type: ignore[no-untyped-def]
+    readings = {"gm": meter("gm", (16.0, 0.0, 0.0)), "am": meter("am", (16.0, 0.0, 0.0))}
+    only_l1 = build_problem(topology, settings, _inputs([charging("A1", (16.0, None, None))], readings))  # type: ignore[arg-type]
+    assert only_l1.views[topology.evse_index[("A1", 1)]].phases_used == 3
+    all_three = build_problem(topology, settings, _inputs([charging("A1", (16.0, 0.0, 0.0))], readings))
+    assert all_three.views[topology.evse_index[("A1", 1)]].phases_used == 1
+
+
+def test_battery_is_not_relied_on_while_the_grid_meter_is_stale(config, topology, settings) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace as dc_replace
+
+    from evdlm.config.models import Battery
+
+    with_battery = dc_replace(
+        settings, battery=Battery(device="gm", max_charge_kw=10, max_discharge_kw=10, capacity_kwh=20)
+    )
+    battery = Reading("gm", NOW_S, Quality.OK, power_w=5000.0, soc_pct=60.0)
+    fresh = {"gm": meter("gm", (10.0, 10.0, 10.0)), "am": meter("am", (0.0, 0.0, 0.0))}
+    inputs = BuildInputs(NOW_S, fresh, {}, ControlMemory(), DemandLimits(), battery)
+    assert build_problem(topology, with_battery, inputs).problem.battery_discharge_max_w == 10_000
+    stale = {**fresh, "gm": meter("gm", (10.0, 10.0, 10.0), quality=Quality.STALE)}
+    blind = build_problem(
+        topology, with_battery, BuildInputs(NOW_S, stale, {}, ControlMemory(), DemandLimits(), battery)
+    )
+    assert blind.grid_fallback
+    assert (blind.problem.battery_discharge_max_w, blind.problem.battery_charge_max_w) == (0.0, 0.0)

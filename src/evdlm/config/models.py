@@ -163,22 +163,24 @@ class DeviceRole(StrEnum):
     BATTERY = "battery"
 
 
-class ModbusTcpLink(StrictModel):
+class _NetworkLink(StrictModel):
+    """A Modbus endpoint reached over TCP (a device, or a serial gateway)."""
+
     name: Identifier
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    max_registers_per_request: int = Field(default=125, ge=1, le=125)
+
+
+class ModbusTcpLink(_NetworkLink):
     type: Literal["tcp"]
-    host: str
-    port: int = Field(default=502, ge=1, le=65535)
-    timeout_s: float = Field(default=1.0, gt=0, le=30)
-    max_registers_per_request: int = Field(default=125, ge=1, le=125)
 
 
-class ModbusRtuOverTcpLink(StrictModel):
-    name: Identifier
+class ModbusRtuOverTcpLink(_NetworkLink):
+    """RTU framing tunnelled through a TCP gateway (one RS-485 line behind it)."""
+
     type: Literal["rtu_over_tcp"]
-    host: str
-    port: int = Field(default=502, ge=1, le=65535)
-    timeout_s: float = Field(default=1.0, gt=0, le=30)
-    max_registers_per_request: int = Field(default=125, ge=1, le=125)
 
 
 class ModbusRtuLink(StrictModel):

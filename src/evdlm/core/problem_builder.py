@@ -135,8 +135,10 @@ def learn_phases(slot: EvseSlot, state: EvseState | None, memory: EvseMemory) ->
         return 3
     if memory.phases_used is not None and state is not None and memory.transaction_id == state.transaction_id:
         return memory.phases_used
-    if state is not None and state.phase_current_a is not None:
-        l1, l2, l3 = (value or 0.0 for value in state.phase_current_a)
+    if state is not None and state.phase_current_a is not None and None not in state.phase_current_a:
+        # Only phases actually reported count: a sample with L1 alone (some chargers before
+        # their sampled data is configured) says nothing about L2 and L3.
+        l1, l2, l3 = (float(value or 0.0) for value in state.phase_current_a)
         if l1 >= PHASE_DRAWING_A and l2 < PHASE_IDLE_A and l3 < PHASE_IDLE_A:
             return 1
     return 3
@@ -391,7 +393,7 @@ def build_problem(topology: Topology, settings: SiteSettings, inputs: BuildInput
         headroom[topology.export_row] = 0.0
     uncontrolled = np.where(fully_loaded, limit, uncontrolled)
 
-    problem, columns = _columns(topology, settings, inputs, views, headroom, battery_reading)
+    problem, columns = _columns(topology, settings, inputs, views, headroom, battery_reading, grid_fallback)
     return BuiltProblem(
         problem=problem,
         columns=columns,
@@ -412,6 +414,7 @@ def _columns(
     views: list[EvseView],
     headroom: np.ndarray,
     battery_reading: Reading | None,
+    grid_fallback: bool,
 ) -> tuple[Problem, tuple[int, ...]]:
     control = settings.control
     voltage_v = topology.nominal_voltage_v
@@ -487,7 +490,13 @@ def _columns(
 
     discharge_max_w = charge_max_w = 0.0
     battery = settings.battery
-    if battery is not None and battery_reading is not None and battery_reading.soc_pct is not None:
+    # Blind at the grid connection (fallback), nothing shows the battery's effect there: idle it.
+    if (
+        battery is not None
+        and battery_reading is not None
+        and battery_reading.soc_pct is not None
+        and not grid_fallback
+    ):
         soc = battery_reading.soc_pct
         discharge_max_w = battery.max_discharge_kw * 1000.0 if soc > battery.reserve_soc_pct else 0.0
         charge_max_w = battery.max_charge_kw * 1000.0 if soc < battery.soc_max_pct else 0.0
