@@ -110,3 +110,11 @@ def test_loading_is_pure_and_frozen() -> None:
     assert parse_site_config(text).config == first
     with pytest.raises(Exception, match="frozen"):
         first.grid.import_limit_kw = 1.0  # type: ignore[misc]
+
+
+def test_field_reference_is_current() -> None:
+    from evdlm.config.reference import field_reference
+
+    committed = (REPO / "site_configs/README.md").read_text(encoding="utf-8")
+    assert committed == field_reference(), "regenerate site_configs/README.md from evdlm.config.reference"
+    assert "| `phase_rotation` |" in committed and "grid + = import" in committed

@@ -52,7 +52,7 @@ class SecretRef(StrictModel):
 class SiteSection(StrictModel):
     id: Identifier = Field(description="Site id, used in MQTT topics (dlm/{site}/...) and DR targets.")
     timezone: str = Field(default="UTC", description="IANA time zone of the site (tariffs, reports).")
-    name: str | None = None
+    name: str | None = Field(default=None, description="Human-readable site name.")
 
     @field_validator("timezone")
     @classmethod
@@ -68,21 +68,28 @@ class SiteSection(StrictModel):
 
 class GridConnection(StrictModel):
     import_limit_kw: float = Field(gt=0, le=MAX_POWER_KW, description="Contracted import limit.")
-    export_limit_kw: float = Field(default=0.0, ge=0, le=MAX_POWER_KW)
+    export_limit_kw: float = Field(
+        default=0.0, ge=0, le=MAX_POWER_KW, description="Contracted export limit (0: no export allowed)."
+    )
     phase_current_limit_a: float = Field(gt=0, le=MAX_CURRENT_A, description="Main fuse, per phase.")
     nominal_voltage_v: float = Field(
         default=230.0, ge=100, le=480, description="Phase-to-neutral voltage used for A↔W conversion."
     )
-    phases: Literal[1, 3] = 3
+    phases: Literal[1, 3] = Field(default=3, description="Phases of the connection.")
     meter: Identifier | None = Field(default=None, description="Device (role grid_meter) measuring the connection.")
 
 
 class Circuit(StrictModel):
-    id: Identifier
-    phase_current_limit_a: float = Field(gt=0, le=MAX_CURRENT_A)
-    power_limit_kw: float | None = Field(default=None, gt=0, le=MAX_POWER_KW)
+    id: Identifier = Field(description="Circuit id (charger `circuit:` references it).")
+    phase_current_limit_a: float = Field(gt=0, le=MAX_CURRENT_A, description="Fuse or breaker rating per phase.")
+    power_limit_kw: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_POWER_KW,
+        description="Optional power limit through this circuit (e.g. a transformer or contract).",
+    )
     meter: Identifier | None = Field(default=None, description="Device (role circuit_meter) on this circuit.")
-    children: list[Circuit] = Field(default_factory=list)
+    children: list[Circuit] = Field(default_factory=list, description="Circuits fed from this one.")
 
 
 class ChargerKind(StrEnum):
@@ -102,9 +109,11 @@ PHASE_ROTATION_PATTERN = re.compile(r"^L([123])-L([123])-L([123])$")
 
 class Charger(StrictModel):
     id: ChargePointId = Field(description="OCPP charge point identity (the last URL path segment).")
-    ocpp_version: Literal["1.6", "2.0.1"]
+    ocpp_version: Literal["1.6", "2.0.1"] = Field(
+        description="OCPP version the charger speaks (websocket subprotocol ocpp1.6 / ocpp2.0.1)."
+    )
     circuit: Identifier = Field(description="Circuit the charger hangs on.")
-    kind: ChargerKind = ChargerKind.AC_3PHASE
+    kind: ChargerKind = Field(default=ChargerKind.AC_3PHASE, description="ac_1phase, ac_3phase or dc.")
     phase_rotation: str = Field(
         default="L1-L2-L3",
         description="Site phases wired to the charger's L1, L2, L3 (e.g. L2-L3-L1). "
@@ -115,7 +124,9 @@ class Charger(StrictModel):
     max_current_a: float = Field(default=32.0, gt=0, le=MAX_CURRENT_A, description="Per phase per EVSE (AC).")
     min_power_kw: float = Field(default=0.0, ge=0, le=MAX_POWER_KW, description="DC minimum per EVSE.")
     max_power_kw: float | None = Field(default=None, gt=0, le=MAX_POWER_KW, description="DC maximum per EVSE.")
-    rate_unit: RateUnit = RateUnit.AUTO
+    rate_unit: RateUnit = Field(
+        default=RateUnit.AUTO, description="Unit of charging schedules: auto (ask the charger), A or W."
+    )
     max_stack_level: int | None = Field(
         default=None,
         ge=0,
@@ -166,33 +177,37 @@ class DeviceRole(StrEnum):
 class _NetworkLink(StrictModel):
     """A Modbus endpoint reached over TCP (a device, or a serial gateway)."""
 
-    name: Identifier
-    host: str
-    port: int = Field(default=502, ge=1, le=65535)
-    timeout_s: float = Field(default=1.0, gt=0, le=30)
-    max_registers_per_request: int = Field(default=125, ge=1, le=125)
+    name: Identifier = Field(description="Link name (devices reference it).")
+    host: str = Field(description="IP address or host name.")
+    port: int = Field(default=502, ge=1, le=65535, description="TCP port.")
+    timeout_s: float = Field(default=1.0, gt=0, le=30, description="Per-request timeout.")
+    max_registers_per_request: int = Field(
+        default=125, ge=1, le=125, description="Largest block read the device accepts."
+    )
 
 
 class ModbusTcpLink(_NetworkLink):
-    type: Literal["tcp"]
+    type: Literal["tcp"] = Field(description="tcp: Modbus TCP.")
 
 
 class ModbusRtuOverTcpLink(_NetworkLink):
     """RTU framing tunnelled through a TCP gateway (one RS-485 line behind it)."""
 
-    type: Literal["rtu_over_tcp"]
+    type: Literal["rtu_over_tcp"] = Field(description="rtu_over_tcp: RTU frames through a TCP gateway.")
 
 
 class ModbusRtuLink(StrictModel):
-    name: Identifier
-    type: Literal["rtu"]
+    name: Identifier = Field(description="Link name (devices reference it).")
+    type: Literal["rtu"] = Field(description="rtu: a serial RS-485 line.")
     serial_port: str = Field(description="e.g. /dev/ttyUSB0")
     baudrate: int = Field(description="Set explicitly: the pymodbus default rarely matches the meter.")
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-    timeout_s: float = Field(default=1.0, gt=0, le=30)
-    max_registers_per_request: int = Field(default=60, ge=1, le=125)
+    parity: Literal["N", "E", "O"] = Field(default="N", description="N, E or O.")
+    stopbits: Literal[1, 2] = Field(default=1, description="1 or 2.")
+    bytesize: Literal[7, 8] = Field(default=8, description="7 or 8.")
+    timeout_s: float = Field(default=1.0, gt=0, le=30, description="Per-request timeout.")
+    max_registers_per_request: int = Field(
+        default=60, ge=1, le=125, description="Largest block read the device accepts."
+    )
 
     @field_validator("baudrate")
     @classmethod
@@ -207,7 +222,7 @@ ModbusLink = Annotated[ModbusTcpLink | ModbusRtuOverTcpLink | ModbusRtuLink, Fie
 
 class ModbusSource(StrictModel):
     link: Identifier = Field(description="Name of an entry under modbus_links.")
-    unit_id: int = Field(default=1, ge=0, le=247)
+    unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id.")
     profile: str = Field(
         description="Device profile: a built-in name (sdm630, sdm72d_m_v2, janitza_umg96, janitza_umg604, "
         "em24, sunspec) or the path of a register-map YAML."
@@ -215,29 +230,29 @@ class ModbusSource(StrictModel):
 
 
 class MqttSource(StrictModel):
-    topic: str = Field(min_length=1)
+    topic: str = Field(min_length=1, description="Topic carrying the value.")
     json_path: str | None = Field(
         default=None,
         description="Dotted path into a JSON payload, e.g. 'power.total'. None: the payload is a bare number.",
     )
-    unit: Literal["W", "kW", "A"] = "W"
+    unit: Literal["W", "kW", "A"] = Field(default="W", description="Unit of the value: W, kW or A.")
 
 
 class SimSource(StrictModel):
-    model: Literal["grid_meter", "pv", "battery", "circuit_meter"]
+    model: Literal["grid_meter", "pv", "battery", "circuit_meter"] = Field(description="Which simulated device.")
 
 
 class Device(StrictModel):
-    name: Identifier
-    role: DeviceRole
+    name: Identifier = Field(description="Device name (the grid, circuits and battery reference it).")
+    role: DeviceRole = Field(description="grid_meter, circuit_meter, pv or battery.")
     max_age_s: float = Field(default=5.0, gt=0, le=3600, description="Older readings are stale.")
     invert_sign: bool = Field(
         default=False, description="True when the device reports the opposite of evdlm's sign convention."
     )
-    poll_period_s: float = Field(default=1.0, gt=0, le=3600)
-    modbus: ModbusSource | None = None
-    mqtt: MqttSource | None = None
-    sim: SimSource | None = None
+    poll_period_s: float = Field(default=1.0, gt=0, le=3600, description="How often it is read.")
+    modbus: ModbusSource | None = Field(default=None, description="Read over Modbus.")
+    mqtt: MqttSource | None = Field(default=None, description="Read from an MQTT topic.")
+    sim: SimSource | None = Field(default=None, description="Read from the in-process site simulation (tests, demo).")
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> Device:
@@ -255,15 +270,17 @@ class BatteryControlMode(StrEnum):
 
 class Battery(StrictModel):
     device: Identifier = Field(description="Device (role battery).")
-    max_charge_kw: float = Field(gt=0, le=MAX_POWER_KW)
-    max_discharge_kw: float = Field(gt=0, le=MAX_POWER_KW)
-    capacity_kwh: float = Field(gt=0, le=1_000_000)
-    soc_min_pct: float = Field(default=10.0, ge=0, le=100)
-    soc_max_pct: float = Field(default=95.0, ge=0, le=100)
+    max_charge_kw: float = Field(gt=0, le=MAX_POWER_KW, description="Largest charging power.")
+    max_discharge_kw: float = Field(gt=0, le=MAX_POWER_KW, description="Largest discharging power.")
+    capacity_kwh: float = Field(gt=0, le=1_000_000, description="Usable capacity.")
+    soc_min_pct: float = Field(default=10.0, ge=0, le=100, description="Lowest state of charge allowed.")
+    soc_max_pct: float = Field(default=95.0, ge=0, le=100, description="Highest state of charge allowed.")
     reserve_soc_pct: float = Field(
         default=20.0, ge=0, le=100, description="Kept for outages: not discharged below by DLM."
     )
-    control: BatteryControlMode = BatteryControlMode.NONE
+    control: BatteryControlMode = Field(
+        default=BatteryControlMode.NONE, description="none (read only), sunspec_124 or sunspec_704."
+    )
     revert_timeout_s: int = Field(
         default=60, ge=5, le=3600, description="Device reverts to its own control after this."
     )
@@ -282,21 +299,25 @@ ALL_WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "
 
 
 class TariffPeriod(StrictModel):
-    days: list[Weekday] = Field(default_factory=lambda: list(ALL_WEEKDAYS))
-    start: time
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(ALL_WEEKDAYS), description="Weekdays the period applies to."
+    )
+    start: time = Field(description="Local start time (HH:MM).")
     end: time = Field(description="Exclusive; 00:00 means midnight at the end of the day.")
-    import_price_per_kwh: float = Field(ge=-10, le=100)
+    import_price_per_kwh: float = Field(ge=-10, le=100, description="Import price in the period.")
 
 
 class Tariffs(StrictModel):
-    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
-    default_import_price_per_kwh: float = Field(ge=-10, le=100)
-    export_price_per_kwh: float = Field(default=0.0, ge=-10, le=100)
-    periods: list[TariffPeriod] = Field(default_factory=list)
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
+    default_import_price_per_kwh: float = Field(ge=-10, le=100, description="Import price outside every period.")
+    export_price_per_kwh: float = Field(default=0.0, ge=-10, le=100, description="Price paid for export.")
+    periods: list[TariffPeriod] = Field(
+        default_factory=list, description="Time-of-use periods; the first listed wins where they overlap."
+    )
 
 
 class DrProgram(StrictModel):
-    id: Identifier
+    id: Identifier = Field(description="Program id (OpenADR programID).")
     mandatory: bool = Field(default=False, description="Events of this program cannot be opted out.")
     failsafe_import_limit_kw: float | None = Field(
         default=None,
@@ -304,43 +325,52 @@ class DrProgram(StrictModel):
         le=MAX_POWER_KW,
         description="Applied while the DR channel is stale (never above the last limit received).",
     )
-    failsafe_min_duration_s: float = Field(default=7200.0, ge=0, le=7 * 86400)
+    failsafe_min_duration_s: float = Field(
+        default=7200.0,
+        ge=0,
+        le=7 * 86400,
+        description="The failsafe limit holds at least this long once the channel went stale.",
+    )
     import_floor_kw: float = Field(
         default=0.0, ge=0, le=MAX_POWER_KW, description="DR import limits are clamped up to this floor."
     )
     max_future_start_s: float = Field(
         default=300.0, ge=0, description="Events created further ahead than this are rejected (clock skew)."
     )
-    allow_far_future: bool = False
+    allow_far_future: bool = Field(
+        default=False, description="Accept events created far in the future (no clock-skew check)."
+    )
 
 
 class MqttBroker(StrictModel):
-    host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
-    username: str | None = None
-    password: SecretRef | None = None
-    tls: bool = False
-    ca_file: str | None = None
-    client_id: str | None = None
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    host: str = Field(default="127.0.0.1", description="Broker host.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
+    username: str | None = Field(default=None, description="User name.")
+    password: SecretRef | None = Field(default=None, description="Password ({env: NAME} or {file: path}).")
+    tls: bool = Field(default=False, description="Connect with TLS.")
+    ca_file: str | None = Field(default=None, description="CA bundle for TLS.")
+    client_id: str | None = Field(default=None, description="Client id (default evdlm-{site}).")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive.")
 
 
 class DemandResponse(StrictModel):
-    enabled: bool = True
-    programs: list[DrProgram] = Field(default_factory=list)
+    enabled: bool = Field(default=True, description="Listen for DR events.")
+    programs: list[DrProgram] = Field(
+        default_factory=list, description="Programs the site takes part in (events of other programs are not applied)."
+    )
     state_file: str = Field(default="var/dr-state.json", description="Accepted events persist here across restarts.")
 
 
 class OcppServer(StrictModel):
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=9000, ge=0, le=65535, description="0 picks a free port (tests, demo).")
     security_profile: Literal[0, 1, 2, 3] = Field(
         default=0, description="0 none (lab only), 1 Basic, 2 TLS+Basic, 3 mutual TLS."
     )
-    cert_file: str | None = None
-    key_file: str | None = None
-    ca_file: str | None = None
-    call_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    cert_file: str | None = Field(default=None, description="TLS certificate (security profiles 2 and 3).")
+    key_file: str | None = Field(default=None, description="TLS private key.")
+    ca_file: str | None = Field(default=None, description="CA that signs charger client certificates (profile 3).")
+    call_timeout_s: float = Field(default=10.0, gt=0, le=120, description="Wall time a charger has to answer a call.")
     failsafe_current_a: float = Field(
         default=6.0,
         ge=0,
@@ -370,7 +400,7 @@ class OcppServer(StrictModel):
 
 
 class Control(StrictModel):
-    cycle_period_s: float = Field(default=1.0, ge=0.1, le=60)
+    cycle_period_s: float = Field(default=1.0, ge=0.1, le=60, description="Time between control cycles.")
     safety_margin_a: float = Field(default=1.0, ge=0, le=1000, description="Kept free on every current row.")
     safety_margin_kw: float = Field(default=1.0, ge=0, le=MAX_POWER_KW, description="Kept free on every power row.")
     ramp_up_a_per_s: float = Field(
@@ -384,13 +414,17 @@ class Control(StrictModel):
         gt=0, le=MAX_POWER_KW, description="Site limit while the grid meter is stale."
     )
     lease_duration_s: float = Field(default=60.0, ge=5, le=3600, description="Validity of each dynamic profile.")
-    lease_refresh_s: float = Field(default=20.0, ge=1, le=3600)
-    min_on_time_s: float = Field(default=120.0, ge=0, le=86400)
-    min_off_time_s: float = Field(default=60.0, ge=0, le=86400)
+    lease_refresh_s: float = Field(default=20.0, ge=1, le=3600, description="Leases are refreshed this often.")
+    min_on_time_s: float = Field(
+        default=120.0, ge=0, le=86400, description="A car is not paused by rotation before this."
+    )
+    min_off_time_s: float = Field(
+        default=60.0, ge=0, le=86400, description="A paused car waits at least this long before it resumes."
+    )
     rotation_period_s: float = Field(
         default=900.0, ge=0, le=86400, description="A paused car gets its turn within this."
     )
-    solve_budget_s: float = Field(default=0.2, gt=0, le=60)
+    solve_budget_s: float = Field(default=0.2, gt=0, le=60, description="Time the solver chain may use per cycle.")
 
     @model_validator(mode="after")
     def _lease(self) -> Control:
@@ -402,37 +436,46 @@ class Control(StrictModel):
 
 
 class Recording(StrictModel):
-    enabled: bool = True
-    directory: str = "var/recordings"
-    max_disk_mb: float = Field(default=2048.0, gt=0)
-    rotate_after_s: float = Field(default=3600.0, gt=0)
+    enabled: bool = Field(default=True, description="Record every cycle.")
+    directory: str = Field(
+        default="var/recordings", description="Folder for recordings (relative to the state directory)."
+    )
+    max_disk_mb: float = Field(default=2048.0, gt=0, description="Oldest recordings are deleted beyond this.")
+    rotate_after_s: float = Field(default=3600.0, gt=0, description="A new file this often.")
 
 
 class Observability(StrictModel):
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics; None disables.")
-    metrics_host: str = "127.0.0.1"
-    log_json: bool = False
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the /metrics endpoint.")
+    log_json: bool = Field(default=False, description="One JSON object per log line.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="DEBUG, INFO, WARNING or ERROR."
+    )
 
 
 class SiteConfig(StrictModel):
     """One site: the whole YAML file."""
 
-    schema_version: Literal[1] = 1
-    site: SiteSection
-    grid: GridConnection
+    schema_version: Literal[1] = Field(default=1, description="Version of this file format.")
+    site: SiteSection = Field(description="Identity and time zone.")
+    grid: GridConnection = Field(description="The grid connection: contract limits, main fuse, voltage.")
     circuits: list[Circuit] = Field(min_length=1, description="Top-level circuits directly below the grid connection.")
-    chargers: list[Charger] = Field(default_factory=list)
-    modbus_links: list[ModbusLink] = Field(default_factory=list)
-    devices: list[Device] = Field(default_factory=list)
-    battery: Battery | None = None
-    tariffs: Tariffs | None = None
-    mqtt: MqttBroker | None = None
-    demand_response: DemandResponse | None = None
-    ocpp: OcppServer = Field(default_factory=OcppServer)
-    control: Control
-    recording: Recording = Field(default_factory=Recording)
-    observability: Observability = Field(default_factory=Observability)
+    chargers: list[Charger] = Field(default_factory=list, description="Every charge point, by OCPP identity.")
+    modbus_links: list[ModbusLink] = Field(
+        default_factory=list,
+        description="Modbus endpoints (TCP, RTU-over-TCP gateways, serial lines), shared by the devices on them.",
+    )
+    devices: list[Device] = Field(
+        default_factory=list, description="Meters, PV, battery: where each reading comes from."
+    )
+    battery: Battery | None = Field(default=None, description="A stationary battery evdlm may use (omit: none).")
+    tariffs: Tariffs | None = Field(default=None, description="Time-of-use prices (reports and planning).")
+    mqtt: MqttBroker | None = Field(default=None, description="The MQTT broker (DR, MQTT devices, state publishing).")
+    demand_response: DemandResponse | None = Field(default=None, description="DR programs the site takes part in.")
+    ocpp: OcppServer = Field(default_factory=OcppServer, description="The OCPP server chargers connect to.")
+    control: Control = Field(description="Settings of the control cycle.")
+    recording: Recording = Field(default_factory=Recording, description="Cycle recordings for replay.")
+    observability: Observability = Field(default_factory=Observability, description="Metrics and logs.")
 
     def iter_circuits(self) -> list[tuple[Circuit, Circuit | None]]:
         """Every circuit with its parent (None for top level), depth first."""

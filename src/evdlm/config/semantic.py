@@ -278,9 +278,13 @@ def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
     mqtt_devices = [index for index, device in enumerate(config.devices) if device.mqtt is not None]
     if config.mqtt is None:
         if config.demand_response is not None and config.demand_response.enabled:
-            findings.append(Finding(("demand_response",), "demand response is configured but there is no mqtt: broker section"))
+            findings.append(
+                Finding(("demand_response",), "demand response is configured but there is no mqtt: broker section")
+            )
         if mqtt_devices:
-            findings.append(Finding(("devices", mqtt_devices[0], "mqtt"), "an MQTT device needs the mqtt: broker section"))
+            findings.append(
+                Finding(("devices", mqtt_devices[0], "mqtt"), "an MQTT device needs the mqtt: broker section")
+            )
     if config.mqtt is not None:
         findings += _secret_findings(config.mqtt.password, ("mqtt", "password"), base_dir)
 
