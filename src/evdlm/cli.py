@@ -107,6 +107,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(DemoOptions(sim_minutes=minutes, speed=speed, out_dir=Path(args.out), live=not args.no_live))
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from evdlm.replay.cli import replay_main
+
+    return replay_main(
+        Path(args.recording),
+        config=Path(args.config) if args.config else None,
+        solver=args.solver,
+        out=Path(args.out) if args.out else None,
+        progress=not args.no_progress,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evdlm",
@@ -167,6 +179,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-live", action="store_true", help="no live table, progress lines only")
     demo.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     demo.set_defaults(handler=_cmd_demo)
+
+    replay = verbs.add_parser(
+        "replay",
+        help="re-run the decisions of a recording in simulated time; or a counterfactual",
+        description="Replay a cycle recording (a .jsonl.gz file or a folder of segments) through the same "
+        "decision the gateway runs, with a fake clock and no sockets, faster than real time. Unchanged, it "
+        "reproduces the recorded commands and reports how many cycles differ (0 expected; exit 1 otherwise). "
+        "With --config or --solver it is the counterfactual: the replayed recording, cycles.csv and "
+        "summary.json go to --out.",
+        epilog="examples:\n  evdlm replay var/recordings\n  evdlm replay day.jsonl.gz --config tighter.yaml --out replay-out\n"
+        "  evdlm replay day.jsonl.gz --solver lp --out replay-lp",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("recording", help="recording file or folder")
+    replay.add_argument("--config", help="another site config YAML (counterfactual)")
+    replay.add_argument("--solver", choices=["heuristic", "lp"], help="solver (default: heuristic, as the gateway)")
+    replay.add_argument("--out", help="folder for the replayed recording, cycles.csv and summary.json")
+    replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+    replay.set_defaults(handler=_cmd_replay)
 
     schema = verbs.add_parser(
         "schema",

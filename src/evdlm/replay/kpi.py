@@ -1,0 +1,270 @@
+"""Key figures of a run, as pandas DataFrames (pure functions of :class:`~evdlm.replay.frames.Run`).
+
+Energies integrate each cycle's value over the time to the next cycle (``period_s``).
+Grid + = import. A limit counts as exceeded only above ``tolerance_w`` (meter noise).
+"""
+
+from __future__ import annotations
+
+from datetime import time as clock_time
+
+import numpy as np
+import pandas as pd
+
+from evdlm.config.models import Tariffs
+from evdlm.replay.frames import Run
+
+TOLERANCE_W = 500.0
+# A session whose car drew less than this at its last sample had stopped by itself (full).
+FULL_BELOW_W = 100.0
+
+
+def _hours(run: Run) -> pd.Series:
+    return run.cycles["period_s"] / 3600.0
+
+
+def peak_import(run: Run) -> pd.DataFrame:
+    """The highest grid import, when, and the limit in force then."""
+    grid = run.cycles["grid_import_w"]
+    at = grid.idxmax()
+    row = run.cycles.loc[at]
+    if isinstance(row, pd.DataFrame):
+        row = row.iloc[0]
+    return pd.DataFrame(
+        {
+            "peak_import_w": [float(grid.max())],
+            "at": [at],
+            "import_limit_w": [float(row["import_limit_w"])],
+            "contract_limit_w": [float(row["contract_limit_w"])],
+        }
+    )
+
+
+def over_limits(run: Run, tolerance_w: float = TOLERANCE_W) -> pd.DataFrame:
+    """Minutes and energy above each limit: the contract, and the limit in force (DR, fallback)."""
+    cycles = run.cycles
+    rows = []
+    for name, column in (
+        ("contract", "contract_limit_w"),
+        ("in force", "import_limit_w"),
+        ("DR cap", "dr_import_limit_w"),
+    ):
+        limit = cycles[column]
+        excess = (cycles["grid_import_w"] - limit).where(limit.notna())
+        over = excess > tolerance_w
+        rows.append(
+            {
+                "limit": name,
+                "minutes_over": float((cycles["period_s"] * over).sum() / 60.0),
+                "energy_over_kwh": float((excess.clip(lower=0.0) * over * _hours(run)).sum() / 1000.0),
+                "worst_excess_w": float(excess.max()) if over.any() else 0.0,
+            }
+        )
+    return pd.DataFrame(rows).set_index("limit")
+
+
+def sessions(run: Run) -> pd.DataFrame:
+    """Per charging session: arrival, departure, energy delivered and requested, unmet demand.
+
+    ``requested_kwh`` is known when the car announced its need (ISO 15118 energyAmount, or an
+    imported log); it is the delivered energy plus the first announced remainder. ``unmet_kwh``
+    is what was still missing when the car left. ``full`` means the car had stopped drawing by
+    itself before it left.
+    """
+    evses = run.evses.sort_values("t_s", kind="stable")
+    if evses.empty:
+        return pd.DataFrame(
+            columns=["evse", "circuit", "arrival", "departure", "delivered_kwh", "requested_kwh", "unmet_kwh", "full"]
+        )
+    step_kwh = evses["power_w"] * evses["period_s"] / 3.6e6
+    grouped = evses.assign(step_kwh=step_kwh).groupby("transaction_id", sort=False)
+    first = grouped.first()
+    last = grouped.last()
+    announced = evses.dropna(subset=["energy_needed_wh"]).groupby("transaction_id", sort=False)
+    first_need = announced.first()
+    delivered_kwh = grouped["step_kwh"].sum()
+    requested = pd.Series(np.nan, index=first.index)
+    if not first_need.empty:
+        # Delivered before the first announcement + what was then announced as still needed.
+        energy_at = first_need["energy_wh"].fillna(0.0) - first["energy_wh"].reindex(first_need.index).fillna(0.0)
+        requested.loc[first_need.index] = (energy_at + first_need["energy_needed_wh"]) / 1000.0
+    out = pd.DataFrame(
+        {
+            "evse": first["evse"],
+            "circuit": first["circuit"],
+            "arrival": first["time"],
+            "departure": last["time"],
+            "delivered_kwh": delivered_kwh,
+            "requested_kwh": requested,
+        }
+    )
+    out["unmet_kwh"] = (out["requested_kwh"] - out["delivered_kwh"]).clip(lower=0.0)
+    out["full"] = last["power_w"] < FULL_BELOW_W
+    return out.sort_values("arrival")
+
+
+def energy_totals(run: Run) -> pd.DataFrame:
+    """Energy delivered to cars, requested (where known) and unmet at departure, in total."""
+    table = sessions(run)
+    known = table["requested_kwh"].notna()
+    return pd.DataFrame(
+        {
+            "sessions": [len(table)],
+            "delivered_kwh": [float(table["delivered_kwh"].sum())],
+            "sessions_with_request": [int(known.sum())],
+            "requested_kwh": [float(table.loc[known, "requested_kwh"].sum())],
+            "delivered_to_requesting_kwh": [float(table.loc[known, "delivered_kwh"].sum())],
+            "unmet_kwh": [float(table["unmet_kwh"].sum())],
+            "sessions_unmet": [int((table["unmet_kwh"] > 0.1).sum())],
+        }
+    )
+
+
+def jain_index(values: np.ndarray) -> float:
+    """Jain's fairness index, 1 = all equal, 1/n = one takes all (NaN for no values)."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0 or not np.any(values):
+        return float("nan")
+    return float(values.sum() ** 2 / (values.size * np.square(values).sum()))
+
+
+def fairness(run: Run) -> pd.DataFrame:
+    """Per cycle: Jain index of the current given to the cars that wanted power.
+
+    A car wanted power unless it had stopped by itself (drawing clearly less than its limit
+    while the limit was above its minimum): those are excluded, they are full, not starved.
+    """
+    evses = run.evses
+    measured = evses[["i1_a", "i2_a", "i3_a"]].fillna(0.0).max(axis=1)
+    limit = evses["limit_a"].fillna(0.0)
+    wanting = ~((limit >= 6.0) & (measured + 2.0 < limit) & (evses["power_w"] < FULL_BELOW_W))
+    frame = evses.loc[wanting, ["time", "t_s"]].assign(limit_a=limit[wanting])
+    out = frame.groupby("time")["limit_a"].agg(jain=lambda s: jain_index(s.to_numpy()), cars="size")
+    return out
+
+
+def dr_compliance(run: Run, tolerance_w: float = TOLERANCE_W) -> pd.DataFrame:
+    """Per DR event: its cap, the import during it, time over the cap, and time to comply."""
+    cycles = run.cycles
+    rows = []
+    events = sorted({event for value in cycles["dr_events"] if value for event in value.split(",")})
+    for event in events:
+        during = cycles[cycles["dr_events"].str.split(",").apply(lambda ids, e=event: e in ids)]
+        cap = during["dr_import_limit_w"]
+        excess = during["grid_import_w"] - cap
+        over = excess > tolerance_w
+        complying = ~over
+        start = during.index[0]
+        first_ok = complying.idxmax() if complying.any() else None
+        rows.append(
+            {
+                "event": event,
+                "start": start,
+                "end": during.index[-1] + pd.to_timedelta(during["period_s"].iloc[-1], unit="s"),
+                "cap_w": float(cap.min()),
+                "max_import_w": float(during["grid_import_w"].max()),
+                "mean_import_w": float(during["grid_import_w"].mean()),
+                "minutes_over_cap": float((during["period_s"] * over).sum() / 60.0),
+                "energy_over_cap_kwh": float((excess.clip(lower=0) * over * during["period_s"]).sum() / 3.6e6),
+                "compliance_pct": float(100.0 * (during["period_s"] * complying).sum() / during["period_s"].sum()),
+                "seconds_to_comply": (first_ok - start).total_seconds() if first_ok is not None else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("event") if rows else pd.DataFrame()
+
+
+def pv_self_consumption(run: Run) -> pd.DataFrame:
+    """PV energy, the part exported (grid import < 0), and the self-consumed share."""
+    cycles = run.cycles
+    hours = _hours(run)
+    pv_kwh = float((cycles["pv_w"] * hours).sum() / 1000.0)
+    export_kwh = float((-cycles["grid_import_w"]).clip(lower=0.0).mul(hours).sum() / 1000.0)
+    self_kwh = max(0.0, pv_kwh - export_kwh)
+    return pd.DataFrame(
+        {
+            "pv_kwh": [pv_kwh],
+            "exported_kwh": [export_kwh],
+            "self_consumed_kwh": [self_kwh],
+            "self_consumption_pct": [100.0 * self_kwh / pv_kwh if pv_kwh > 0 else float("nan")],
+        }
+    )
+
+
+def _period_matches(start: clock_time, end: clock_time, at: clock_time) -> bool:
+    if end == clock_time(0, 0):
+        return at >= start
+    if start <= end:
+        return start <= at < end
+    return at >= start or at < end  # across midnight
+
+
+def import_price(tariffs: Tariffs, times: pd.DatetimeIndex) -> np.ndarray:
+    """Import price per kWh at each time (site-local times; the first matching period wins)."""
+    weekdays = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    prices = np.full(len(times), tariffs.default_import_price_per_kwh)
+    # Prices change at most every minute: evaluate once per distinct local minute.
+    minutes = times.floor("min")
+    unique, inverse = np.unique(minutes.asi8, return_inverse=True)
+    unique_prices = np.empty(len(unique))
+    for index, stamp in enumerate(pd.to_datetime(unique, utc=True).tz_convert(times.tz)):
+        price = tariffs.default_import_price_per_kwh
+        for period in tariffs.periods:
+            if weekdays[stamp.weekday()] in period.days and _period_matches(period.start, period.end, stamp.time()):
+                price = period.import_price_per_kwh
+                break
+        unique_prices[index] = price
+    prices = unique_prices[inverse]
+    return prices
+
+
+def cost(run: Run, freq: str = "1h") -> pd.DataFrame:
+    """Energy cost under the config's tariff, per ``freq`` and a total row (import − export credit)."""
+    tariffs = run.config.tariffs
+    if tariffs is None:
+        raise ValueError(f"{run.name}: the config has no tariffs")
+    cycles = run.cycles
+    hours = _hours(run)
+    import_kwh = cycles["grid_import_w"].clip(lower=0.0) * hours / 1000.0
+    export_kwh = (-cycles["grid_import_w"]).clip(lower=0.0) * hours / 1000.0
+    price = import_price(tariffs, cycles.index)
+    frame = pd.DataFrame(
+        {
+            "import_kwh": import_kwh,
+            "export_kwh": export_kwh,
+            "import_cost": import_kwh * price,
+            "export_credit": export_kwh * tariffs.export_price_per_kwh,
+        },
+        index=cycles.index,
+    )
+    table = frame.resample(freq).sum()
+    table["net_cost"] = table["import_cost"] - table["export_credit"]
+    table.loc["total"] = table.sum()
+    table.attrs["currency"] = tariffs.currency
+    return table
+
+
+def summary(run: Run) -> pd.DataFrame:
+    """The headline figures of a run, one column per run (concatenate runs to compare them)."""
+    peak = peak_import(run).iloc[0]
+    over = over_limits(run)
+    totals = energy_totals(run).iloc[0]
+    pv = pv_self_consumption(run).iloc[0]
+    fair = fairness(run)
+    figures: dict[str, float] = {
+        "peak_import_kw": peak["peak_import_w"] / 1000.0,
+        "minutes_over_contract": over.loc["contract", "minutes_over"],
+        "minutes_over_limit_in_force": over.loc["in force", "minutes_over"],
+        "energy_over_limit_in_force_kwh": over.loc["in force", "energy_over_kwh"],
+        "delivered_kwh": totals["delivered_kwh"],
+        "requested_kwh": totals["requested_kwh"],
+        "unmet_kwh": totals["unmet_kwh"],
+        "sessions_unmet": totals["sessions_unmet"],
+        "mean_jain": float(fair["jain"].mean()) if not fair.empty else float("nan"),
+        "pv_self_consumption_pct": pv["self_consumption_pct"],
+    }
+    if run.config.tariffs is not None:
+        figures["net_cost"] = float(cost(run).loc["total", "net_cost"])
+    dr = dr_compliance(run)
+    if not dr.empty:
+        figures["dr_minutes_over_cap"] = float(dr["minutes_over_cap"].sum())
+    return pd.DataFrame({run.name: figures})

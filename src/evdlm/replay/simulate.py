@@ -1,0 +1,290 @@
+"""An in-process site simulation that drives :func:`decide` and writes a real recording.
+
+No sockets, no clock: cars, chargers and meters are a simple model stepped every cycle, the
+decision is the gateway's own, and the record is written with the gateway's
+:class:`~evdlm.recording.RecordingWriter`. It makes realistic days for the shipped sample, the
+replay benchmark and tests, and is the back end of the importers (which give it sessions and
+meter series measured on a real site instead of synthetic ones).
+
+The model, deliberately simple:
+
+* a car draws ``min(limit it was told one cycle ago, its own maximum)`` per phase on 1 or 3
+  phases until its energy is delivered, then 0 (SuspendedEV) until it leaves;
+* chargers report MeterValues every ``sample_interval_s`` (staggered per charger), so the
+  controller sees car currents that age, as on a real OCPP link; meters are read every cycle;
+* the grid meter measures building load + cars − PV, per phase.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evdlm.config import parse_site_config
+from evdlm.config.models import DeviceRole, SiteConfig
+from evdlm.core.clock import FakeClock
+from evdlm.core.decide import DecisionContext, SolverChoice, decide
+from evdlm.core.memory import ControlMemory
+from evdlm.core.problem_builder import BuildInputs, DemandLimits
+from evdlm.core.topology import GRID_NODE, build_topology
+from evdlm.core.types import EvseState, Quality, Reading
+from evdlm.recording import EvseKey, RecordingWriter
+
+EvPowerProfile = Callable[[float], float]  # epoch s -> W
+
+
+@dataclass(frozen=True)
+class Session:
+    """One car's visit to one EVSE."""
+
+    charger_id: str
+    evse_id: int
+    arrival_s: float
+    departure_s: float
+    energy_needed_kwh: float
+    ev_max_current_a: float = 32.0  # per phase, the car's on-board charger
+    phases: int = 3  # phases the car charges on (1 or 3)
+    announces_needs: bool = False  # ISO 15118: departure time and energy sent to the charger
+    transaction_id: str = ""
+
+
+@dataclass(frozen=True)
+class DrWindow:
+    """A demand-response import cap in force from ``start_s`` to ``end_s``."""
+
+    event_id: str
+    start_s: float
+    end_s: float
+    import_limit_w: float
+
+
+@dataclass(frozen=True)
+class SiteSeries:
+    """Site load other than the cars, as functions of time (W, + = consumption / production)."""
+
+    building_w: EvPowerProfile
+    pv_w: EvPowerProfile
+    # When the grid meter was measured (importers), it replaces building + cars − PV.
+    grid_w: EvPowerProfile | None = None
+    grid_phase_w: Callable[[float], tuple[float, float, float]] | None = None
+
+
+@dataclass(frozen=True)
+class SimulationSpec:
+    config_text: str
+    start_s: float
+    duration_s: float
+    sessions: tuple[Session, ...]
+    series: SiteSeries
+    dr: tuple[DrWindow, ...] = ()
+    sample_interval_s: float = 30.0
+    # Imported logs: cars draw what the session model says whatever they are told (the
+    # baseline), rather than following the controller's limits.
+    cars_follow_limits: bool = True
+
+
+@dataclass
+class _Car:
+    session: Session
+    delivered_wh: float = 0.0
+    limit_a: float = 0.0  # what the car follows now (the limit of one cycle ago)
+    told_a: float = 0.0  # the latest command
+    draw_a: float = 0.0
+    sampled: EvseState | None = None
+
+
+def _devices(config: SiteConfig, role: DeviceRole) -> list[str]:
+    return [device.name for device in config.devices if device.role is role]
+
+
+def _phase_tuple(values: Sequence[float], digits: int) -> tuple[float | None, float | None, float | None]:
+    return (round(values[0], digits), round(values[1], digits), round(values[2], digits))
+
+
+def simulate(spec: SimulationSpec, out_dir: Path, *, solver: SolverChoice = SolverChoice.CHAIN) -> int:
+    """Run the simulation and write its recording to ``out_dir``; returns the cycle count."""
+    config = parse_site_config(spec.config_text, "<simulated site>").config
+    topology = build_topology(config)
+    context = DecisionContext.from_config(config, solver)
+    voltage_v = topology.nominal_voltage_v
+    period_s = config.control.cycle_period_s
+    grid_meter = config.grid.meter
+    pv_meters = _devices(config, DeviceRole.PV)
+    circuit_meters = {
+        node.meter: node_id for node_id, node in topology.nodes.items() if node.meter and node_id != GRID_NODE
+    }
+    charger_index = {slot.key: slot for slot in topology.evses}
+    sessions_by_evse: dict[EvseKey, list[Session]] = {}
+    for session in sorted(spec.sessions, key=lambda s: s.arrival_s):
+        sessions_by_evse.setdefault((session.charger_id, session.evse_id), []).append(session)
+    failsafe_a = config.ocpp.failsafe_current_a
+
+    writer = RecordingWriter(
+        out_dir,
+        config.site.id,
+        spec.config_text,
+        FakeClock(spec.start_s),
+        rotate_after_s=config.recording.rotate_after_s,
+        max_disk_bytes=float("inf"),
+    )
+    memory = ControlMemory()
+    cars: dict[EvseKey, _Car] = {}
+    last_sample: dict[EvseKey, float] = {}
+    cycles = math.floor(spec.duration_s / period_s)
+    try:
+        for cycle in range(1, cycles + 1):
+            now_s = spec.start_s + (cycle - 1) * period_s
+            # Arrivals and departures.
+            for key, queue in sessions_by_evse.items():
+                car = cars.get(key)
+                if car is not None and now_s >= car.session.departure_s:
+                    del cars[key]
+                    car = None
+                if car is None and queue and queue[0].arrival_s <= now_s:
+                    session = queue.pop(0)
+                    if session.departure_s > now_s:
+                        cars[key] = _Car(session, limit_a=failsafe_a if failsafe_a > 0 else 0.0, told_a=failsafe_a)
+            # Cars draw what they were told a cycle ago (the charger's and car's lag).
+            site_phase_a = {node_id: [0.0, 0.0, 0.0] for node_id in topology.nodes}
+            ev_total_w = 0.0
+            for key, car in cars.items():
+                slot = charger_index[key]
+                session = car.session
+                remaining_wh = session.energy_needed_kwh * 1000.0 - car.delivered_wh
+                if remaining_wh <= 0:
+                    car.draw_a = 0.0
+                else:
+                    limit_a = car.limit_a if spec.cars_follow_limits else slot.charger.max_current_a
+                    car.draw_a = max(0.0, min(limit_a, session.ev_max_current_a, slot.charger.max_current_a))
+                phases = 1 if slot.wired_phase_count == 1 else session.phases
+                power_w = car.draw_a * voltage_v * phases
+                if remaining_wh > 0:
+                    power_w = min(power_w, remaining_wh * 3600.0 / period_s)
+                car.delivered_wh += power_w * period_s / 3600.0
+                ev_total_w += power_w
+                per_phase_a = power_w / (voltage_v * phases) if phases else 0.0
+                for charger_phase in range(phases):
+                    site_phase = slot.site_phases[charger_phase] - 1
+                    for node in topology.nodes[slot.node].path:
+                        site_phase_a[node][site_phase] += per_phase_a
+                car.limit_a = car.told_a
+            # EVSE states: a MeterValues sample every sample_interval_s, else the last one.
+            states: dict[EvseKey, EvseState] = {}
+            for key, slot in charger_index.items():
+                car = cars.get(key)
+                if car is None:
+                    states[key] = EvseState(
+                        key[0], key[1], online=True, connected=False, charging=False, updated_at_s=spec.start_s
+                    )
+                    last_sample.pop(key, None)
+                    continue
+                due = key not in last_sample or now_s - last_sample[key] >= spec.sample_interval_s - 1e-9
+                if due or car.sampled is None:
+                    session = car.session
+                    phases = 1 if slot.wired_phase_count == 1 else session.phases
+                    draw = round(car.draw_a, 1)
+                    currents = (draw, draw if phases == 3 else 0.0, draw if phases == 3 else 0.0)
+                    car.sampled = EvseState(
+                        charger_id=key[0],
+                        evse_id=key[1],
+                        online=True,
+                        connected=True,
+                        charging=True,
+                        updated_at_s=now_s,
+                        transaction_id=session.transaction_id or f"{key[0]}-{int(session.arrival_s)}",
+                        phase_current_a=currents,
+                        power_w=round(draw * voltage_v * phases, 0),
+                        offered_current_a=car.told_a,
+                        energy_wh=round(car.delivered_wh, 0),
+                        departure_at_s=session.departure_s if session.announces_needs else None,
+                        energy_needed_wh=(
+                            round(max(0.0, session.energy_needed_kwh * 1000.0 - car.delivered_wh), 0)
+                            if session.announces_needs
+                            else None
+                        ),
+                        ev_max_current_a=session.ev_max_current_a if session.announces_needs else None,
+                        accepted_limit=car.told_a,
+                        accepted_unit="A",
+                    )
+                    last_sample[key] = now_s
+                states[key] = car.sampled
+            # Meters.
+            readings: dict[str, Reading] = {}
+            pv_w = max(0.0, spec.series.pv_w(now_s))
+            building_w = spec.series.building_w(now_s)
+            if grid_meter is not None:
+                if spec.series.grid_w is not None:
+                    grid_w = spec.series.grid_w(now_s)
+                    phase_w = (
+                        spec.series.grid_phase_w(now_s)
+                        if spec.series.grid_phase_w
+                        else (grid_w / 3.0, grid_w / 3.0, grid_w / 3.0)
+                    )
+                else:
+                    grid_phase_a = site_phase_a[GRID_NODE]
+                    other_w = (building_w - pv_w) / 3.0
+                    phase_w = (
+                        other_w + grid_phase_a[0] * voltage_v,
+                        other_w + grid_phase_a[1] * voltage_v,
+                        other_w + grid_phase_a[2] * voltage_v,
+                    )
+                    grid_w = phase_w[0] + phase_w[1] + phase_w[2]
+                readings[grid_meter] = Reading(
+                    device=grid_meter,
+                    taken_at_s=now_s,
+                    quality=Quality.OK,
+                    power_w=round(grid_w, 0),
+                    phase_power_w=_phase_tuple(list(phase_w), 0),
+                )
+            for pv_meter in pv_meters:
+                readings[pv_meter] = Reading(pv_meter, now_s, Quality.OK, power_w=round(pv_w / len(pv_meters), 0))
+            for meter, node_id in circuit_meters.items():
+                phase_a = site_phase_a[node_id]
+                readings[meter] = Reading(
+                    device=meter,
+                    taken_at_s=now_s,
+                    quality=Quality.OK,
+                    power_w=round(sum(phase_a) * voltage_v, 0),
+                    phase_current_a=_phase_tuple(phase_a, 1),
+                )
+            active = [window for window in spec.dr if window.start_s <= now_s < window.end_s]
+            import_cap_w = min((window.import_limit_w for window in active), default=None)
+            dr: dict[str, Any] = {
+                "import_limit_w": import_cap_w,
+                "export_limit_w": None,
+                "mode": "NORMAL",
+                "events": [window.event_id for window in active],
+            }
+            inputs = BuildInputs(now_s, readings, states, memory, DemandLimits(import_cap_w, None), None)
+            decision = decide(context, inputs)
+            commands = {(c.charger_id, c.evse_id): c.limit for c in decision.plan.commands}
+            for key, limit in commands.items():
+                if key in cars:
+                    cars[key].told_a = limit
+            result = decision.result
+            writer.write_cycle(
+                now_s=now_s,
+                cycle=cycle,
+                memory_before=memory,
+                readings=readings,
+                evse_states=states,
+                dr=dr,
+                commands=commands,
+                outcome={
+                    "status": result.status.value,
+                    "solver": result.solver.value,
+                    "reason": result.reason,
+                    "import_limit_w": decision.built.row_limit[topology.import_row],
+                    "battery_w": result.allocation.battery_w,
+                    "stale": list(decision.built.stale_devices),
+                    "results": [],
+                    "source": "simulation",
+                },
+            )
+            memory = decision.plan.memory
+    finally:
+        writer.close()
+    return cycles
