@@ -11,7 +11,9 @@ keeps its first N/2 chargers and the circuits above them, with the grid limits s
     .venv/bin/python benchmarks/cycle_bench.py [--evses 200 1000] [--cycles 120] [--warm-up 30]
 
 Prints one JSON object per N. A cycle (``CycleReport.duration_s``) runs from the snapshot to
-the end of the wait for this cycle's SetChargingProfile answers (at most 0.8 x the period).
+the end of the wait for this cycle's SetChargingProfile answers (at most 0.8 x the period); the
+controller then updates metrics (``observe_ms``) and writes the recording (``record_ms``) on the
+event loop, outside ``duration_s``: ``cycle_with_observe_and_record_ms`` includes them.
 Its parts: ``decide`` (in the worker thread: ``build_problem``, the solver chain —
 ``solve_ms``, from ``result.timings.total_s`` — and ``plan_commands``), timed by wrapping
 those functions of ``evdlm.core.decide`` in this process (no change to the code measured);
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import math
 import multiprocessing
@@ -150,9 +153,9 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def summary_ms(values: Sequence[float]) -> dict[str, float]:
+def summary_ms(values: Sequence[float]) -> dict[str, float | None]:
     if not values:
-        return {"p50": math.nan, "p99": math.nan, "max": math.nan}
+        return {"p50": None, "p99": None, "max": None}
     return {
         "p50": round(statistics.median(values) * 1000, 2),
         "p99": round(percentile(values, 0.99) * 1000, 2),
@@ -160,48 +163,66 @@ def summary_ms(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-class DecideTimer:
-    """Times ``decide`` and its build / plan stages in the worker thread, by wrapping them.
+class StageTimer:
+    """Times the stages of a cycle by wrapping the functions the controller calls.
 
-    The wrappers replace the module attributes the controller calls through; :meth:`restore`
-    puts the originals back. Cycles run one decision at a time, so the last finished timing is
-    the one of the cycle being reported.
+    ``decide`` and its ``build_problem`` / ``plan_commands`` run in the worker thread; the
+    controller's ``_observe`` (metrics) and ``_record`` (recording) on the event loop after
+    ``CycleReport.duration_s`` was taken. Cycles run one at a time, so at each report the last
+    finished timings are the reported cycle's. :meth:`restore` removes the wrappers.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._current: dict[str, float] = {}
-        self.last: dict[str, float] = {}
+        self._deciding: dict[str, float] = {}
+        self._decided: dict[str, float] = {}
+        self._loop: dict[str, float] = {}
         self._originals: list[tuple[Any, str, Any]] = []
 
-    def _wrap(self, module: Any, name: str, key: str, finish: bool = False) -> None:
-        original = getattr(module, name)
-        self._originals.append((module, name, original))
+    def _wrap(self, owner: Any, name: str, key: str, *, stage: str) -> None:
+        original = getattr(owner, name)
+        self._originals.append((owner, name, original))
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if finish:
+            if stage == "decide":
                 with self._lock:
-                    self._current = {}
+                    self._deciding = {}
             started = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
+                elapsed = time.perf_counter() - started
                 with self._lock:
-                    self._current[key] = time.perf_counter() - started
-                    if finish:
-                        self.last = self._current
+                    if stage == "loop":
+                        self._loop[key] = elapsed
+                    else:
+                        self._deciding[key] = elapsed
+                        if stage == "decide":
+                            self._decided = self._deciding
 
-        setattr(module, name, timed)
+        setattr(owner, name, timed)
 
-    def install(self) -> None:
-        self._wrap(evdlm.core.decide, "build_problem", "build_s")
-        self._wrap(evdlm.core.decide, "plan_commands", "plan_s")
-        self._wrap(evdlm.control, "decide", "decide_s", finish=True)
+    def install(self, controller: Any) -> None:
+        self._wrap(evdlm.core.decide, "build_problem", "build_s", stage="inner")
+        self._wrap(evdlm.core.decide, "plan_commands", "plan_s", stage="inner")
+        self._wrap(evdlm.control, "decide", "decide_s", stage="decide")
+        self._wrap(controller, "_observe", "observe_s", stage="loop")
+        self._wrap(controller, "_record", "record_s", stage="loop")
 
     def restore(self) -> None:
-        for module, name, original in reversed(self._originals):
-            setattr(module, name, original)
+        for owner, name, original in reversed(self._originals):
+            if isinstance(owner, type(evdlm)):
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)  # an instance attribute: the class's method shows through again
         self._originals.clear()
+
+    def take(self) -> dict[str, float]:
+        """The stage times of the cycle just reported."""
+        with self._lock:
+            stages = {**self._decided, **self._loop}
+            self._decided, self._loop = {}, {}
+        return stages
 
 
 async def bench(
@@ -211,6 +232,7 @@ async def bench(
     cycle_period_s: float = 1.0,
     station_tick_s: float = 2.0,
     log: Callable[[str], None] | None = None,
+    profile_path: str | None = None,
 ) -> dict[str, Any]:
     say = log or (lambda _message: None)
     config = site_config(evses, cycle_period_s)
@@ -223,7 +245,7 @@ async def bench(
     )
     rss_start_mb = rss_mb()
     child.start()
-    timer = DecideTimer()
+    timer = StageTimer()
     try:
         if not await asyncio.to_thread(parent_conn.poll, 60):
             raise RuntimeError("Modbus simulators did not start")
@@ -248,17 +270,26 @@ async def bench(
                 marks: dict[str, float] = {}
                 stop_cycles = asyncio.Event()
 
+                profiler = cProfile.Profile() if profile_path else None
+
                 def on_cycle(report: CycleReport) -> None:
                     index = len(reports)
                     if index == warm_up:
                         marks["cpu_start"], marks["wall_start"] = cpu_s(), time.monotonic()
+                        if profiler is not None:
+                            profiler.enable()
                     reports.append(report)
-                    stages.append(dict(timer.last))
+                    # From the cycle's start to here: its duration plus metrics and recording,
+                    # which run on the event loop after CycleReport.duration_s was taken.
+                    stages.append({**timer.take(), "full_s": time.time() - report.now_s})
                     if index + 1 == warm_up + cycles:
                         marks["cpu_end"], marks["wall_end"] = cpu_s(), time.monotonic()
                         stop_cycles.set()
+                        if profiler is not None and profile_path is not None:
+                            profiler.disable()
+                            profiler.dump_stats(profile_path)
 
-                timer.install()
+                timer.install(gateway.controller)
                 try:
                     await gateway.run(stop_cycles, max_cycles=warm_up + cycles, on_cycle=on_cycle)
                 finally:
@@ -281,6 +312,9 @@ async def bench(
     build_s = [stage["build_s"] for stage in measured_stages if "build_s" in stage]
     plan_s = [stage["plan_s"] for stage in measured_stages if "plan_s" in stage]
     solve_s = [decision.result.timings.total_s for decision in decisions]
+    observe_s = [stage["observe_s"] for stage in measured_stages if "observe_s" in stage]
+    record_s = [stage["record_s"] for stage in measured_stages if "record_s" in stage]
+    full_s = [stage["full_s"] for stage in measured_stages]
     rest_s = [
         report.duration_s - stage["decide_s"]
         for report, stage in zip(measured, measured_stages, strict=True)
@@ -327,6 +361,9 @@ async def bench(
         "solve_ms": summary_ms(solve_s),
         "plan_ms": summary_ms(plan_s),
         "rest_ms": summary_ms(rest_s),
+        "observe_ms": summary_ms(observe_s),
+        "record_ms": summary_ms(record_s),
+        "cycle_with_observe_and_record_ms": summary_ms(full_s),
         "solve_share_of_cycle_median": round(statistics.median(solve_share), 4) if solve_share else None,
         "decide_share_of_cycle_median": round(
             statistics.median(stage / total for stage, total in zip(decide_s, durations, strict=False) if total > 0),
@@ -351,7 +388,7 @@ async def bench(
         "rss_start_mb": round(rss_start_mb, 1),
         "rss_mb": round(rss_end_mb, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "cycle_p99_within_250_ms": cycle["p99"] <= 250.0,
+        "cycle_p99_within_250_ms": cycle["p99"] is not None and cycle["p99"] <= 250.0,
         "rss_within_500_mb": rss_end_mb <= 500.0,
         "load_average_1min": round(os.getloadavg()[0], 2),
         "python": sys.version.split()[0],
@@ -367,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cycle-period-s", type=float, default=1.0)
     parser.add_argument("--station-tick-s", type=float, default=2.0, help="simulated stations' physics step")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--profile", metavar="FILE", help="cProfile the event-loop thread over the measured cycles (slows them)"
+    )
     args = parser.parse_args(argv)
 
     def progress(message: str) -> None:
@@ -382,7 +422,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             status |= subprocess.run([sys.executable, str(Path(__file__).resolve()), *rest], check=False).returncode
         return status
     result = asyncio.run(
-        bench(args.evses[0], args.cycles, args.warm_up, args.cycle_period_s, args.station_tick_s, log=progress)
+        bench(
+            args.evses[0],
+            args.cycles,
+            args.warm_up,
+            args.cycle_period_s,
+            args.station_tick_s,
+            log=progress,
+            profile_path=args.profile,
+        )
     )
     print(json.dumps(result), flush=True)
     return 0

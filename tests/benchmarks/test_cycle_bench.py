@@ -29,9 +29,12 @@ def test_cycle_bench_prints_figures(capsys: pytest.CaptureFixture[str]) -> None:
     assert result["evses"] == 20
     assert result["cycles"] == 3
     assert 0 < result["cycle_p50_ms"] <= result["cycle_p99_ms"] <= result["cycle_max_ms"] < 1000
-    for stage in ("decide_ms", "build_ms", "solve_ms", "plan_ms", "rest_ms"):
+    for stage in ("decide_ms", "build_ms", "solve_ms", "plan_ms", "rest_ms", "observe_ms", "record_ms"):
         assert 0 < result[stage]["p50"] <= result[stage]["max"], stage
     assert result["decide_ms"]["max"] <= result["cycle_max_ms"]
+    # Metrics and recording come after the cycle's duration was taken.
+    assert result["cycle_with_observe_and_record_ms"]["p50"] >= result["cycle_p50_ms"]
+    assert result["cycles_with_profiles_on_wire"] <= result["cycles"]
     assert 0 < result["solve_share_of_cycle_median"] < 1
     assert result["decisions_missed"] == 0
     assert result["evses_charging"] == 20
