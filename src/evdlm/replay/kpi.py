@@ -68,13 +68,24 @@ def sessions(run: Run) -> pd.DataFrame:
 
     ``requested_kwh`` is known when the car announced its need (ISO 15118 energyAmount, or an
     imported log); it is the delivered energy plus the first announced remainder. ``unmet_kwh``
-    is what was still missing when the car left. ``full`` means the car had stopped drawing by
+    is what was still missing when the car left (NaN while ``ongoing`` at the end of the
+    recording). ``full`` means the car had stopped drawing by
     itself before it left.
     """
     evses = run.evses.sort_values("t_s", kind="stable")
     if evses.empty:
         return pd.DataFrame(
-            columns=["evse", "circuit", "arrival", "departure", "delivered_kwh", "requested_kwh", "unmet_kwh", "full"]
+            columns=[
+                "evse",
+                "circuit",
+                "arrival",
+                "departure",
+                "delivered_kwh",
+                "requested_kwh",
+                "ongoing",
+                "unmet_kwh",
+                "full",
+            ]
         )
     step_kwh = evses["power_w"] * evses["period_s"] / 3.6e6
     grouped = evses.assign(step_kwh=step_kwh).groupby("transaction_id", sort=False)
@@ -98,7 +109,9 @@ def sessions(run: Run) -> pd.DataFrame:
             "requested_kwh": requested,
         }
     )
-    out["unmet_kwh"] = (out["requested_kwh"] - out["delivered_kwh"]).clip(lower=0.0)
+    # A session still running when the recording ends has not departed: nothing is unmet yet.
+    out["ongoing"] = last["t_s"] >= run.cycles["t_s"].iloc[-1]
+    out["unmet_kwh"] = (out["requested_kwh"] - out["delivered_kwh"]).clip(lower=0.0).where(~out["ongoing"])
     out["full"] = last["power_w"] < FULL_BELOW_W
     return out.sort_values("arrival")
 
@@ -201,19 +214,17 @@ def _period_matches(start: clock_time, end: clock_time, at: clock_time) -> bool:
 def import_price(tariffs: Tariffs, times: pd.DatetimeIndex) -> np.ndarray:
     """Import price per kWh at each time (site-local times; the first matching period wins)."""
     weekdays = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-    prices = np.full(len(times), tariffs.default_import_price_per_kwh)
     # Prices change at most every minute: evaluate once per distinct local minute.
-    minutes = times.floor("min")
-    unique, inverse = np.unique(minutes.asi8, return_inverse=True)
-    unique_prices = np.empty(len(unique))
-    for index, stamp in enumerate(pd.to_datetime(unique, utc=True).tz_convert(times.tz)):
+    codes, minutes = pd.factorize(times.floor("min"))
+    unique_prices = np.empty(len(minutes))
+    for index, stamp in enumerate(minutes):
         price = tariffs.default_import_price_per_kwh
         for period in tariffs.periods:
             if weekdays[stamp.weekday()] in period.days and _period_matches(period.start, period.end, stamp.time()):
                 price = period.import_price_per_kwh
                 break
         unique_prices[index] = price
-    prices = unique_prices[inverse]
+    prices: np.ndarray = unique_prices[codes]
     return prices
 
 

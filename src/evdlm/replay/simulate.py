@@ -67,9 +67,8 @@ class SiteSeries:
 
     building_w: EvPowerProfile
     pv_w: EvPowerProfile
-    # When the grid meter was measured (importers), it replaces building + cars − PV.
-    grid_w: EvPowerProfile | None = None
-    grid_phase_w: Callable[[float], tuple[float, float, float]] | None = None
+    # Measured per phase (importers): replaces an even split of building_w − pv_w.
+    other_phase_w: Callable[[float], tuple[float, float, float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,6 @@ class SimulationSpec:
     series: SiteSeries
     dr: tuple[DrWindow, ...] = ()
     sample_interval_s: float = 30.0
-    # Imported logs: cars draw what the session model says whatever they are told (the
-    # baseline), rather than following the controller's limits.
-    cars_follow_limits: bool = True
 
 
 @dataclass
@@ -157,7 +153,7 @@ def simulate(spec: SimulationSpec, out_dir: Path, *, solver: SolverChoice = Solv
                 if remaining_wh <= 0:
                     car.draw_a = 0.0
                 else:
-                    limit_a = car.limit_a if spec.cars_follow_limits else slot.charger.max_current_a
+                    limit_a = car.limit_a
                     car.draw_a = max(0.0, min(limit_a, session.ev_max_current_a, slot.charger.max_current_a))
                 phases = 1 if slot.wired_phase_count == 1 else session.phases
                 power_w = car.draw_a * voltage_v * phases
@@ -216,22 +212,18 @@ def simulate(spec: SimulationSpec, out_dir: Path, *, solver: SolverChoice = Solv
             pv_w = max(0.0, spec.series.pv_w(now_s))
             building_w = spec.series.building_w(now_s)
             if grid_meter is not None:
-                if spec.series.grid_w is not None:
-                    grid_w = spec.series.grid_w(now_s)
-                    phase_w = (
-                        spec.series.grid_phase_w(now_s)
-                        if spec.series.grid_phase_w
-                        else (grid_w / 3.0, grid_w / 3.0, grid_w / 3.0)
-                    )
+                grid_phase_a = site_phase_a[GRID_NODE]
+                if spec.series.other_phase_w is not None:
+                    other = spec.series.other_phase_w(now_s)
                 else:
-                    grid_phase_a = site_phase_a[GRID_NODE]
-                    other_w = (building_w - pv_w) / 3.0
-                    phase_w = (
-                        other_w + grid_phase_a[0] * voltage_v,
-                        other_w + grid_phase_a[1] * voltage_v,
-                        other_w + grid_phase_a[2] * voltage_v,
-                    )
-                    grid_w = phase_w[0] + phase_w[1] + phase_w[2]
+                    even_w = (building_w - pv_w) / 3.0
+                    other = (even_w, even_w, even_w)
+                phase_w = (
+                    other[0] + grid_phase_a[0] * voltage_v,
+                    other[1] + grid_phase_a[1] * voltage_v,
+                    other[2] + grid_phase_a[2] * voltage_v,
+                )
+                grid_w = phase_w[0] + phase_w[1] + phase_w[2]
                 readings[grid_meter] = Reading(
                     device=grid_meter,
                     taken_at_s=now_s,
