@@ -67,9 +67,6 @@ class CycleReport:
     evse_modes: dict[str, int] = field(default_factory=dict)
 
 
-BATTERY_DEADBAND_W = 200.0
-
-
 class Controller:
     def __init__(
         self,
@@ -102,7 +99,7 @@ class Controller:
         self._deciding: asyncio.Future[Decision] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._finished_results: list[CommandResult] = []
-        self._battery_sent_w: float | None = None
+        self._battery_task: asyncio.Future[None] | None = None
         self._last_limits: dict[EvseKey, float] = {}
         self.apply_config(config)
 
@@ -205,20 +202,23 @@ class Controller:
         return results
 
     def _drive_battery(self, power_w: float) -> None:
-        if self._battery_sent_w is not None and abs(power_w - self._battery_sent_w) < BATTERY_DEADBAND_W:
+        """Hand the battery its setpoint every cycle: the battery control refreshes the revert
+        timer with it (and rate-limits its own writes); a lapsed timer hands the battery back to
+        its own control. One write in flight at a time."""
+        if self._battery_task is not None and not self._battery_task.done():
             return
         battery = self.battery
         assert battery is not None
-        self._battery_sent_w = power_w
 
         async def send() -> None:
             try:
                 await battery.set_power_w(power_w)
-            except Exception as exc:  # the device layer translates its errors; log and retry next change
+            except Exception as exc:  # the device layer translates its errors; retried next cycle
                 log.warning("battery setpoint %.0f W not written: %s", power_w, exc)
-                self._battery_sent_w = None
 
-        self._spawn(send())
+        self._battery_task = asyncio.ensure_future(send())
+        self._background.add(self._battery_task)
+        self._battery_task.add_done_callback(self._background.discard)
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)

@@ -221,4 +221,22 @@ def test_battery_is_not_relied_on_while_the_grid_meter_is_stale(config, topology
         topology, with_battery, BuildInputs(NOW_S, stale, {}, ControlMemory(), DemandLimits(), battery)
     )
     assert blind.grid_fallback
-    assert (blind.problem.battery_discharge_max_w, blind.problem.battery_charge_max_w) == (0.0, 0.0)
+    # It may keep discharging what it does now (5 kW), never charge, and earns no import headroom.
+    assert (blind.problem.battery_discharge_max_w, blind.problem.battery_charge_max_w) == (5000.0, 0.0)
+    assert topology.import_row not in blind.problem.battery_coef_row.tolist()
+
+
+def test_car_above_its_limit_after_settling_is_uncontrolled(topology, settings) -> None:  # type: ignore[no-untyped-def]
+    memory = ControlMemory(
+        evses={("A1", 1): EvseMemory(setpoint=10.0, transaction_id="tx-A1", changed_at_s=NOW_S - 30)}
+    )
+    readings = {"gm": meter("gm", (32.0, 32.0, 32.0)), "am": meter("am", (32.0, 32.0, 32.0))}
+    a1 = topology.evse_index[("A1", 1)]
+    rogue = build_problem(topology, settings, _inputs([charging("A1", (32.0, 32.0, 32.0))], readings, memory))
+    assert rogue.views[a1].mode is EvseMode.UNCONTROLLED
+    assert rogue.views[a1].assumed_a == (32.0, 32.0, 32.0)
+    # A sample from before the settle time ended proves nothing yet.
+    early = charging("A1", (32.0, 32.0, 32.0), updated_at_s=NOW_S - 25)
+    assert build_problem(topology, settings, _inputs([early], readings, memory)).views[a1].mode is EvseMode.ACTIVE
+    following = build_problem(topology, settings, _inputs([charging("A1", (10.5, 10.5, 10.5))], readings, memory))
+    assert following.views[a1].mode is EvseMode.ACTIVE

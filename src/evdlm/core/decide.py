@@ -155,8 +155,12 @@ def seed_memory(context: DecisionContext, inputs: BuildInputs) -> BuildInputs:
         and state.charging
         and (state.offered_current_a or 0.0) > 0.0
     }
+    battery = inputs.battery_reading
+    battery_w = inputs.memory.battery_w
+    if not inputs.memory.evses and battery is not None and battery.usable and battery.power_w is not None:
+        battery_w = max(0.0, battery.power_w)  # a fresh start holds what the battery does now
     if not missing:
-        return inputs
+        return replace(inputs, memory=replace(inputs.memory, battery_w=battery_w))
     evses = dict(inputs.memory.evses)
     for key, state in missing.items():
         evses[key] = EvseMemory(
@@ -165,7 +169,7 @@ def seed_memory(context: DecisionContext, inputs: BuildInputs) -> BuildInputs:
             admitted_since_s=inputs.now_s,
             changed_at_s=inputs.now_s,
         )
-    return replace(inputs, memory=replace(inputs.memory, evses=evses))
+    return replace(inputs, memory=replace(inputs.memory, evses=evses, battery_w=battery_w))
 
 
 def decide(context: DecisionContext, inputs: BuildInputs) -> Decision:

@@ -218,6 +218,14 @@ def view_evse(
             sampled_after_cut = state.updated_at_s > memory.cut_at_s
             bound_a = max(measured) if sampled_after_cut else setpoint_per_phase_a(slot, memory.cut_from, voltage_v)
             return view(EvseMode.HELD, f"settling after a cut from {memory.cut_from:g}", max(bound_a, previous_a))
+    # Past its settle time, sampled after it, and still above its limit: it does not follow,
+    # whatever the OCPP link has concluded yet (its grace period is longer than a settle time).
+    changed_at_s = memory.changed_at_s
+    settled_sample = changed_at_s is not None and state.updated_at_s - changed_at_s >= settings.control.settle_time_s
+    if settled_sample and max(measured) > previous_a + FOLLOW_TOLERANCE_A:
+        return view(
+            EvseMode.UNCONTROLLED, "draws above its limit", setpoint_per_phase_a(slot, max_setpoint(slot), voltage_v)
+        )
     return view(EvseMode.ACTIVE, "charging")
 
 
@@ -490,16 +498,18 @@ def _columns(
 
     discharge_max_w = charge_max_w = 0.0
     battery = settings.battery
-    # Blind at the grid connection (fallback), nothing shows the battery's effect there: idle it.
-    if (
-        battery is not None
-        and battery_reading is not None
-        and battery_reading.soc_pct is not None
-        and not grid_fallback
-    ):
+    battery_rows, battery_coefs = [topology.import_row, topology.export_row], [-1.0, 1.0]
+    if battery is not None and battery_reading is not None and battery_reading.soc_pct is not None:
         soc = battery_reading.soc_pct
         discharge_max_w = battery.max_discharge_kw * 1000.0 if soc > battery.reserve_soc_pct else 0.0
         charge_max_w = battery.max_charge_kw * 1000.0 if soc < battery.soc_max_pct else 0.0
+        if grid_fallback:
+            # Blind at the connection, nothing shows the battery's effect there: it earns the cars
+            # no import headroom, and may only keep what it discharges now (held while the cars it
+            # covered come down, then wound down); no charging from a grid we cannot see.
+            discharge_max_w = min(discharge_max_w, max(0.0, battery_reading.power_w or 0.0))
+            charge_max_w = 0.0
+            battery_rows, battery_coefs = [topology.export_row], [1.0]
 
     problem = Problem(
         row_headroom=headroom,
@@ -526,7 +536,7 @@ def _columns(
         min_on_time_s=control.min_on_time_s,
         battery_discharge_max_w=discharge_max_w,
         battery_charge_max_w=charge_max_w,
-        battery_coef_row=np.array([topology.import_row, topology.export_row], dtype=np.int64),
-        battery_coef_value=np.array([-1.0, 1.0]),
+        battery_coef_row=np.array(battery_rows, dtype=np.int64),
+        battery_coef_value=np.array(battery_coefs),
     )
     return problem, tuple(columns)
