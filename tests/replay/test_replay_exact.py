@@ -125,3 +125,13 @@ def test_cli_counterfactual_writes_out(
     assert summary["config_changed"] is True
     assert summary["differing_cycles"] > 0
     assert recording_files(out)
+
+
+def test_a_fresh_demo_run_with_real_protocols_replays_exactly(tmp_path: Path) -> None:
+    """Recorded now, by the current code: OCPP, Modbus and MQTT on loopback, the real gateway."""
+    from evdlm.demo import DemoOptions, demo_main
+
+    demo_main(DemoOptions(sim_minutes=3.0, speed=30.0, out_dir=tmp_path, live=False))
+    result = replay_recording(tmp_path / "recordings")
+    assert result.cycles > 150
+    assert result.differing_cycles == 0
