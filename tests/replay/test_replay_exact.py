@@ -135,3 +135,13 @@ def test_a_fresh_demo_run_with_real_protocols_replays_exactly(tmp_path: Path) ->
     result = replay_recording(tmp_path / "recordings")
     assert result.cycles > 150
     assert result.differing_cycles == 0
+
+
+def test_parallel_replay_matches_the_serial_one(morning_recording: Path) -> None:
+    from evdlm.replay.loop import replay_parallel
+
+    serial = replay_recording(morning_recording)
+    parallel = replay_parallel(morning_recording, workers=2)
+    assert parallel.cycles == serial.cycles
+    assert parallel.differing_cycles == 0
+    assert parallel.columns["cycle"] == serial.columns["cycle"]

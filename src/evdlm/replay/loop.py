@@ -13,9 +13,12 @@ a file after a gap or a gateway restart starts from its own header memory, as th
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,15 @@ from evdlm.core.clock import FakeClock
 from evdlm.core.decide import Decision, DecisionContext, SolverChoice, decide
 from evdlm.core.memory import ControlMemory
 from evdlm.core.problem_builder import BuildInputs, DemandLimits
-from evdlm.recording import CycleInputsRecord, EvseKey, RecordingWriter, decode_memory, key_text, read_recording
+from evdlm.recording import (
+    CycleInputsRecord,
+    EvseKey,
+    RecordingWriter,
+    decode_memory,
+    key_text,
+    read_recording,
+    recording_files,
+)
 
 # Differences kept in the result for the report; the count covers all of them.
 MAX_DIFFERENCES_KEPT = 50
@@ -123,7 +134,7 @@ def _window(
 
 
 def replay_recording(
-    path: Path,
+    path: Path | Sequence[Path],
     *,
     config_text: str | None = None,
     solver: SolverChoice = SolverChoice.CHAIN,
@@ -136,6 +147,8 @@ def replay_recording(
 
     Parameters
     ----------
+    path
+        A recording file, a folder of segments, or a list of segment files in time order.
     config_text
         Another site config (YAML text) for a counterfactual; None replays with each file's own.
     solver
@@ -173,7 +186,9 @@ def replay_recording(
     current: tuple[DecisionContext, str | None, SiteConfig] | None = None
     started = time.perf_counter()
 
-    for record in _window(read_recording(path), since_s, until_s):
+    files = [path] if isinstance(path, Path) else list(path)
+    records = itertools.chain.from_iterable(read_recording(file) for file in files)
+    for record in _window(records, since_s, until_s):
         if record.header is not None:
             text = config_text if config_text is not None else str(record.header["config_yaml"])
             if text not in contexts:
@@ -267,3 +282,37 @@ def replay_recording(
         (out_dir / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n", encoding="utf-8")
         result.cycles_frame().to_csv(out_dir / "cycles.csv")
     return result
+
+
+def _replay_chunk(files: list[Path]) -> ReplayResult:
+    return replay_recording(files)
+
+
+def replay_parallel(path: Path, *, workers: int | None = None) -> ReplayResult:
+    """An unchanged replay of a multi-segment recording on ``workers`` processes.
+
+    Each segment carries the memory it starts from, so contiguous runs of segments replay
+    independently and the result is the same as :func:`replay_recording`'s. Only for checking a
+    recording (same config and solver): a counterfactual's memory must flow across segments.
+    """
+    files = recording_files(path)
+    count = max(1, min(workers or os.cpu_count() or 1, len(files)))
+    bounds = [round(index * len(files) / count) for index in range(count + 1)]
+    chunks = [files[bounds[index] : bounds[index + 1]] for index in range(count)]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(count) as pool:
+        parts = list(pool.map(_replay_chunk, chunks))
+    columns: dict[str, list[Any]] = {name: [] for name in parts[0].columns}
+    for part in parts:
+        for name, values in part.columns.items():
+            columns[name].extend(values)
+    return ReplayResult(
+        cycles=sum(part.cycles for part in parts),
+        differing_cycles=sum(part.differing_cycles for part in parts),
+        differences=tuple(itertools.chain.from_iterable(part.differences for part in parts))[:MAX_DIFFERENCES_KEPT],
+        simulated_s=sum(part.simulated_s for part in parts),
+        wall_s=time.perf_counter() - started,
+        solver=SolverChoice.CHAIN,
+        config_changed=False,
+        columns=columns,
+    )
