@@ -10,6 +10,7 @@ delivered, DR compliance) and a plot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -263,7 +264,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
                 await script(clock.now_s() - start_s)
                 await clock.sleep(1.0)
 
-        with live if live is not None else _nothing():
+        with live if live is not None else contextlib.nullcontext():
             driver = asyncio.create_task(drive(), name="demo-script")
             try:
                 await site.gateway.run(stop, on_cycle=on_cycle)
@@ -278,14 +279,6 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
         result.cycle_p99_ms = durations[min(len(durations) - 1, int(len(durations) * 0.99))] * 1000
     result.plot_path = plot_demo(result, out_dir / "demo.png", config.site.id)
     return result
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
 
 
 def plot_demo(result: DemoResult, path: Path, site_id: str) -> Path:
