@@ -28,6 +28,7 @@ from pymodbus.server import ModbusTcpServer
 
 from evdlm.config.models import ModbusRtuLink, ModbusRtuOverTcpLink, ModbusTcpLink
 from evdlm.core.clock import Clock
+from evdlm.core.lifetime import StartStop
 from evdlm.devices.errors import (
     BadResponseError,
     DeviceTimeoutError,
@@ -287,7 +288,7 @@ class _HandlerContext(ModbusServerContext):  # type: ignore[misc]
         return None if isinstance(reply, list) else reply
 
 
-class RegisterServer:
+class RegisterServer(StartStop):
     """A Modbus TCP (or RTU-over-TCP) server on loopback answering from Python handlers.
 
     ``port=0`` binds an ephemeral port; :attr:`port` reads the bound one back.
@@ -334,12 +335,3 @@ class RegisterServer:
         for connection in list(server.active_connections.values()):
             connection.close()
         await server.shutdown()
-
-    async def __aenter__(self) -> RegisterServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from evdlm.core.lifetime import StartStop
+
 START_TIMEOUT_S = 10.0
 
 BrokerKind = Literal["auto", "mosquitto", "amqtt"]
@@ -44,7 +46,7 @@ async def _wait_listening(host: str, port: int, timeout_s: float) -> None:
             return
 
 
-class LocalBroker:
+class LocalBroker(StartStop):
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, kind: BrokerKind = "auto") -> None:
         if kind == "auto":
             kind = "mosquitto" if shutil.which("mosquitto") else "amqtt"
@@ -112,14 +114,10 @@ class LocalBroker:
             broker, self._amqtt = self._amqtt, None
             await broker.shutdown()
 
-    async def __aenter__(self) -> LocalBroker:
-        await self.start()
-        return self
-
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.stop()
+        await super().__aexit__(exc_type, exc, tb)
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None

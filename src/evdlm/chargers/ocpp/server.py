@@ -20,7 +20,6 @@ import ssl
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -36,6 +35,7 @@ from evdlm.chargers.planning import ChargerCapabilities, LinkSettings
 from evdlm.config.models import Charger, SiteConfig
 from evdlm.config.secrets import SecretUnavailable, resolve_secret
 from evdlm.core.clock import Clock
+from evdlm.core.lifetime import StartStop
 from evdlm.core.types import ChargingCommand, CommandResult, CommandStatus, EvseState
 
 LOG = logging.getLogger("evdlm.chargers.ocpp.server")
@@ -77,7 +77,7 @@ def requested_subprotocols(headers: Headers) -> list[str]:
     return [item.strip() for value in headers.get_all("Sec-WebSocket-Protocol") for item in value.split(",")]
 
 
-class OcppCentralSystem:
+class OcppCentralSystem(StartStop):
     """One process serving every configured charger; see the module docstring."""
 
     def __init__(self, config: SiteConfig, clock: Clock, *, base_dir: Path = Path(".")) -> None:
@@ -114,15 +114,6 @@ class OcppCentralSystem:
         return passwords
 
     # ------------------------------------------------------------------ lifetime
-
-    async def __aenter__(self) -> OcppCentralSystem:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         ocpp = self.config.ocpp

@@ -31,6 +31,7 @@ from evdlm.config.models import (
     SiteConfig,
 )
 from evdlm.core.clock import Clock
+from evdlm.core.lifetime import StartStop
 from evdlm.devices import sunspec
 from evdlm.devices.codec import Measurement, decode_value, orient
 from evdlm.devices.modbus_transport import DEVICE_FAILURE, ILLEGAL_ADDRESS, RegisterServer, ServerReply
@@ -296,7 +297,7 @@ class FaultInjector:
         return self._faults.get(unit_id) or self._faults.get(None)
 
 
-class SimModbusServer:
+class SimModbusServer(StartStop):
     """One loopback Modbus server carrying several simulated units (like one gateway/line)."""
 
     def __init__(self, units: Mapping[int, SimUnit], clock: Clock, *, port: int = 0, rtu_framing: bool = False) -> None:
@@ -346,15 +347,6 @@ class SimModbusServer:
 
     async def stop(self) -> None:
         await self._server.stop()
-
-    async def __aenter__(self) -> SimModbusServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
 
 # ---------------------------------------------------------------- a whole site from its config
