@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from evdlm_solvers.chain import SolverName, SolveStatus
+
 from evdlm.config.models import SiteConfig
 from evdlm.core.clock import Clock
 from evdlm.core.decide import Decision, DecisionContext, SolverChoice, decide
@@ -253,7 +255,10 @@ class Controller:
                 self._last_limits[key] = command.limit
         result = decision.result
         if result.reason:
-            log.warning(
+            # A fallback or an overloaded site deserves attention; deferring raises is routine.
+            routine = result.solver is SolverName.HEURISTIC and result.status is SolveStatus.OK
+            log.log(
+                logging.DEBUG if routine else logging.WARNING,
                 "cycle %d: %s produced the allocation (%s): %s",
                 self.cycle_number,
                 result.solver.value,
