@@ -3,12 +3,14 @@
 A simulated site (``evdlm.simsite``: Modbus grid meter, MQTT broker, the real gateway and one
 simulated OCPP station per charger, every EVSE with a car charging; real clock) runs until its
 import is steady; then a utility publishes an IMPORT_CAPACITY_LIMIT event (retained, on
-``dr/{site}/events/{id}``) that starts ``--lead-s`` ahead, at ``--fraction`` of the measured
-import. From the event's start time it measures:
+``dr/{site}/events/{id}``) that starts ``--lead-s`` ahead (the starts of successive events
+spread over the cycle period), at ``--fraction`` of the measured import. From the event's
+start time it measures:
 
 - ``decision``: to the start of the first controller cycle whose import limit reflects it;
-- ``accepted``: to the last SetChargingProfile answer (``CommandResult.at_s``, ACCEPTED) of every
-  EVSE the event cut (its limit in that cycle below its last accepted limit);
+- ``accepted``: to the last SetChargingProfile answer (``CommandResult.at_s``, ACCEPTED) among
+  the EVSEs the event cut (its limit in that cycle below its last accepted limit): each EVSE's
+  first accepted limit below the one it held;
 - ``import_under_limit``: to the first moment the site's true import (the simulation, sampled
   every 0.1 s) is at or under the limit; ``metered_under_limit``: the same from the grid meter's
   readings as the controller holds them (Modbus, timestamped when read).
@@ -129,6 +131,12 @@ class Trial:
             return None
         return max(self.accepted_at_s.values(), default=self.decision_at_s)
 
+    def slowest(self) -> str | None:
+        if not self.accepted_at_s:
+            return None
+        key = max(self.accepted_at_s, key=lambda k: self.accepted_at_s[k])
+        return f"{key[0]}/{key[1]}"
+
     def complete(self) -> bool:
         return None not in (self.accepted_all_at_s, self.truth_under_at_s, self.metered_under_at_s)
 
@@ -163,7 +171,9 @@ class Observer:
                 self.accepted[key] = result.command.limit
             if trial is None or key not in trial.affected or key in trial.accepted_at_s:
                 continue
-            if result.command.limit <= trial.affected[key] + 0.05:
+            # Its first accepted cut (the cycle that applied the event, or a later one when a
+            # dispatch to that charger was still in flight then).
+            if result.command.limit < trial.previous.get(key, math.inf) - 0.05 and result.at_s >= trial.start_s:
                 if result.status is CommandStatus.ACCEPTED:
                     trial.accepted_at_s[key] = result.at_s
                 elif result.status is not CommandStatus.UNCHANGED:
@@ -218,8 +228,11 @@ async def run_trial(
 ) -> Trial:
     baseline_w = statistics.fmean([truth_import_w(site) for _ in range(3)])
     limit_kw = math.floor(baseline_w * fraction / 1000.0)
-    start_s = math.ceil(site.clock.now_s() + lead_s)  # whole seconds, as an operator would send them
-    trial = Trial(f"bench-{index}-{int(start_s)}", float(start_s), limit_kw * 1000.0, dict(observer.accepted))
+    # Starts spread over the cycle period (golden-ratio steps): a limit waits for the next cycle,
+    # so the decision delay depends on where in the period the start falls.
+    phase_s = (index * 0.618034) % 1.0 * site.config.control.cycle_period_s
+    start_s = math.ceil(site.clock.now_s() + lead_s) + phase_s
+    trial = Trial(f"bench-{index}-{int(start_s)}", start_s, limit_kw * 1000.0, dict(observer.accepted))
     observer.trial = trial
     await site.publish_dr_event(
         dr_event(site.config.site.id, "dso", trial.event_id, start_s, event_s, limit_kw, site.clock.now_s())
@@ -318,8 +331,13 @@ async def bench(
                 "accepted_s": None if a is None else round(a, 3),
                 "import_under_limit_s": None if u is None else round(u, 3),
                 "metered_under_limit_s": None if m is None else round(m, 3),
+                "evses_cut": len(t.affected),
+                "evses_cut_not_accepted": len(set(t.affected) - set(t.accepted_at_s)),
+                "evses_accepted_within_2_s": sum(1 for at in t.accepted_at_s.values() if at - t.start_s <= 2.0),
+                "slowest_evse": t.slowest(),
+                "start_phase_s": round(t.start_s % 1.0, 3),
             }
-            for d, a, u, m in zip(decision, accepted, truth, meter, strict=True)
+            for t, d, a, u, m in zip(trials, decision, accepted, truth, meter, strict=True)
         ],
         "early_cycles": sum(t.early_cycles for t in trials),
         "refused": [entry for t in trials for entry in t.refused][:10],

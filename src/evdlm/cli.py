@@ -119,6 +119,43 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     )
 
 
+BENCH_SCRIPTS = {
+    "cycle": "cycle_bench.py",
+    "dr": "dr_latency_bench.py",
+    "ocpp": "ocpp_scale_bench.py",
+    "modbus": "modbus_poll_bench.py",
+}
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    argv: list[str] = list(args.args)
+    if args.kind == "solver":
+        from evdlm_solvers.bench import main as solver_main
+
+        return solver_main(argv)
+    import runpy
+
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
+    script = folder / BENCH_SCRIPTS[args.kind]
+    if not script.is_file():
+        print(
+            f"evdlm bench {args.kind}: {script} not found (the end-to-end benchmarks need a source checkout)",
+            file=sys.stderr,
+        )
+        return 1
+    # The scripts parse sys.argv; a simulator process they spawn re-imports the script by path.
+    saved_argv, sys.argv = sys.argv, [str(script), *argv]
+    sys.path.insert(0, str(folder))
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        sys.path.remove(str(folder))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evdlm",
@@ -208,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("-o", "--output", help="write to this file instead of stdout")
     schema.set_defaults(handler=_cmd_schema)
+
+    bench = verbs.add_parser(
+        "bench",
+        help="run a benchmark (solver, cycle, dr, ocpp, modbus); prints JSON",
+        description="Run one of the benchmarks of benchmarks/README.md. Arguments after KIND go to the "
+        "benchmark (`evdlm bench KIND --help` shows them). `solver` ships with evdlm-solvers; the others "
+        "run the scripts of a source checkout's benchmarks/ folder.",
+        epilog="examples:\n  evdlm bench solver --n 200 1000 --json\n  evdlm bench cycle --evses 1000 --cycles 120\n"
+        "  evdlm bench dr --chargers 30 --repeats 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("kind", choices=["solver", *BENCH_SCRIPTS], help="which benchmark")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
+    bench.set_defaults(handler=_cmd_bench)
     return parser
 
 
