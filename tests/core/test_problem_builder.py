@@ -240,3 +240,31 @@ def test_car_above_its_limit_after_settling_is_uncontrolled(topology, settings) 
     assert build_problem(topology, settings, _inputs([early], readings, memory)).views[a1].mode is EvseMode.ACTIVE
     following = build_problem(topology, settings, _inputs([charging("A1", (10.5, 10.5, 10.5))], readings, memory))
     assert following.views[a1].mode is EvseMode.ACTIVE
+
+
+def test_demand_cap_is_remembered_until_the_car_uses_it(topology, settings) -> None:  # type: ignore[no-untyped-def]
+    from evdlm.core.decide import DecisionContext, decide
+
+    readings = {"gm": meter("gm", (1.0, 1.0, 1.0)), "am": meter("am", (1.0, 1.0, 1.0))}
+    a1 = topology.evse_index[("A1", 1)]
+    steady = ControlMemory(
+        evses={("A1", 1): EvseMemory(setpoint=16.0, transaction_id="tx-A1", changed_at_s=NOW_S - 60)}
+    )
+    full_car = charging("A1", (1.0, 1.0, 1.0))
+    built = build_problem(topology, settings, _inputs([full_car], readings, steady))
+    assert built.demand_caps == {a1: 6.0}  # max(minimum 6 A, 1 A drawn + 2 A)
+    # The cap survives the cut it causes (no sawtooth back up while the car keeps taking 1 A).
+    context = DecisionContext(topology, settings, 0.2)
+    memory = decide(context, _inputs([full_car], readings, steady)).plan.memory
+    assert memory.evse(("A1", 1)).demand_cap_a == 6.0
+    for step in range(1, 30):
+        later = BuildInputs(NOW_S + step, readings, {("A1", 1): full_car}, memory, DemandLimits())
+        decision = decide(context, later)
+        memory = decision.plan.memory
+        assert decision.plan.commands[0].limit <= 6.0
+    # It is lifted once the car draws what the cap allows.
+    using = charging("A1", (6.0, 6.0, 6.0))
+    assert build_problem(topology, settings, _inputs([using], readings, memory)).demand_caps == {}
+    # A new session starts without it.
+    new_car = charging("A1", (0.0, 0.0, 0.0), transaction_id="tx-next")
+    assert build_problem(topology, settings, _inputs([new_car], readings, memory)).demand_caps == {}

@@ -88,3 +88,17 @@ async def test_dr_round_trip_and_restart(tmp_path: Path) -> None:
             restarted = DrService(config, gateway, SystemClock(), state_file)
             await restarted.start()
             assert restarted.engine.effective(time.time()).import_limit_w == 60_000
+
+
+async def test_a_coming_limit_applies_one_settle_time_early(tmp_path: Path) -> None:
+    config = parse_site_config(SITE).config  # settle_time_s 15 + cycle 1 s: 16 s of lead
+    event = notification(40.0)
+    now = time.time()
+    event["object"]["intervalPeriod"]["start"] = rfc3339(from_epoch(now + 5))
+    async with mqtt_broker() as (host, port), MqttClient(host, port, client_id="gw-lead") as gateway:
+        assert await gateway.wait_connected(5)
+        service = DrService(config, gateway, SystemClock(), tmp_path / "dr.json")
+        service.engine.heartbeat(now)
+        service.engine.receive("evt-7", json.dumps(event).encode(), now)
+        assert service.engine.effective(now).import_limit_w is None  # not in force yet...
+        assert (await service.step()).import_limit_w == 40_000  # ...but already applied

@@ -16,6 +16,8 @@ from evdlm.replay import replay_recording
 
 from .conftest import DEMO_RECORDING
 
+DEMO_CYCLES = sum(1 for _ in read_recording(DEMO_RECORDING))
+
 REGENERATE = (
     "the decision code changed since the sample was recorded: regenerate it with "
     "`evdlm demo --quick --no-live` and copy demo-out/recordings/*.jsonl.gz to {path}"
@@ -25,7 +27,7 @@ REGENERATE = (
 def test_shipped_demo_recording_replays_with_zero_differences() -> None:
     # Recorded by `evdlm demo --quick`: real OCPP, Modbus and MQTT on loopback, a DR event and a meter outage.
     result = replay_recording(DEMO_RECORDING)
-    assert result.cycles == 1174
+    assert result.cycles == DEMO_CYCLES
     assert result.differing_cycles == 0, REGENERATE.format(path=DEMO_RECORDING)
     assert result.speedup > 50  # simulated time, no sockets: far faster than real time
 
@@ -106,7 +108,7 @@ def test_truncated_inside_a_line_drops_only_that_line(tmp_path: Path) -> None:
 def test_cli_replay_reports_zero_differences(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", str(DEMO_RECORDING), "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["cycles"] == 1174
+    assert summary["cycles"] == DEMO_CYCLES
     assert summary["differing_cycles"] == 0
 
 

@@ -37,6 +37,7 @@ class DecisionContext:
     settings: SiteSettings
     solve_budget_s: float
     solver: SolverChoice = SolverChoice.CHAIN
+    battery_step_down_w: float = float("inf")  # largest cut of battery discharge per cycle
 
     @staticmethod
     def from_config(config: SiteConfig, solver: SolverChoice = SolverChoice.CHAIN) -> DecisionContext:
@@ -50,6 +51,14 @@ class DecisionContext:
             ),
             solve_budget_s=config.control.solve_budget_s,
             solver=solver,
+            battery_step_down_w=(
+                config.battery.max_discharge_kw
+                * 1000.0
+                * config.control.cycle_period_s
+                / max(config.control.settle_time_s, config.control.cycle_period_s)
+                if config.battery is not None
+                else float("inf")
+            ),
         )
 
 
@@ -76,21 +85,25 @@ def _solve_lp_first(built: BuiltProblem, budget_s: float) -> SolveResult:
     )
 
 
-def hold_battery_while_cutting(built: BuiltProblem, result: SolveResult, memory: ControlMemory) -> SolveResult:
-    """Keep the battery's discharge while the cars it covered are still coming down.
+def hold_battery_while_cutting(
+    built: BuiltProblem, result: SolveResult, memory: ControlMemory, step_down_w: float = float("inf")
+) -> SolveResult:
+    """Take discharge off the battery no faster than the cars it covers can come down.
 
-    A battery follows a new setpoint within a cycle, cars take seconds: dropping discharge in
-    the cycle that cuts the cars would push the import over its limit meanwhile. The held
+    Less discharge is more import, at once: a battery follows a setpoint within a cycle, cars take
+    seconds. While cars are being cut or still coming down the discharge is held; otherwise it
+    falls by at most ``step_down_w`` per cycle (its maximum over one settle time). The held
     allocation is dispatched only if the checker accepts it too.
     """
     allocation = result.allocation
     problem = built.problem
-    held_w = min(memory.battery_w, problem.battery_discharge_max_w)
-    if held_w <= allocation.battery_w:
+    previous_w = min(memory.battery_w, problem.battery_discharge_max_w)
+    if previous_w <= allocation.battery_w:
         return result
     cutting = bool(np.any(allocation.setpoint < problem.setpoint_previous - 0.5))
     settling = any(view.mode is EvseMode.HELD for view in built.views)
-    if not (cutting or settling):
+    held_w = previous_w if cutting or settling else max(allocation.battery_w, previous_w - step_down_w)
+    if held_w <= allocation.battery_w:
         return result
     candidate = replace(allocation, battery_w=held_w)
     report = check(problem, candidate)
@@ -180,7 +193,7 @@ def decide(context: DecisionContext, inputs: BuildInputs) -> Decision:
     else:
         result = solve(built.problem, time_budget_s=context.solve_budget_s)
     result = defer_raises_until_cuts_land(built, result)
-    result = hold_battery_while_cutting(built, result, inputs.memory)
+    result = hold_battery_while_cutting(built, result, inputs.memory, context.battery_step_down_w)
     plan = plan_commands(
         context.topology,
         built,

@@ -51,6 +51,7 @@ def _next_memory(
     now_s: float,
     settle_time_s: float,
     voltage_v: float,
+    demand_cap_a: float | None,
 ) -> EvseMemory:
     previous = memory.setpoint
     cut_from, cut_at_s = memory.cut_from, memory.cut_at_s
@@ -72,6 +73,7 @@ def _next_memory(
         cut_from=cut_from,
         cut_at_s=cut_at_s,
         phases_used=phases_used if mode is EvseMode.ACTIVE else memory.phases_used,
+        demand_cap_a=demand_cap_a if mode is EvseMode.ACTIVE else memory.demand_cap_a,
     )
 
 
@@ -108,7 +110,17 @@ def plan_commands(
         else:
             target, reason = old.setpoint, view.reason
         evses[slot.key] = _next_memory(
-            slot, old, state, view.mode, view.phases_used, target, max(view.measured_a), now_s, settle_time_s, voltage_v
+            slot,
+            old,
+            state,
+            view.mode,
+            view.phases_used,
+            target,
+            max(view.measured_a),
+            now_s,
+            settle_time_s,
+            voltage_v,
+            built.demand_caps.get(index),
         )
         if view.mode is EvseMode.OFFLINE:
             continue

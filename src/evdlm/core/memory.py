@@ -22,6 +22,7 @@ class EvseMemory:
     cut_from: float | None = None  # setpoint before the last cut, counted until the meter shows it
     cut_at_s: float | None = None
     phases_used: int | None = None  # learned from measured currents (1 or 3); None = unknown
+    demand_cap_a: float | None = None  # the car takes no more than this (full, or limited by itself)
 
 
 @dataclass(frozen=True)

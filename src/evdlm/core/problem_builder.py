@@ -98,6 +98,7 @@ class BuiltProblem:
     stale_devices: tuple[str, ...]
     overloaded_nodes: frozenset[str]  # nodes whose measured load is above their limit right now
     notes: tuple[str, ...]
+    demand_caps: dict[int, float]  # topology EVSE index -> cap (A) for cars that take less than offered
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,33 @@ def view_evse(
             EvseMode.UNCONTROLLED, "draws above its limit", setpoint_per_phase_a(slot, max_setpoint(slot), voltage_v)
         )
     return view(EvseMode.ACTIVE, "charging")
+
+
+def _demand_cap(
+    slot: EvseSlot,
+    state: EvseState,
+    memory: EvseMemory,
+    now_s: float,
+    settle_time_s: float,
+    drawn_a: float,
+    previous_a: float,
+    lowest: float,
+) -> float | None:
+    """The most a car will take, when it takes clearly less than it is offered (full, tapering,
+    or limited by its own charger): offering more only strands headroom other cars could use.
+
+    Set from a steady sample (a settle time after the last change), remembered across cycles, and
+    lifted once the car draws what the cap allows (it may want more again).
+    """
+    if slot.is_dc or state.phase_current_a is None:
+        return None
+    cap = memory.demand_cap_a if memory.transaction_id == state.transaction_id else None
+    if cap is not None and drawn_a >= cap - FOLLOW_TOLERANCE_A:
+        cap = None
+    steady = memory.changed_at_s is not None and now_s - memory.changed_at_s >= settle_time_s
+    if cap is None and steady and drawn_a + DEMAND_SLACK_A < previous_a:
+        cap = float(math.floor(drawn_a + DEMAND_SLACK_A))
+    return None if cap is None else max(lowest, cap)
 
 
 def _urgency(slot: EvseSlot, state: EvseState, now_s: float, max_power_w: float) -> float:
@@ -401,7 +429,9 @@ def build_problem(topology: Topology, settings: SiteSettings, inputs: BuildInput
         headroom[topology.export_row] = 0.0
     uncontrolled = np.where(fully_loaded, limit, uncontrolled)
 
-    problem, columns = _columns(topology, settings, inputs, views, headroom, battery_reading, grid_fallback)
+    problem, columns, demand_caps = _columns(
+        topology, settings, inputs, views, headroom, battery_reading, grid_fallback
+    )
     return BuiltProblem(
         problem=problem,
         columns=columns,
@@ -412,6 +442,7 @@ def build_problem(topology: Topology, settings: SiteSettings, inputs: BuildInput
         stale_devices=tuple(sorted(stale)),
         overloaded_nodes=frozenset(overloaded),
         notes=tuple(notes),
+        demand_caps=demand_caps,
     )
 
 
@@ -423,7 +454,7 @@ def _columns(
     headroom: np.ndarray,
     battery_reading: Reading | None,
     grid_fallback: bool,
-) -> tuple[Problem, tuple[int, ...]]:
+) -> tuple[Problem, tuple[int, ...], dict[int, float]]:
     control = settings.control
     voltage_v = topology.nominal_voltage_v
     now_s = inputs.now_s
@@ -438,6 +469,7 @@ def _columns(
     evse_unit = np.zeros(n, dtype=np.int8)
     charging = np.zeros(n, dtype=np.bool_)
     priority = np.zeros(n, dtype=np.int64)
+    demand_caps: dict[int, float] = {}
 
     for column, index in enumerate(columns):
         slot = topology.evses[index]
@@ -473,9 +505,10 @@ def _columns(
             highest = min(highest, state.ev_max_current_a)
         drawn_a = max(view.measured_a)
         previous_a = setpoint_per_phase_a(slot, memory.setpoint, voltage_v)
-        steady = memory.changed_at_s is not None and now_s - memory.changed_at_s >= control.settle_time_s
-        if not slot.is_dc and steady and state.phase_current_a is not None and drawn_a + DEMAND_SLACK_A < previous_a:
-            highest = min(highest, max(lowest, math.floor(drawn_a + DEMAND_SLACK_A)))
+        cap = _demand_cap(slot, state, memory, now_s, control.settle_time_s, drawn_a, previous_a, lowest)
+        if cap is not None:
+            demand_caps[index] = cap
+            highest = min(highest, cap)
         if (
             memory.setpoint == 0
             and memory.paused_at_s is not None
@@ -539,4 +572,4 @@ def _columns(
         battery_coef_row=np.array(battery_rows, dtype=np.int64),
         battery_coef_value=np.array(battery_coefs),
     )
-    return problem, tuple(columns)
+    return problem, tuple(columns), demand_caps

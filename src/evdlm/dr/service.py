@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,16 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def _tighter(now_w: float | None, soon_w: float | None) -> float | None:
+    return soon_w if now_w is None else now_w if soon_w is None else min(now_w, soon_w)
+
+
 class DrService:
     def __init__(self, config: SiteConfig, client: MqttClient, clock: Clock, state_file: Path) -> None:
         assert config.demand_response is not None
+        # Cars take a settle time to follow: a lower limit known in advance is applied that early,
+        # so the site is under it when it takes effect.
+        self.lead_s = config.control.settle_time_s + config.control.cycle_period_s
         self.site_id = config.site.id
         self.client = client
         self.clock = clock
@@ -107,6 +115,12 @@ class DrService:
             self._outbox.extend(finished)
             self._persist()
         effective = self.engine.effective(now_s)
+        upcoming = self.engine.effective(now_s + self.lead_s)
+        effective = replace(
+            effective,
+            import_limit_w=_tighter(effective.import_limit_w, upcoming.import_limit_w),
+            export_limit_w=_tighter(effective.export_limit_w, upcoming.export_limit_w),
+        )
         await self._flush()
         summary = effective.as_json(now_s)
         comparable = {key: value for key, value in summary.items() if key != "at"}
