@@ -335,9 +335,15 @@ async def bench(
         solvers[label] = solvers.get(label, 0) + 1
     # Most cycles put nothing on the wire (every limit inside the deadband: the OCPP layer answers
     # UNCHANGED itself); the others also wait for the chargers' answers (lease refreshes, changes).
+    # A cycle is quiet when every command it dispatched came back UNCHANGED within it (answers
+    # that came later, from chargers still busy, make it a busy one).
     on_wire = [sum(1 for r in report.results if r.status is not CommandStatus.UNCHANGED) for report in measured]
-    quiet = [report.duration_s for report, sent in zip(measured, on_wire, strict=True) if sent == 0]
-    busy = [report.duration_s for report, sent in zip(measured, on_wire, strict=True) if sent > 0]
+    is_quiet = [
+        sent == 0 and len(report.results) >= report.commands_sent
+        for report, sent in zip(measured, on_wire, strict=True)
+    ]
+    quiet = [report.duration_s for report, q in zip(measured, is_quiet, strict=True) if q]
+    busy = [report.duration_s for report, q in zip(measured, is_quiet, strict=True) if not q]
     wall_s = marks["wall_end"] - marks["wall_start"]
     last = measured[-1]
     charging = sum(1 for state in states.values() if state.charging)
