@@ -4,16 +4,19 @@ A simulated site (``evdlm.simsite``: Modbus grid meter, MQTT broker, the real ga
 simulated OCPP station per charger, every EVSE with a car charging; real clock) runs until its
 import is steady; then a utility publishes an IMPORT_CAPACITY_LIMIT event (retained, on
 ``dr/{site}/events/{id}``) that starts ``--lead-s`` ahead (the starts of successive events
-spread over the cycle period), at ``--fraction`` of the measured import. From the event's
-start time it measures:
+spread over the cycle period), at ``--fraction`` of the measured import. The DR service applies
+a lower limit known in advance one settle time + one cycle early (``dr_lead_s``), so with a
+short ``--lead-s`` the limit is applied on receipt, with a long one before its start. Watching
+from the publication on, it measures, relative to the event's start (negative: before it):
 
-- ``decision``: to the start of the first controller cycle whose import limit reflects it;
-- ``accepted``: to the last SetChargingProfile answer (``CommandResult.at_s``, ACCEPTED) among
-  the EVSEs the event cut (its limit in that cycle below its last accepted limit): each EVSE's
+- ``decision``: the start of the first controller cycle whose import limit reflects it (and
+  ``decision_after_publication``: the same from the publication);
+- ``accepted``: the last SetChargingProfile answer (``CommandResult.at_s``, ACCEPTED) among
+  the EVSEs that cycle cut (its limit below the one the EVSE last accepted): each such EVSE's
   first accepted limit below the one it held;
-- ``import_under_limit``: to the first moment the site's true import (the simulation, sampled
-  every 0.1 s) is at or under the limit; ``metered_under_limit``: the same from the grid meter's
-  readings as the controller holds them (Modbus, timestamped when read).
+- ``import_under_limit``: the first moment the site's true import (the simulation, sampled
+  every 0.1 s) is at or under the limit; ``metered_under_limit``: the same from the grid
+  meter's readings as the controller holds them (Modbus, timestamped when read).
 
 Repeats ``--repeats`` times (a new event each time, after the previous one ended and the cars
 came back up) and prints one JSON object with p50 and max per figure.
@@ -114,11 +117,12 @@ class Trial:
     """One event's observations (epoch seconds of this machine's clock)."""
 
     event_id: str
+    published_s: float
     start_s: float
     limit_w: float
     previous: dict[EvseKey, float]
     decision_at_s: float | None = None
-    early_cycles: int = 0  # cycles before the start that already applied the limit (must be 0)
+    early_cycles: int = 0  # 1 when the first cycle applying the limit came before its start
     affected: dict[EvseKey, float] = field(default_factory=dict)
     accepted_at_s: dict[EvseKey, float] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
@@ -157,14 +161,14 @@ class Observer:
         if trial is not None and decision is not None and trial.decision_at_s is None:
             import_limit = decision.built.row_limit[self.site.gateway.controller.context.topology.import_row]  # type: ignore[union-attr]
             if import_limit <= trial.limit_w + 1.0:
+                # A limit published a settle time ahead is applied that early (negative latency).
                 if report.now_s < trial.start_s:
                     trial.early_cycles += 1
-                else:
-                    trial.decision_at_s = report.now_s
-                    for command in decision.plan.commands:
-                        key = (command.charger_id, command.evse_id)
-                        if command.limit < trial.previous.get(key, math.inf) - 0.05:
-                            trial.affected[key] = command.limit
+                trial.decision_at_s = report.now_s
+                for command in decision.plan.commands:
+                    key = (command.charger_id, command.evse_id)
+                    if command.limit < trial.previous.get(key, math.inf) - 0.05:
+                        trial.affected[key] = command.limit
         for result in report.results:
             key = (result.command.charger_id, result.command.evse_id)
             if result.status is CommandStatus.ACCEPTED:
@@ -173,7 +177,7 @@ class Observer:
                 continue
             # Its first accepted cut (the cycle that applied the event, or a later one when a
             # dispatch to that charger was still in flight then).
-            if result.command.limit < trial.previous.get(key, math.inf) - 0.05 and result.at_s >= trial.start_s:
+            if result.command.limit < trial.previous.get(key, math.inf) - 0.05 and result.at_s >= trial.published_s:
                 if result.status is CommandStatus.ACCEPTED:
                     trial.accepted_at_s[key] = result.at_s
                 elif result.status is not CommandStatus.UNCHANGED:
@@ -231,26 +235,28 @@ async def run_trial(
     # Starts spread over the cycle period (golden-ratio steps): a limit waits for the next cycle,
     # so the decision delay depends on where in the period the start falls.
     phase_s = (index * 0.618034) % 1.0 * site.config.control.cycle_period_s
-    start_s = math.ceil(site.clock.now_s() + lead_s) + phase_s
-    trial = Trial(f"bench-{index}-{int(start_s)}", start_s, limit_kw * 1000.0, dict(observer.accepted))
+    published_s = site.clock.now_s()
+    start_s = math.ceil(published_s + lead_s) + phase_s
+    trial = Trial(f"bench-{index}-{int(start_s)}", published_s, start_s, limit_kw * 1000.0, dict(observer.accepted))
     observer.trial = trial
     await site.publish_dr_event(
-        dr_event(site.config.site.id, "dso", trial.event_id, start_s, event_s, limit_kw, site.clock.now_s())
+        dr_event(site.config.site.id, "dso", trial.event_id, start_s, event_s, limit_kw, published_s)
     )
+    # Everything is watched from the publication on: a limit known in advance may be applied,
+    # answered and followed before its start (negative figures).
     deadline = time.monotonic() + lead_s + timeout_s
     while not trial.complete() and time.monotonic() < deadline:
         now_s = site.clock.now_s()
-        if now_s >= trial.start_s:
-            if trial.truth_under_at_s is None and truth_import_w(site) <= trial.limit_w:
-                trial.truth_under_at_s = now_s
-            reading = metered(site)
-            if (
-                trial.metered_under_at_s is None
-                and reading is not None
-                and reading[0] >= trial.start_s
-                and reading[1] <= trial.limit_w
-            ):
-                trial.metered_under_at_s = reading[0]
+        if trial.truth_under_at_s is None and truth_import_w(site) <= trial.limit_w:
+            trial.truth_under_at_s = now_s
+        reading = metered(site)
+        if (
+            trial.metered_under_at_s is None
+            and reading is not None
+            and reading[0] >= trial.published_s
+            and reading[1] <= trial.limit_w
+        ):
+            trial.metered_under_at_s = reading[0]
         await asyncio.sleep(0.1)
     observer.trial = None
     return trial
@@ -272,6 +278,7 @@ async def bench(
     event_s: float = 30.0,
     settle_s: float = 5.0,
     timeout_s: float = 30.0,
+    steady_timeout_s: float = 90.0,
     station_tick_s: float = 0.25,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -284,12 +291,13 @@ async def bench(
     async with simulated_site(config, clock, sim_params=params, station_tick_s=station_tick_s) as site:
         observer = Observer(site)
         site.on_cycle = observer.on_cycle
+        dr_service = site.gateway.dr
         for charger in site.config.chargers:
             for evse_id in range(1, charger.evses + 1):
                 site.fleet.plug_in(charger.id, evse_id, Car(phases=3, max_current_a=32))
         site.start_controller()
         for index in range(repeats):
-            baseline_w = await steady_import_w(site, observer, settle_s, timeout_s=90.0)
+            baseline_w = await steady_import_w(site, observer, settle_s, timeout_s=steady_timeout_s)
             say(f"trial {index + 1}: steady import {baseline_w / 1000:.1f} kW")
             trial = await run_trial(site, observer, index, fraction, lead_s, event_s, timeout_s)
             trials.append(trial)
@@ -321,7 +329,11 @@ async def bench(
         "lead_s": lead_s,
         "limits_kw": [round(t.limit_w / 1000, 1) for t in trials],
         "evses_cut": [len(t.affected) for t in trials],
+        "dr_lead_s": getattr(dr_service, "lead_s", None),
         "decision_s": stats(decision),
+        "decision_after_publication_s": stats(
+            [None if t.decision_at_s is None else t.decision_at_s - t.published_s for t in trials]
+        ),
         "accepted_s": accepted_stats,
         "import_under_limit_s": stats(truth),
         "metered_under_limit_s": stats(meter),
@@ -360,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--event-s", type=float, default=30.0, help="event duration")
     parser.add_argument("--settle-s", type=float, default=5.0, help="import steady this long before an event")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="per event, after its start")
+    parser.add_argument(
+        "--steady-timeout-s", type=float, default=90.0, help="longest wait for a steady import before an event"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
 
@@ -376,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             event_s=args.event_s,
             settle_s=args.settle_s,
             timeout_s=args.timeout_s,
+            steady_timeout_s=args.steady_timeout_s,
             log=progress,
         )
     )
