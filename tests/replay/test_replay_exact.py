@@ -147,3 +147,16 @@ def test_parallel_replay_matches_the_serial_one(morning_recording: Path) -> None
     assert parallel.cycles == serial.cycles
     assert parallel.differing_cycles == 0
     assert parallel.columns["cycle"] == serial.columns["cycle"]
+
+
+def test_shipped_sample_day_replays_exactly_in_its_busiest_hour() -> None:
+    from .conftest import SAMPLE_DAY
+
+    first = next(read_recording(SAMPLE_DAY))
+    since_s = first.now_s + 8 * 3600.0  # 08:00 local: ~40 cars, both garage levels contended
+    result = replay_recording(SAMPLE_DAY, since_s=since_s, until_s=since_s + 3600.0)
+    assert result.cycles == 721
+    assert result.differing_cycles == 0, (
+        "the decision code changed since the sample was made: regenerate it with "
+        f"`python -m evdlm.replay.sample {SAMPLE_DAY}`"
+    )

@@ -127,9 +127,9 @@ def _window(
             elif pending:
                 pending.append(record)
             continue
-        if pending:
+        if pending and record.header is None:
             yield from pending
-            pending = []
+        pending = []
         yield record
 
 
