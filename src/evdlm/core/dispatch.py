@@ -62,7 +62,7 @@ def _next_memory(
         if came_down or now_s - cut_at_s >= settle_time_s:
             cut_from, cut_at_s = None, None
     wants_power = mode is EvseMode.ACTIVE and target == 0
-    return replace(
+    following = replace(
         memory,
         setpoint=target,
         transaction_id=state.transaction_id if state is not None else memory.transaction_id,
@@ -75,6 +75,7 @@ def _next_memory(
         phases_used=phases_used if mode is EvseMode.ACTIVE else memory.phases_used,
         demand_cap_a=demand_cap_a if mode is EvseMode.ACTIVE else memory.demand_cap_a,
     )
+    return memory if following == memory else following  # idle EVSEs: the same object, no churn
 
 
 def plan_commands(

@@ -25,13 +25,16 @@ class EvseMemory:
     demand_cap_a: float | None = None  # the car takes no more than this (full, or limited by itself)
 
 
+NO_MEMORY = EvseMemory()  # frozen: one shared instance serves every EVSE without a history
+
+
 @dataclass(frozen=True)
 class ControlMemory:
     evses: dict[EvseKey, EvseMemory] = field(default_factory=dict)
     battery_w: float = 0.0  # last battery setpoint, + = discharge
 
     def evse(self, key: EvseKey) -> EvseMemory:
-        return self.evses.get(key, EvseMemory())
+        return self.evses.get(key, NO_MEMORY)
 
     def with_evses(self, evses: dict[EvseKey, EvseMemory], battery_w: float) -> ControlMemory:
         return replace(self, evses=evses, battery_w=battery_w)

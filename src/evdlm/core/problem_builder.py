@@ -280,6 +280,8 @@ class _NodeSums:
         self.outside_extra_w: dict[str, float] = defaultdict(float)
 
     def add(self, path: tuple[str, ...], view: EvseView, voltage_v: float) -> None:
+        if view.measured_power_w == 0.0 and not any(view.measured_a) and not any(view.assumed_a):
+            return  # an idle EVSE adds nothing anywhere (most of a site, most of the time)
         for node in path:
             if view.mode is EvseMode.ACTIVE:
                 for phase in range(3):
