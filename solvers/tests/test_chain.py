@@ -19,19 +19,10 @@ from evdlm_solvers import (
 )
 from evdlm_solvers.synthetic import SiteShape, random_site
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
-SITES = st.builds(
-    random_site,
-    n_evse=st.integers(1, 40),
-    seed=st.integers(0, 2**32 - 1),
-    shape=st.builds(
-        SiteShape,
-        tightness=st.floats(0.0, 1.0),
-        overloaded_row_probability=st.sampled_from([0.0, 0.0, 0.2]),
-        battery_probability=st.sampled_from([0.0, 1.0]),
-    ),
-)
+from .conftest import random_sites
+
+SITES = random_sites(0.2, mixed_chargers=False)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -65,9 +56,7 @@ def test_site_over_its_limit_pauses_the_cars_on_the_over_rows() -> None:
 
 
 def _broken_heuristic(problem: Problem, max_events: int) -> Allocation:
-    return Allocation(
-        setpoint=problem.setpoint_max * 10, battery_w=0.0, admitted=np.ones(problem.n_evse, bool)
-    )
+    return Allocation(setpoint=problem.setpoint_max * 10, battery_w=0.0, admitted=np.ones(problem.n_evse, bool))
 
 
 def _crashing(*_: object, **__: object) -> LpResult:

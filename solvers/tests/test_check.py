@@ -31,9 +31,7 @@ def two_evse_site(headroom: tuple[float, ...] = (32.0, 32.0, 32.0, 30_000.0, 5_0
         row_parent=np.full(5, -1),
         coef_indptr=np.array([0, 5, 10]),
         coef_row=np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 4]),
-        coef_value=np.array(
-            [1.0, 1.0, 1.0, 690.0, -690.0, 1 / 690, 1 / 690, 1 / 690, 1.0, -1.0]
-        ),
+        coef_value=np.array([1.0, 1.0, 1.0, 690.0, -690.0, 1 / 690, 1 / 690, 1 / 690, 1.0, -1.0]),
         evse_unit=np.array([UNIT_CURRENT_A, UNIT_POWER_W]),
         power_per_unit_w=np.array([690.0, 1.0]),
         setpoint_min=np.array([6.0, 1_000.0]),
@@ -123,9 +121,7 @@ def test_nan_and_negative_setpoints_are_reported() -> None:
 
 
 def test_running_while_not_admitted_is_reported() -> None:
-    allocation = Allocation(
-        setpoint=np.array([8.0, 0.0]), battery_w=0.0, admitted=np.array([False, False])
-    )
+    allocation = Allocation(setpoint=np.array([8.0, 0.0]), battery_w=0.0, admitted=np.array([False, False]))
     report = check(two_evse_site(), allocation)
     assert kinds(report.evses) == {EvseViolationKind.NOT_ADMITTED}
 

@@ -21,21 +21,10 @@ from evdlm_solvers import (
 )
 from evdlm_solvers.synthetic import SiteShape, random_site
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
-SITES = st.builds(
-    random_site,
-    n_evse=st.integers(1, 40),
-    seed=st.integers(0, 2**32 - 1),
-    shape=st.builds(
-        SiteShape,
-        tightness=st.floats(0.0, 1.0),
-        overloaded_row_probability=st.sampled_from([0.0, 0.0, 0.1]),
-        battery_probability=st.sampled_from([0.0, 1.0]),
-        dc_fraction=st.floats(0.0, 0.4),
-        single_phase_fraction=st.floats(0.0, 0.5),
-    ),
-)
+from .conftest import random_sites
+
+SITES = random_sites()
 
 
 def one_feeder(
@@ -104,21 +93,33 @@ def test_jitted_admission_and_fill_equal_their_python_functions(problem: Problem
         problem.battery_discharge_max_w,
         problem.battery_charge_max_w,
     )
-    row_ptr, row_evse = heuristic._row_lists(
-        problem.coef_indptr, problem.coef_row, problem.coef_value, problem.n_rows
-    )
+    row_ptr, row_evse = heuristic._row_lists(problem.coef_indptr, problem.coef_row, problem.coef_value, problem.n_rows)
     structure = (problem.coef_indptr, problem.coef_row, problem.coef_value, row_ptr, row_evse)
     admit_arguments = (
-        *structure, capacity, problem.setpoint_min, problem.setpoint_upper, problem.charging,
-        problem.priority, problem.urgency, problem.waiting_s, problem.on_time_s,
-        problem.rotation_period_s, problem.min_on_time_s, 10_000,
+        *structure,
+        capacity,
+        problem.setpoint_min,
+        problem.setpoint_upper,
+        problem.charging,
+        problem.priority,
+        problem.urgency,
+        problem.waiting_s,
+        problem.on_time_s,
+        problem.rotation_period_s,
+        problem.min_on_time_s,
+        10_000,
     )
     admitted = heuristic._admit_kernel(*admit_arguments)
     np.testing.assert_array_equal(admitted, heuristic._admit_kernel.py_func(*admit_arguments))
     fill_arguments = (
-        *structure, capacity, np.where(admitted, problem.setpoint_min, 0.0),
-        problem.setpoint_upper, admitted, problem.priority,
-        problem.urgency / problem.power_per_unit_w, 10_000,
+        *structure,
+        capacity,
+        np.where(admitted, problem.setpoint_min, 0.0),
+        problem.setpoint_upper,
+        admitted,
+        problem.priority,
+        problem.urgency / problem.power_per_unit_w,
+        10_000,
     )
     jitted_setpoint, jitted_events = heuristic._fill_kernel(*fill_arguments)
     python_setpoint, python_events = heuristic._fill_kernel.py_func(*fill_arguments)
@@ -234,6 +235,7 @@ _PURE_PYTHON_RUN = """
 import json, sys
 from evdlm_solvers import solve_heuristic
 from evdlm_solvers.synthetic import SiteShape, random_site
+
 results = []
 for seed in range(40):
     problem = random_site(5 + seed, seed, SiteShape(tightness=seed / 40, battery_probability=0.5))

@@ -55,9 +55,7 @@ def test_energy_is_bought_in_the_cheap_hours_when_departure_allows() -> None:
 
 
 def test_pv_surplus_is_used_before_grid_energy() -> None:
-    plan = plan_horizon(
-        day(energy_kwh=[15.0], departure_step=[72], max_power_kw=[11.0], pv_peak_kw=30.0)
-    )
+    plan = plan_horizon(day(energy_kwh=[15.0], departure_step=[72], max_power_kw=[11.0], pv_peak_kw=30.0))
     assert plan.status is HorizonStatus.OPTIMAL
     surplus = plan.power_kw[0] > 1e-6
     # Charged only while PV exceeds the base load, i.e. with no extra import.
@@ -65,9 +63,7 @@ def test_pv_surplus_is_used_before_grid_energy() -> None:
 
 
 def test_pv_beyond_the_export_limit_is_curtailed() -> None:
-    plan = plan_horizon(
-        day(energy_kwh=[0.0], departure_step=[0], max_power_kw=[11.0], pv_peak_kw=50.0)
-    )
+    plan = plan_horizon(day(energy_kwh=[0.0], departure_step=[0], max_power_kw=[11.0], pv_peak_kw=50.0))
     assert plan.curtailment_kw.max() == pytest.approx(50.0 - 5.0, rel=1e-3)
     assert plan.grid_export_kw.max() <= 1e-6
 
@@ -90,9 +86,7 @@ def test_import_limit_and_departures_leave_energy_unmet() -> None:
 
 
 def test_base_load_above_the_limit_shows_as_overload_not_failure() -> None:
-    plan = plan_horizon(
-        day(energy_kwh=[5.0], departure_step=[96], max_power_kw=[11.0], import_limit_kw=3.0)
-    )
+    plan = plan_horizon(day(energy_kwh=[5.0], departure_step=[96], max_power_kw=[11.0], import_limit_kw=3.0))
     assert plan.status is HorizonStatus.OPTIMAL
     np.testing.assert_allclose(plan.overload_kw, 2.0, atol=1e-6)
     assert plan.unmet_energy_kwh[0] == pytest.approx(5.0)

@@ -10,19 +10,9 @@ from evdlm_solvers.synthetic import SiteShape, random_site
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-SITES = st.builds(
-    random_site,
-    n_evse=st.integers(1, 40),
-    seed=st.integers(0, 2**32 - 1),
-    shape=st.builds(
-        SiteShape,
-        tightness=st.floats(0.0, 1.0),
-        overloaded_row_probability=st.sampled_from([0.0, 0.0, 0.1]),
-        battery_probability=st.sampled_from([0.0, 1.0]),
-        dc_fraction=st.floats(0.0, 0.4),
-        single_phase_fraction=st.floats(0.0, 0.5),
-    ),
-)
+from .conftest import random_sites
+
+SITES = random_sites()
 
 
 @settings(max_examples=1000, deadline=None)
@@ -74,9 +64,7 @@ def test_lp_admits_like_the_heuristic_by_default() -> None:
 
 
 def test_lp_reports_an_admitted_set_that_cannot_fit() -> None:
-    problem = dataclasses.replace(
-        random_site(20, 1), row_headroom=np.full(random_site(20, 1).n_rows, 1.0)
-    )
+    problem = dataclasses.replace(random_site(20, 1), row_headroom=np.full(random_site(20, 1).n_rows, 1.0))
     result = solve_lp(problem, admitted=np.ones(20, dtype=np.bool_))
     assert result.status is LpStatus.INFEASIBLE
     assert result.allocation is None

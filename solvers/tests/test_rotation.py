@@ -27,9 +27,7 @@ def fits_alone(problem: Problem) -> np.ndarray:
     seed=st.integers(0, 2**32 - 1),
     jitter=st.floats(1.0, 1.5),
 )
-def test_everyone_charges_every_cycle_when_the_minimums_fit(
-    n_evse: int, seed: int, jitter: float
-) -> None:
+def test_everyone_charges_every_cycle_when_the_minimums_fit(n_evse: int, seed: int, jitter: float) -> None:
     problem = random_site(n_evse, seed, SiteShape(tightness=1.0))
     rng = np.random.default_rng(seed)
     load_at_min = row_load(problem, problem.setpoint_min, 0.0)
@@ -50,15 +48,12 @@ def test_nobody_in_a_class_waits_much_longer_than_the_rotation_period(seed: int)
     problem = random_site(
         int(rng.integers(5, 40)),
         seed,
-        SiteShape(tightness=1.0, battery_probability=0.0, rotation_period_s=600.0,
-                  min_on_time_s=300.0),
+        SiteShape(tightness=1.0, battery_probability=0.0, rotation_period_s=600.0, min_on_time_s=300.0),
     )
     problem = dataclasses.replace(problem, priority=np.ones(problem.n_evse, dtype=np.int64))
     # Only 30-80 % of the minimums fit: cars must take turns.
     load_at_min = row_load(problem, problem.setpoint_min, 0.0)
-    problem = problem.with_headroom(
-        np.minimum(problem.row_headroom, load_at_min * rng.uniform(0.3, 0.8))
-    )
+    problem = problem.with_headroom(np.minimum(problem.row_headroom, load_at_min * rng.uniform(0.3, 0.8)))
     can_ever_run = fits_alone(problem)
     longest_wait_s = 0.0
     admitted_once = np.zeros(problem.n_evse, dtype=np.bool_)
