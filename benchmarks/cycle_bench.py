@@ -10,15 +10,16 @@ keeps its first N/2 chargers and the circuits above them, with the grid limits s
 
     .venv/bin/python benchmarks/cycle_bench.py [--evses 200 1000] [--cycles 120] [--warm-up 30]
 
-Prints one JSON object per N. A cycle (``CycleReport.duration_s``) runs from the snapshot to
-the end of the wait for this cycle's SetChargingProfile answers (at most 0.8 x the period); the
-controller then updates metrics (``observe_ms``) and writes the recording (``record_ms``) on the
-event loop, outside ``duration_s``: ``cycle_with_observe_and_record_ms`` includes them.
-Its parts: ``decide`` (in the worker thread: ``build_problem``, the solver chain —
-``solve_ms``, from ``result.timings.total_s`` — and ``plan_commands``), timed by wrapping
-those functions of ``evdlm.core.decide`` in this process (no change to the code measured);
-``rest`` is everything else (snapshot, thread hand-off, dispatch and the wait for answers,
-metrics, recording). Targets: cycle p99 ≤ 250 ms at 1000 EVSEs; RSS ≤ 500 MB.
+Prints one JSON object per N. A cycle is ``CycleReport.duration_s``: the controller's own work
+for it, measured by the controller (since c28c6a5, from the snapshot to its dispatch under way;
+before, to the end of the wait for the chargers' answers). After it the controller waits within
+the period for the answers, updates metrics (``observe_ms``) and hands the recording on
+(``record_ms``): ``cycle_with_observe_and_record_ms`` runs from the cycle's start to its report,
+all of that included. Its parts: ``decide`` (in the worker thread: ``build_problem``, the
+solver chain — ``solve_ms``, from ``result.timings.total_s`` — and ``plan_commands``), timed by
+wrapping those functions of ``evdlm.core.decide`` in this process (no change to the code
+measured); ``rest`` is the rest of the cycle (snapshot, DR step, thread hand-off, dispatch).
+Targets: cycle p99 ≤ 250 ms at 1000 EVSEs; RSS ≤ 500 MB.
 """
 
 from __future__ import annotations
