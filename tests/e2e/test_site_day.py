@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from evdlm.chargers.ocpp.sim_client import RECONNECT_BACKOFF_S
 from evdlm.chargers.sim.ev import Car
 from evdlm.chargers.sim.fleet import site_phase_currents
 from evdlm.chargers.sim.station import Misbehaviour
@@ -38,7 +39,9 @@ DURATION_S = 1200.0
 RESPONSE_S = 15.0  # a change may take this long to show in what chargers draw
 ROGUE = "B05"
 ROGUE_ALLOWANCE_S = 20.0 + 15.0  # non-compliance grace + response
-RECONNECT_S = 15.0  # after a controller restart, chargers come back within their reconnect backoff
+# After a controller restart, stations come back within their reconnect backoff: its ceiling is
+# in wall seconds with up to 1.5x jitter, here in simulated seconds.
+RECONNECT_S = RECONNECT_BACKOFF_S[1] * 1.5 * SPEED
 
 
 @dataclass

@@ -150,8 +150,11 @@ def _triple(values: tuple[float | None, float | None, float | None] | None, i: i
     return None if values is None else values[i]
 
 
-def sunspec_meter_unit(source: MeasurementSource, serial: str, *, invert: bool = False) -> SunSpecUnit:
-    """Common model + meter 203 (int + SF)."""
+def sunspec_meter_unit(
+    source: MeasurementSource, serial: str, *, invert: bool = False, a_sf: int = -2, w_sf: int = 1
+) -> SunSpecUnit:
+    """Common model + meter 203 (int + SF). Like a real meter, the scale factors fit its range:
+    int16 holds ±32767 counts, so A_SF −2 reads up to 327 A summed, W_SF 1 up to 327 kW."""
 
     def values(now_s: float) -> dict[str, float | str | None]:
         m = orient(source(now_s), invert)
@@ -168,7 +171,16 @@ def sunspec_meter_unit(source: MeasurementSource, serial: str, *, invert: bool =
         }  # fmt: skip
 
     # W_SF 1: int16 W would overflow at 32.7 kW; tens of watts are plenty for a site meter.
-    sfs = {"A_SF": -2, "V_SF": -1, "Hz_SF": -2, "W_SF": 1, "VA_SF": 1, "VAR_SF": 1, "PF_SF": -2, "TotWh_SF": 0}
+    sfs = {
+        "A_SF": a_sf,
+        "V_SF": -1,
+        "Hz_SF": -2,
+        "W_SF": w_sf,
+        "VA_SF": w_sf,
+        "VAR_SF": w_sf,
+        "PF_SF": -2,
+        "TotWh_SF": 0,
+    }
     return SunSpecUnit([_common("sim-meter-203", serial), SimModel(203, values, sfs)])
 
 
@@ -456,7 +468,11 @@ class SiteSimulators:
         if profile_name == SUNSPEC:
             if role is DeviceRole.PV:
                 return sunspec_inverter_unit(source, serial=name)
-            return sunspec_meter_unit(source, serial=name, invert=invert)
+            # Scale factors wide enough for this site: twice its grid limits, summed over phases.
+            grid = self._config.grid
+            a_sf = -2 if 2 * 3 * grid.phase_current_limit_a < 327.67 else -1
+            w_sf = 1 if 2 * grid.import_limit_kw * 1000.0 < 327_670.0 else 2
+            return sunspec_meter_unit(source, serial=name, invert=invert, a_sf=a_sf, w_sf=w_sf)
         profile = load_profile(profile_name, base_dir)
         return ProfileMeterUnit(profile, source, invert=profile.invert_sign != invert)
 
