@@ -43,6 +43,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from measure import cpu_s, percentile, rss_mb
+
 import evdlm.control
 import evdlm.core.decide
 from evdlm.chargers.sim.ev import Car
@@ -134,24 +136,6 @@ def run_simulators(config_json: str, conn: Any, stop: Any, station_tick_s: float
 
 
 # ------------------------------------------------------------------------------ measurement
-
-
-def cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def summary_ms(values: Sequence[float]) -> dict[str, float | None]:

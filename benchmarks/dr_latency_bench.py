@@ -109,11 +109,6 @@ def dr_site_config(chargers: int, cycle_period_s: float = 1.0) -> SiteConfig:
     )
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
 @dataclass
 class Trial:
     """One event's observations (epoch seconds of this machine's clock)."""

@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any
 
+from measure import cpu_s, percentile, rss_mb
+
 from evdlm.chargers.ocpp.server import OcppCentralSystem
 from evdlm.chargers.sim.ev import Car
 from evdlm.chargers.sim.fleet import SimFleet
@@ -78,24 +80,6 @@ def run_fleet(config_json: str, url: str, ready: Any, stop: Any) -> None:
                 await asyncio.sleep(0.2)
 
     asyncio.run(main())
-
-
-def cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 async def bench(chargers: int, evses: int, rounds: int, sample_interval_s: int, idle_s: float) -> dict[str, Any]:
