@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from ocpp.v16 import ChargePoint, call, call_result
 
-from evdlm.chargers.errors import ChargerCallError, ChargerError, ChargerTimeout
+from evdlm.chargers.errors import ChargerCallError, ChargerError
 from evdlm.chargers.ocpp.link import ChargerLink
 from evdlm.chargers.ocpp.parse import (
     SAMPLED_MEASURANDS,
@@ -16,7 +16,7 @@ from evdlm.chargers.ocpp.parse import (
     parse_meter_values,
     profile_payload_16,
 )
-from evdlm.chargers.ocpp.session import WIRE_LOG, SessionBase, after_route, checked_profile_status, route
+from evdlm.chargers.ocpp.session import WIRE_LOG, SessionBase, after_route, route
 from evdlm.chargers.planning import LinkSettings, ProfileSpec
 from evdlm.core.clock import Clock
 
@@ -45,6 +45,7 @@ def connected_from_status(status: str) -> bool | None:
 
 
 class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
+    format_violation = "FormationViolation"
     version = "1.6"
     error_code_map: ClassVar[dict[str, str]] = {
         "FormatViolation": "FormationViolation",
@@ -125,30 +126,12 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
 
     # ---------------------------------------------------------------- outbound
 
-    async def set_profile(self, spec: ProfileSpec) -> str:
-        # The hot path (every EVSE, every lease refresh) skips the library's schema checks: the
-        # request is built by profile_payload_16 (schema-checked in the tests) and the answer is
-        # one enum, checked here. Validation was ~40 % of the server's CPU at 1000 chargers.
-        try:
-            result = await self.call_checked(
-                call.SetChargingProfile(connector_id=spec.evse_id, cs_charging_profiles=profile_payload_16(spec)),
-                trusted_payload=True,
-            )
-        except TypeError as exc:  # the answer did not fit the response dataclass
-            raise ChargerCallError("FormationViolation", f"malformed SetChargingProfile answer: {exc}") from exc
-        return checked_profile_status(result.status)
+    def profile_request(self, spec: ProfileSpec) -> Any:
+        return call.SetChargingProfile(connector_id=spec.evse_id, cs_charging_profiles=profile_payload_16(spec))
 
     async def clear_profile(self, profile_id: int) -> str:
         result = await self.call_checked(call.ClearChargingProfile(id=profile_id))
         return str(result.status)
-
-    async def setup(self) -> None:
-        try:
-            await self._setup()
-        except ChargerTimeout:
-            # A charger busy right after boot: try again rather than stay unconfigured.
-            LOG.warning("%s: configuration timed out, retrying", self.id)
-            self.enqueue(self.setup)
 
     async def _setup(self) -> None:
         async with self.link.lock:

@@ -52,12 +52,12 @@ def _periods(raw: Sequence[Mapping[str, Any]]) -> tuple[SchedulePeriod, ...]:
     )
 
 
-def parse_profile_16(connector_id: int, profile: Mapping[str, Any]) -> InstalledProfile:
-    """``csChargingProfiles`` as a 1.6 handler receives it (snake_case)."""
-    schedule = profile["charging_schedule"]
+def _installed(
+    profile: Mapping[str, Any], schedule: Mapping[str, Any], profile_id: int, connector_id: int
+) -> InstalledProfile:
     transaction_id = profile.get("transaction_id")
     return InstalledProfile(
-        profile_id=int(profile["charging_profile_id"]),
+        profile_id=profile_id,
         connector_id=connector_id,
         stack_level=int(profile["stack_level"]),
         purpose=str(profile["charging_profile_purpose"]),
@@ -73,25 +73,14 @@ def parse_profile_16(connector_id: int, profile: Mapping[str, Any]) -> Installed
     )
 
 
+def parse_profile_16(connector_id: int, profile: Mapping[str, Any]) -> InstalledProfile:
+    """``csChargingProfiles`` as a 1.6 handler receives it (snake_case)."""
+    return _installed(profile, profile["charging_schedule"], int(profile["charging_profile_id"]), connector_id)
+
+
 def parse_profile_201(evse_id: int, profile: Mapping[str, Any]) -> InstalledProfile:
     """``chargingProfile`` of a 2.0.1 SetChargingProfileRequest; the first schedule is used."""
-    schedule = profile["charging_schedule"][0]
-    transaction_id = profile.get("transaction_id")
-    return InstalledProfile(
-        profile_id=int(profile["id"]),
-        connector_id=evse_id,
-        stack_level=int(profile["stack_level"]),
-        purpose=str(profile["charging_profile_purpose"]),
-        kind=str(profile["charging_profile_kind"]),
-        unit=str(schedule["charging_rate_unit"]),
-        periods=_periods(schedule["charging_schedule_period"]),
-        start_s=parse_iso_s(schedule.get("start_schedule")),
-        duration_s=schedule.get("duration"),
-        valid_from_s=parse_iso_s(profile.get("valid_from")),
-        valid_to_s=parse_iso_s(profile.get("valid_to")),
-        transaction_id=str(transaction_id) if transaction_id is not None else None,
-        recurrency_kind=profile.get("recurrency_kind"),
-    )
+    return _installed(profile, profile["charging_schedule"][0], int(profile["id"]), evse_id)
 
 
 def profile_limit_at(profile: InstalledProfile, now_s: float, transaction_start_s: float | None) -> float | None:
