@@ -74,10 +74,6 @@ class Topology:
     export_row: int
     evse_index: dict[tuple[str, int], int]
 
-    def subtree_evses(self, node_id: str) -> list[int]:
-        """Indexes of the EVSEs at or below ``node_id``."""
-        return [index for index, slot in enumerate(self.evses) if node_id in self.nodes[slot.node].path]
-
 
 def build_topology(config: SiteConfig) -> Topology:
     """Index the config's tree. The config is assumed valid (references resolve)."""
