@@ -13,7 +13,6 @@ import asyncio
 import logging
 import math
 import time
-from collections import Counter as Tally
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -168,7 +167,7 @@ class Controller:
             await asyncio.wait(pending, timeout=remaining_s)
         results = self._collect_results()
 
-        modes = Tally(view.mode.value for view in decision.built.views) if decision is not None else Tally()
+        modes = decision.built.mode_counts() if decision is not None else {}
         report = CycleReport(
             self.cycle_number, now_s, decision, commands_sent, tuple(results), duration_s, effective, dict(modes)
         )
@@ -372,7 +371,7 @@ class Controller:
                 "mode": dr.mode.value if dr else None,
                 "events": list(dr.events) if dr else [],
             },
-            commands={(c.charger_id, c.evse_id): c.limit for c in decision.plan.commands},
+            commands=decision.plan.limits,
             outcome=outcome,
         )
         future.add_done_callback(_log_recording_failure)

@@ -30,6 +30,7 @@ from evdlm.config.models import SiteConfig
 from evdlm.control import Controller, CycleReport, state_message
 from evdlm.core.clock import Clock
 from evdlm.core.decide import SolverChoice
+from evdlm.core.fleet_kernels import warm_up as warm_up_fleet_kernels
 from evdlm.devices.hub import DeviceHub
 from evdlm.devices.sim.site import SiteSimulation
 from evdlm.dr.service import DrService
@@ -117,8 +118,8 @@ class Gateway:
         await stack.__aenter__()
         try:
             # Compile the numba kernels before the first cycle (seconds on a cold cache).
-            compile_s = await asyncio.to_thread(warm_up)
-            log.info("solver kernels ready in %.2f s", compile_s)
+            compile_s = await asyncio.to_thread(warm_up) + await asyncio.to_thread(warm_up_fleet_kernels)
+            log.info("solver and fleet kernels ready in %.2f s", compile_s)
             if config.mqtt is not None:
                 broker = config.mqtt
                 password = resolve_secret(broker.password, self.base_dir) if broker.password is not None else None

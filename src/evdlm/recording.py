@@ -10,6 +10,7 @@ reader accepts a file cut off mid-stream. Old segments are deleted beyond ``max_
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import logging
@@ -34,13 +35,10 @@ def key_text(key: EvseKey) -> str:
     return f"{key[0]}/{key[1]}"
 
 
+@functools.lru_cache(maxsize=65536)
 def key_of(text: str) -> EvseKey:
     charger, evse = text.rsplit("/", 1)
     return (charger, int(evse))
-
-
-def _tuples(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
 
 
 _READING_FIELDS = tuple(f.name for f in fields(Reading))
@@ -53,8 +51,15 @@ def encode_reading(reading: Reading) -> dict[str, Any]:
     return {name: value for name, value in values if value is not None}
 
 
+_READING_NAMES = frozenset(_READING_FIELDS)
+_READING_TUPLES = ("phase_power_w", "phase_current_a", "phase_voltage_v")
+
+
 def decode_reading(data: dict[str, Any]) -> Reading:
-    values = {f.name: _tuples(data.get(f.name)) for f in fields(Reading)}
+    values = {name: value for name, value in data.items() if name in _READING_NAMES}
+    for name in _READING_TUPLES:
+        if (value := values.get(name)) is not None:
+            values[name] = tuple(value)
     values["quality"] = Quality(data["quality"])
     return Reading(**values)
 
@@ -64,9 +69,15 @@ def encode_evse(state: EvseState) -> dict[str, Any]:
     return {name: value for name, value in values if value is not None}
 
 
+_EVSE_NAMES = frozenset(_EVSE_FIELDS)
+
+
 def decode_evse(data: dict[str, Any]) -> EvseState:
-    defaults = {f.name: f.default for f in fields(EvseState)}
-    values = {name: _tuples(data.get(name, default)) for name, default in defaults.items()}
+    # Fields a newer writer added are skipped; absent ones take their defaults.
+    values = data if data.keys() <= _EVSE_NAMES else {k: v for k, v in data.items() if k in _EVSE_NAMES}
+    currents = values.get("phase_current_a")
+    if currents is not None:
+        values = {**values, "phase_current_a": tuple(currents)}
     return EvseState(**values)
 
 

@@ -7,7 +7,7 @@ is the counterfactual.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import numpy as np
@@ -19,8 +19,10 @@ from evdlm_solvers.problem import paused
 
 from evdlm.config.models import SiteConfig
 from evdlm.core.dispatch import Plan, plan_commands
+from evdlm.core.fleet import FleetCache
+from evdlm.core.fleet_kernels import HELD
 from evdlm.core.memory import ControlMemory, EvseMemory
-from evdlm.core.problem_builder import BuildInputs, BuiltProblem, EvseMode, SiteSettings, build_problem
+from evdlm.core.problem_builder import BuildInputs, BuiltProblem, SiteSettings, build_problem
 from evdlm.core.topology import Topology, build_topology
 
 
@@ -38,6 +40,7 @@ class DecisionContext:
     solve_budget_s: float
     solver: SolverChoice = SolverChoice.CHAIN
     battery_step_down_w: float = float("inf")  # largest cut of battery discharge per cycle
+    cache: FleetCache = field(default_factory=FleetCache, compare=False, repr=False)  # last cycle's columns
 
     @staticmethod
     def from_config(config: SiteConfig, solver: SolverChoice = SolverChoice.CHAIN) -> DecisionContext:
@@ -101,7 +104,7 @@ def hold_battery_while_cutting(
     if previous_w <= allocation.battery_w:
         return result
     cutting = bool(np.any(allocation.setpoint < problem.setpoint_previous - 0.5))
-    settling = any(view.mode is EvseMode.HELD for view in built.views)
+    settling = bool(np.any(built.fleet.mode == HELD))
     held_w = previous_w if cutting or settling else max(allocation.battery_w, previous_w - step_down_w)
     if held_w <= allocation.battery_w:
         return result
@@ -159,15 +162,18 @@ def seed_memory(context: DecisionContext, inputs: BuildInputs) -> BuildInputs:
     Without this, a restart would treat every charging car as starting from 0 A: it would be cut
     to its minimum and ramped up again, for nothing.
     """
-    missing = {
-        slot.key: state
-        for slot in context.topology.evses
-        if slot.key not in inputs.memory.evses
-        and not slot.is_dc
-        and (state := inputs.evse_states.get(slot.key)) is not None
-        and state.charging
-        and (state.offered_current_a or 0.0) > 0.0
-    }
+    if inputs.memory.evses.keys() >= context.topology.slots.key_set:
+        missing = {}  # every EVSE has a memory (every cycle after the first)
+    else:
+        missing = {
+            slot.key: state
+            for slot in context.topology.evses
+            if slot.key not in inputs.memory.evses
+            and not slot.is_dc
+            and (state := inputs.evse_states.get(slot.key)) is not None
+            and state.charging
+            and (state.offered_current_a or 0.0) > 0.0
+        }
     battery = inputs.battery_reading
     battery_w = inputs.memory.battery_w
     if not inputs.memory.evses and battery is not None and battery.usable and battery.power_w is not None:
@@ -186,8 +192,18 @@ def seed_memory(context: DecisionContext, inputs: BuildInputs) -> BuildInputs:
 
 
 def decide(context: DecisionContext, inputs: BuildInputs) -> Decision:
+    cache = context.cache
+    if not cache.lock.acquire(blocking=False):
+        return _decide(context, inputs, None)  # an overrun decision still holds it: read everything afresh
+    try:
+        return _decide(context, inputs, cache)
+    finally:
+        cache.lock.release()
+
+
+def _decide(context: DecisionContext, inputs: BuildInputs, cache: FleetCache | None) -> Decision:
     inputs = seed_memory(context, inputs)
-    built = build_problem(context.topology, context.settings, inputs)
+    built = build_problem(context.topology, context.settings, inputs, cache)
     if context.solver is SolverChoice.LP:
         result = _solve_lp_first(built, context.solve_budget_s)
     else:
@@ -199,8 +215,8 @@ def decide(context: DecisionContext, inputs: BuildInputs) -> Decision:
         built,
         result.allocation,
         inputs.memory,
-        inputs.evse_states,
         inputs.now_s,
         context.settings.control.settle_time_s,
+        cache,
     )
     return Decision(built=built, result=result, plan=plan)

@@ -4,78 +4,138 @@ Rounding only ever goes down (a lower limit never overloads a row): whole amps f
 steps for DC, and 0 when the rounded value falls below the EVSE's minimum. Held and
 uncontrolled chargers keep their last limit; idle EVSEs are told 0. Deadband and lease
 refresh are the charger link's job: it knows what each charger last accepted.
+
+Everything is computed on arrays (see :mod:`evdlm.core.fleet`); memory and command objects are
+made only for the EVSEs whose values changed, the others are the previous cycle's objects.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
+from functools import cached_property
 
+import numpy as np
 from evdlm_solvers.problem import Allocation
 
-from evdlm.core.memory import ControlMemory, EvseMemory
+from evdlm.core.fleet import (
+    M_CUT_FROM,
+    M_SETPOINT,
+    S_CHARGING,
+    S_PRESENT,
+    FleetCache,
+    MemoryColumns,
+    MemoryMapping,
+    SlotTable,
+    first_match,
+)
+from evdlm.core.fleet_kernels import ACTIVE, HELD, IDLE, OFFLINE, memory_kernel
+from evdlm.core.memory import ControlMemory, EvseKey
 from evdlm.core.problem_builder import (
     FOLLOW_TOLERANCE_A,
     BuiltProblem,
-    EvseMode,
-    min_setpoint,
-    setpoint_per_phase_a,
+    Reason,
+    reason_text,
 )
-from evdlm.core.topology import EvseSlot, Topology
-from evdlm.core.types import ChargingCommand, EvseState
+from evdlm.core.topology import Topology
+from evdlm.core.types import ChargingCommand
 
 DC_STEP_W = 100.0
+
+# Command reasons beyond the view's own (problem_builder.Reason).
+ALLOCATED, PAUSED_BY_ALLOCATION, EMERGENCY_CUT = 100, 101, 102
+_COMMAND_REASON_TEXT = {
+    ALLOCATED: "allocated",
+    PAUSED_BY_ALLOCATION: "paused by the allocation",
+    EMERGENCY_CUT: "emergency cut: its circuit measures above its limit",
+}
+
+
+@dataclass(frozen=True)
+class _Issued:
+    """What each EVSE is told this cycle; its command objects are made on first use."""
+
+    slots: SlotTable
+    limit: np.ndarray  # own unit
+    phases: np.ndarray
+    reason: np.ndarray  # problem_builder.Reason or a command reason above
+    cut_from: np.ndarray  # for the text of Reason.SETTLING
+    objects: list[ChargingCommand | None]  # None: not made yet
+
+    def command(self, index: int) -> ChargingCommand:
+        made = self.objects[index]
+        if made is None:
+            code = int(self.reason[index])
+            charger_id, evse_id = self.slots.keys[index]
+            made = ChargingCommand(
+                charger_id=charger_id,
+                evse_id=evse_id,
+                limit=float(self.limit[index]),
+                unit="W" if self.slots.units[index] == "W" else "A",
+                phases=int(self.phases[index]),
+                reason=_COMMAND_REASON_TEXT.get(code) or reason_text(code, float(self.cut_from[index])),
+            )
+            self.objects[index] = made
+        return made
 
 
 @dataclass(frozen=True)
 class Plan:
-    commands: tuple[ChargingCommand, ...]
+    """The commands of one cycle (every reachable EVSE) and the memory the next cycle starts from."""
+
     memory: ControlMemory
+    issued: _Issued = field(repr=False, compare=False)
+    reachable: tuple[int, ...] = field(repr=False, compare=False)  # topology index of each commanded EVSE
+
+    @cached_property
+    def commands(self) -> tuple[ChargingCommand, ...]:
+        return tuple(map(self.issued.command, self.reachable))
+
+    @cached_property
+    def limits(self) -> dict[EvseKey, float]:
+        """The limit each commanded EVSE is told (own unit): the commands' limits, without making them."""
+        keys, limit = self.issued.slots.keys, self.issued.limit.tolist()
+        return {keys[index]: limit[index] for index in self.reachable}
 
 
-def round_down(slot: EvseSlot, setpoint: float) -> float:
-    """The dispatchable value at or below ``setpoint``: 0 or at least the EVSE's minimum."""
-    step = DC_STEP_W if slot.is_dc else 1.0
-    value = math.floor(setpoint / step + 1e-9) * step
-    return value if value >= min_setpoint(slot) - 1e-9 and value > 0 else 0.0
+def round_down(slots: SlotTable, setpoint: np.ndarray) -> np.ndarray:
+    """The dispatchable values at or below ``setpoint``: 0 or at least each EVSE's minimum."""
+    step = np.where(slots.is_dc, DC_STEP_W, 1.0)
+    value = np.floor(setpoint / step + 1e-9) * step
+    return np.where((value >= slots.min_setpoint - 1e-9) & (value > 0), value, 0.0)
 
 
-def _next_memory(
-    slot: EvseSlot,
-    memory: EvseMemory,
-    state: EvseState | None,
-    mode: EvseMode,
-    phases_used: int,
-    target: float,
-    measured_max_a: float,
-    now_s: float,
-    settle_time_s: float,
-    voltage_v: float,
-    demand_cap_a: float | None,
-) -> EvseMemory:
-    previous = memory.setpoint
-    cut_from, cut_at_s = memory.cut_from, memory.cut_at_s
-    if target < previous:
-        cut_from, cut_at_s = max(previous, cut_from or 0.0), now_s
-    elif cut_at_s is not None:
-        came_down = measured_max_a <= setpoint_per_phase_a(slot, target, voltage_v) + FOLLOW_TOLERANCE_A
-        if came_down or now_s - cut_at_s >= settle_time_s:
-            cut_from, cut_at_s = None, None
-    wants_power = mode is EvseMode.ACTIVE and target == 0
-    following = replace(
-        memory,
-        setpoint=target,
-        transaction_id=state.transaction_id if state is not None else memory.transaction_id,
-        admitted_since_s=(memory.admitted_since_s or now_s) if target > 0 else None,
-        wanting_since_s=(memory.wanting_since_s or now_s) if wants_power else None,
-        paused_at_s=now_s if previous > 0 and target == 0 else memory.paused_at_s,
-        changed_at_s=now_s if target != previous else memory.changed_at_s,
-        cut_from=cut_from,
-        cut_at_s=cut_at_s,
-        phases_used=phases_used if mode is EvseMode.ACTIVE else memory.phases_used,
-        demand_cap_a=demand_cap_a if mode is EvseMode.ACTIVE else memory.demand_cap_a,
-    )
-    return memory if following == memory else following  # idle EVSEs: the same object, no churn
+def _same(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Element-wise equality where NaN (None) equals NaN."""
+    same: np.ndarray = (new == old) | (np.isnan(new) & np.isnan(old))
+    return same
+
+
+def _issue(
+    slots: SlotTable,
+    built: BuiltProblem,
+    target: np.ndarray,
+    reason: np.ndarray,
+    cache: FleetCache | None,
+) -> _Issued:
+    """This cycle's commands, keeping the previous cycle's objects where nothing changed."""
+    phases, cut_from = built.fleet.phases_used, built.memory.values[:, M_CUT_FROM]
+    last = cache.commands if cache is not None and isinstance(cache.commands, _Issued) else None
+    if last is not None and last.slots is slots:
+        same = (
+            (target == last.limit)
+            & (phases == last.phases)
+            & (reason == last.reason)
+            & ((reason != Reason.SETTLING) | _same(cut_from, last.cut_from))
+        )
+        objects = list(last.objects)
+        for index in np.flatnonzero(~same).tolist():
+            objects[index] = None
+    else:
+        objects = [None] * slots.size
+    issued = _Issued(slots, target, phases, reason, cut_from, objects)
+    if cache is not None:
+        cache.commands = issued
+    return issued
 
 
 def plan_commands(
@@ -83,56 +143,59 @@ def plan_commands(
     built: BuiltProblem,
     allocation: Allocation,
     memory: ControlMemory,
-    evse_states: dict[tuple[str, int], EvseState],
     now_s: float,
     settle_time_s: float,
+    cache: FleetCache | None = None,
 ) -> Plan:
-    """Commands for every reachable EVSE and the memory the next cycle starts from."""
-    voltage_v = topology.nominal_voltage_v
-    column_of = {index: column for column, index in enumerate(built.columns)}
-    commands: list[ChargingCommand] = []
-    evses: dict[tuple[str, int], EvseMemory] = {}
-    for index, slot in enumerate(topology.evses):
-        view = built.views[index]
-        state = evse_states.get(slot.key)
-        old = memory.evse(slot.key)
-        if state is not None and state.transaction_id != old.transaction_id and state.charging:
-            # A new session: forget the last one's history, but the charger still holds its limit.
-            old = EvseMemory(
-                setpoint=old.setpoint, transaction_id=state.transaction_id, cut_from=old.cut_from, cut_at_s=old.cut_at_s
-            )
-        if view.mode is EvseMode.ACTIVE:
-            target = round_down(slot, float(allocation.setpoint[column_of[index]]))
-            reason = "allocated" if target > 0 else "paused by the allocation"
-        elif view.mode is EvseMode.IDLE:
-            target, reason = 0.0, view.reason
-        elif view.mode is EvseMode.HELD and built.overloaded_nodes & set(topology.nodes[slot.node].path):
-            target, reason = 0.0, "emergency cut: its circuit measures above its limit"
-        else:
-            target, reason = old.setpoint, view.reason
-        evses[slot.key] = _next_memory(
-            slot,
-            old,
-            state,
-            view.mode,
-            view.phases_used,
-            target,
-            max(view.measured_a),
-            now_s,
-            settle_time_s,
-            voltage_v,
-            built.demand_caps.get(index),
-        )
-        if view.mode is EvseMode.OFFLINE:
-            continue
-        commands.append(
-            ChargingCommand(
-                charger_id=slot.key[0],
-                evse_id=slot.key[1],
-                limit=target,
-                unit="W" if slot.is_dc else "A",
-                phases=view.phases_used,
-                reason=reason,
-            )
-        )
-    return Plan(commands=tuple(commands), memory=memory.with_evses(evses, allocation.battery_w))
+    """Commands for every reachable EVSE and the memory the next cycle starts from.
+
+    ``memory`` is the memory ``built`` was built from; ``cache`` the one it was built with.
+    """
+    slots = topology.slots
+    fleet = built.fleet
+    mode = fleet.mode
+    allocated = np.zeros(slots.size)
+    columns = np.array(built.columns, dtype=np.int64)
+    allocated[columns] = allocation.setpoint
+    rounded = round_down(slots, allocated)
+    overloaded = np.array([node in built.overloaded_nodes for node in slots.node_ids], dtype=np.bool_)
+    emergency = (mode == HELD) & slots.in_path[overloaded].any(axis=0)
+    remembered = built.memory.values[:, M_SETPOINT]
+    target = first_match([mode == ACTIVE, mode == IDLE, emergency], [rounded, 0.0, 0.0], remembered)
+    reason = first_match(
+        [(mode == ACTIVE) & (target > 0), mode == ACTIVE, emergency],
+        [ALLOCATED, PAUSED_BY_ALLOCATION, EMERGENCY_CUT],
+        fleet.reason,
+    ).astype(np.int64)
+
+    # The next memory: a new session forgets the last one's history (the charger still holds its
+    # limit); a cut is remembered until the meter shows it or a settle time passed.
+    states, before = built.states, built.memory
+    present = states.values[:, S_PRESENT] > 0
+    new_session = present & (states.values[:, S_CHARGING] > 0) & ~fleet.same_session
+    transaction = np.where(present, states.transaction_id, before.transaction_id)
+    caps = np.full(slots.size, np.nan)
+    if built.demand_caps:
+        caps[list(built.demand_caps)] = list(built.demand_caps.values())
+    values, changed = memory_kernel(
+        slots.is_dc,
+        slots.voltage_v,
+        before.values,
+        new_session,
+        mode,
+        fleet.phases_used,
+        fleet.measured_a,
+        target,
+        caps,
+        now_s,
+        settle_time_s,
+        FOLLOW_TOLERANCE_A,
+    )
+    changed |= transaction != before.transaction_id
+    objects = list(before.objects)
+    for index in np.flatnonzero(changed).tolist():
+        objects[index] = None  # made when asked for
+    evses = MemoryMapping(slots, MemoryColumns(objects, values, transaction))
+    issued = _issue(slots, built, target, reason, cache)
+    reachable = tuple(np.flatnonzero(mode != OFFLINE).tolist())
+    return Plan(memory=memory.with_evses(evses, allocation.battery_w), issued=issued, reachable=reachable)

@@ -6,6 +6,7 @@ never hidden state, so replay is exact and a restart starts from a known, safe m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 EvseKey = tuple[str, int]
@@ -30,11 +31,12 @@ NO_MEMORY = EvseMemory()  # frozen: one shared instance serves every EVSE withou
 
 @dataclass(frozen=True)
 class ControlMemory:
-    evses: dict[EvseKey, EvseMemory] = field(default_factory=dict)
+    # A plain dict, or a plan's column-backed mapping (fleet.MemoryMapping); never changed in place.
+    evses: Mapping[EvseKey, EvseMemory] = field(default_factory=dict)
     battery_w: float = 0.0  # last battery setpoint, + = discharge
 
     def evse(self, key: EvseKey) -> EvseMemory:
         return self.evses.get(key, NO_MEMORY)
 
-    def with_evses(self, evses: dict[EvseKey, EvseMemory], battery_w: float) -> ControlMemory:
+    def with_evses(self, evses: Mapping[EvseKey, EvseMemory], battery_w: float) -> ControlMemory:
         return replace(self, evses=evses, battery_w=battery_w)

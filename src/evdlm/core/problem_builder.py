@@ -18,17 +18,26 @@ the configured fallback limit. Demand-response caps lower the import and export 
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
+from functools import cached_property
 
 import numpy as np
 from evdlm_solvers.problem import UNIT_CURRENT_A, UNIT_POWER_W, Problem
 
 from evdlm.config.models import Battery, Control
-from evdlm.core.memory import ControlMemory, EvseMemory
-from evdlm.core.topology import GRID_NODE, EvseSlot, RowKind, Topology
+from evdlm.core import fleet_kernels as kernels
+from evdlm.core.fleet import (
+    M_CUT_FROM,
+    S_PRESENT,
+    FleetCache,
+    MemoryColumns,
+    SlotTable,
+    StateColumns,
+)
+from evdlm.core.fleet_kernels import ACTIVE, HELD, IDLE, OFFLINE, UNCONTROLLED, columns_kernel, view_kernel
+from evdlm.core.memory import ControlMemory
+from evdlm.core.topology import GRID_NODE, RowKind, Topology
 from evdlm.core.types import EvseState, Reading
 
 # Above its limit by more than this, a charger has not come down yet (meter noise, rounding).
@@ -87,11 +96,80 @@ class BuildInputs:
     battery_reading: Reading | None = None
 
 
+# Mode codes of FleetView.mode: indexes into EvseMode's members, as the kernels number them.
+MODES = tuple(EvseMode)
+assert [MODES[code] for code in (IDLE, OFFLINE, ACTIVE, HELD, UNCONTROLLED)] == [
+    EvseMode.IDLE,
+    EvseMode.OFFLINE,
+    EvseMode.ACTIVE,
+    EvseMode.HELD,
+    EvseMode.UNCONTROLLED,
+]
+
+
+class Reason(IntEnum):
+    """Why an EVSE is in its mode (FleetView.reason); the text is :func:`reason_text`."""
+
+    NO_SESSION = kernels.NO_SESSION
+    CONNECTED_NOT_CHARGING = kernels.CONNECTED_NOT_CHARGING
+    OFFLINE = kernels.OFFLINE_REASON
+    OFFLINE_WITH_SESSION = kernels.OFFLINE_WITH_SESSION
+    REFUSES_PROFILES = kernels.REFUSES_PROFILES
+    DOES_NOT_FOLLOW = kernels.DOES_NOT_FOLLOW
+    SETTLING = kernels.SETTLING
+    DRAWS_ABOVE_LIMIT = kernels.DRAWS_ABOVE_LIMIT
+    CHARGING = kernels.CHARGING
+
+
+_REASON_TEXT = {
+    Reason.NO_SESSION: "no session",
+    Reason.CONNECTED_NOT_CHARGING: "connected, not charging",
+    Reason.OFFLINE: "offline",
+    Reason.OFFLINE_WITH_SESSION: "offline with a session",
+    Reason.REFUSES_PROFILES: "refuses charging profiles",
+    Reason.DOES_NOT_FOLLOW: "does not follow its limit",
+    Reason.DRAWS_ABOVE_LIMIT: "draws above its limit",
+    Reason.CHARGING: "charging",
+}
+
+
+def reason_text(reason: int, cut_from: float) -> str:
+    if reason == Reason.SETTLING:
+        return f"settling after a cut from {cut_from:g}"
+    return _REASON_TEXT[Reason(reason)]
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """Every EVSE this cycle, as arrays in topology order: its mode, why, what it draws and may draw."""
+
+    mode: np.ndarray  # MODES index
+    reason: np.ndarray  # Reason
+    phases_used: np.ndarray  # phases the car uses (1 or 3)
+    measured_a: np.ndarray  # (EVSEs, 3) measured current per site phase
+    assumed_a: np.ndarray  # (EVSEs, 3) what it may draw, per site phase
+    measured_power_w: np.ndarray
+    cut_from: np.ndarray  # the remembered setpoint before the last cut (NaN = none), for the reason text
+    same_session: np.ndarray  # the memory belongs to the EVSE's current transaction
+
+    def view(self, index: int) -> EvseView:
+        a1, a2, a3 = self.measured_a[index].tolist()
+        b1, b2, b3 = self.assumed_a[index].tolist()
+        return EvseView(
+            MODES[int(self.mode[index])],
+            reason_text(int(self.reason[index]), float(self.cut_from[index])),
+            int(self.phases_used[index]),
+            (a1, a2, a3),
+            (b1, b2, b3),
+            float(self.measured_power_w[index]),
+        )
+
+
 @dataclass(frozen=True)
 class BuiltProblem:
     problem: Problem
     columns: tuple[int, ...]  # topology EVSE index of each problem column
-    views: tuple[EvseView, ...]  # one per topology EVSE
+    fleet: FleetView
     row_limit: tuple[float, ...]  # effective limit per row after DR and fallback, row unit
     row_uncontrolled: tuple[float, ...]  # load the controller does not command, row unit
     grid_fallback: bool  # the grid meter is stale: the fallback import limit is in force
@@ -99,6 +177,17 @@ class BuiltProblem:
     overloaded_nodes: frozenset[str]  # nodes whose measured load is above their limit right now
     notes: tuple[str, ...]
     demand_caps: dict[int, float]  # topology EVSE index -> cap (A) for cars that take less than offered
+    states: StateColumns  # the EVSE states the problem was built from
+    memory: MemoryColumns  # the memory it was built from
+
+    @cached_property
+    def views(self) -> tuple[EvseView, ...]:
+        """One :class:`EvseView` per topology EVSE (made on first use)."""
+        return tuple(self.fleet.view(index) for index in range(len(self.fleet.mode)))
+
+    def mode_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.fleet.mode, minlength=len(MODES))
+        return {MODES[code].value: int(count) for code, count in enumerate(counts) if count}
 
 
 @dataclass(frozen=True)
@@ -111,191 +200,74 @@ class SiteSettings:
     failsafe_current_a: float
 
 
-def setpoint_per_phase_a(slot: EvseSlot, setpoint: float, voltage_v: float) -> float:
-    """A setpoint in its own unit as A per phase (DC W spread evenly over three phases)."""
-    return setpoint / (3.0 * voltage_v) if slot.is_dc else setpoint
+def per_phase_a(slots: SlotTable, setpoint: np.ndarray) -> np.ndarray:
+    """Setpoints in their own unit as A per phase (DC W spread evenly over three phases)."""
+    return np.where(slots.is_dc, setpoint / (3.0 * slots.voltage_v), setpoint)
 
 
-def max_setpoint(slot: EvseSlot) -> float:
-    charger = slot.charger
-    if slot.is_dc:
-        assert charger.max_power_kw is not None  # validated in the config
-        return charger.max_power_kw * 1000.0
-    return charger.max_current_a
+def view_fleet(
+    slots: SlotTable, states: StateColumns, memory: MemoryColumns, now_s: float, settings: SiteSettings
+) -> tuple[FleetView, _NodeSums]:
+    """Each EVSE's mode and what it draws and may draw, and their sums per node.
 
+    Phases used: 1 on 1-phase chargers; remembered for the session; learned from the currents
+    when all three are reported (a sample with L1 alone says nothing of L2 and L3); else the
+    worst case 3. Measured current is never a guess: it is subtracted from meter readings, so
+    overstating it would overstate headroom (unreported phases count 0).
 
-def min_setpoint(slot: EvseSlot) -> float:
-    return slot.charger.min_power_kw * 1000.0 if slot.is_dc else slot.charger.min_current_a
-
-
-def learn_phases(slot: EvseSlot, state: EvseState | None, memory: EvseMemory) -> int:
-    """Phases the car uses: 1 on 1-phase chargers; learned from currents; else the worst case 3."""
-    if slot.wired_phase_count == 1:
-        return 1
-    if slot.is_dc:
-        return 3
-    if memory.phases_used is not None and state is not None and memory.transaction_id == state.transaction_id:
-        return memory.phases_used
-    if state is not None and state.phase_current_a is not None and None not in state.phase_current_a:
-        # Only phases actually reported count: a sample with L1 alone (some chargers before
-        # their sampled data is configured) says nothing about L2 and L3.
-        l1, l2, l3 = (float(value or 0.0) for value in state.phase_current_a)
-        if l1 >= PHASE_DRAWING_A and l2 < PHASE_IDLE_A and l3 < PHASE_IDLE_A:
-            return 1
-    return 3
-
-
-def _spread(slot: EvseSlot, per_phase_a: float, phases_used: int) -> PhaseTriple:
-    out = [0.0, 0.0, 0.0]
-    for charger_phase in range(phases_used):
-        out[slot.site_phases[charger_phase] - 1] += per_phase_a
-    return (out[0], out[1], out[2])
-
-
-def _measured(slot: EvseSlot, state: EvseState | None, voltage_v: float) -> PhaseTriple:
-    """Measured current per site phase; 0 where the charger reports none.
-
-    Never a guess: the problem builder subtracts this from meter readings, so overstating it
-    would overstate headroom. What the meter carries unexplained stays counted as other load.
+    Modes, in order: offline; idle (no charging session); uncontrolled (refuses profiles, or the
+    link says it does not follow); held (cut, still above its limit within the settle time);
+    uncontrolled again when a sample a settle time after the last change is still above the
+    limit (whatever the OCPP link has concluded yet: its grace period is longer); else active.
+    What an EVSE outside the problem may draw is at least a floor spread over its phases: offline
+    with a session, its last lease until it expires, then the fail-safe profile; uncontrolled,
+    its maximum; held, since the cut its draw can only fall, so a sample taken after the cut
+    bounds it (an older sample bounds nothing and it counts at the old limit).
     """
-    if state is not None and state.phase_current_a is None and slot.is_dc and state.power_w is not None:
-        return _spread(slot, max(0.0, state.power_w) / (3.0 * voltage_v), 3)
-    if state is None or state.phase_current_a is None:
-        return (0.0, 0.0, 0.0)
-    out = [0.0, 0.0, 0.0]
-    for charger_phase, value in enumerate(state.phase_current_a):
-        if value is not None and charger_phase < slot.wired_phase_count:
-            out[slot.site_phases[charger_phase] - 1] += max(0.0, value)
-    return (out[0], out[1], out[2])
+    same_session = (states.values[:, S_PRESENT] > 0) & (states.transaction_id == memory.transaction_id)
+    (
+        mode,
+        reason,
+        phases_used,
+        measured,
+        assumed,
+        measured_power_w,
+        *node_sums,
+    ) = view_kernel(
+        slots.is_dc,
+        slots.wired_phases,
+        slots.site_phase,
+        slots.max_setpoint,
+        slots.pair_node,
+        slots.pair_evse,
+        len(slots.node_ids),
+        slots.voltage_v,
+        states.values,
+        memory.values,
+        same_session,
+        now_s,
+        settings.control.settle_time_s,
+        settings.failsafe_current_a,
+        FOLLOW_TOLERANCE_A,
+        PHASE_DRAWING_A,
+        PHASE_IDLE_A,
+    )
+    fleet = FleetView(
+        mode, reason, phases_used, measured, assumed, measured_power_w, memory.values[:, M_CUT_FROM], same_session
+    )
+    return fleet, _NodeSums(*node_sums)
 
 
-def view_evse(
-    slot: EvseSlot,
-    state: EvseState | None,
-    memory: EvseMemory,
-    inputs_now_s: float,
-    settings: SiteSettings,
-    voltage_v: float,
-) -> EvseView:
-    phases_used = learn_phases(slot, state, memory)
-    previous_a = setpoint_per_phase_a(slot, memory.setpoint, voltage_v)
-    measured = _measured(slot, state, voltage_v)
-    if state is not None and state.power_w is not None:
-        measured_power_w = max(0.0, state.power_w)
-    else:
-        measured_power_w = sum(measured) * voltage_v
-
-    def view(mode: EvseMode, reason: str, assumed_per_phase_a: float | None = None) -> EvseView:
-        assumed = measured
-        if assumed_per_phase_a is not None:
-            floor = _spread(slot, assumed_per_phase_a, phases_used if mode is EvseMode.HELD else slot.wired_phase_count)
-            assumed = (max(measured[0], floor[0]), max(measured[1], floor[1]), max(measured[2], floor[2]))
-        return EvseView(mode, reason, phases_used, measured, assumed, measured_power_w)
-
-    if state is None or not state.online:
-        if memory.setpoint > 0 or (state is not None and state.charging):
-            # Keeps its last lease until it expires, then the fail-safe profile.
-            return view(EvseMode.OFFLINE, "offline with a session", max(previous_a, settings.failsafe_current_a))
-        return view(EvseMode.OFFLINE, "offline")
-    if not state.charging:
-        return view(EvseMode.IDLE, "connected, not charging" if state.connected else "no session")
-    if not state.controllable:
-        return view(
-            EvseMode.UNCONTROLLED,
-            "refuses charging profiles",
-            setpoint_per_phase_a(slot, max_setpoint(slot), voltage_v),
-        )
-    if not state.compliant:
-        return view(
-            EvseMode.UNCONTROLLED,
-            "does not follow its limit",
-            setpoint_per_phase_a(slot, max_setpoint(slot), voltage_v),
-        )
-    if memory.cut_from is not None and memory.cut_at_s is not None:
-        settling = inputs_now_s - memory.cut_at_s < settings.control.settle_time_s
-        if settling and max(measured) > previous_a + FOLLOW_TOLERANCE_A:
-            # Since the cut its draw can only fall: a sample taken after the cut bounds it. An
-            # older sample bounds nothing, so it counts at the old limit until one arrives.
-            sampled_after_cut = state.updated_at_s > memory.cut_at_s
-            bound_a = max(measured) if sampled_after_cut else setpoint_per_phase_a(slot, memory.cut_from, voltage_v)
-            return view(EvseMode.HELD, f"settling after a cut from {memory.cut_from:g}", max(bound_a, previous_a))
-    # Past its settle time, sampled after it, and still above its limit: it does not follow,
-    # whatever the OCPP link has concluded yet (its grace period is longer than a settle time).
-    changed_at_s = memory.changed_at_s
-    settled_sample = changed_at_s is not None and state.updated_at_s - changed_at_s >= settings.control.settle_time_s
-    if settled_sample and max(measured) > previous_a + FOLLOW_TOLERANCE_A:
-        return view(
-            EvseMode.UNCONTROLLED, "draws above its limit", setpoint_per_phase_a(slot, max_setpoint(slot), voltage_v)
-        )
-    return view(EvseMode.ACTIVE, "charging")
-
-
-def _demand_cap(
-    slot: EvseSlot,
-    state: EvseState,
-    memory: EvseMemory,
-    now_s: float,
-    settle_time_s: float,
-    drawn_a: float,
-    previous_a: float,
-    lowest: float,
-) -> float | None:
-    """The most a car will take, when it takes clearly less than it is offered (full, tapering,
-    or limited by its own charger): offering more only strands headroom other cars could use.
-
-    Set from a steady sample (a settle time after the last change), remembered across cycles, and
-    lifted once the car draws what the cap allows (it may want more again).
-    """
-    if slot.is_dc or state.phase_current_a is None:
-        return None
-    cap = memory.demand_cap_a if memory.transaction_id == state.transaction_id else None
-    if cap is not None and drawn_a >= cap - FOLLOW_TOLERANCE_A:
-        cap = None
-    steady = memory.changed_at_s is not None and now_s - memory.changed_at_s >= settle_time_s
-    if cap is None and steady and drawn_a + DEMAND_SLACK_A < previous_a:
-        cap = float(math.floor(drawn_a + DEMAND_SLACK_A))
-    return None if cap is None else max(lowest, cap)
-
-
-def _urgency(slot: EvseSlot, state: EvseState, now_s: float, max_power_w: float) -> float:
-    """Energy still needed over time left, relative to the EVSE's maximum power (1 = unknown)."""
-    if state.energy_needed_wh is None or state.departure_at_s is None or max_power_w <= 0:
-        return 1.0
-    hours_left = (state.departure_at_s - now_s) / 3600.0
-    if hours_left <= 0:
-        return URGENCY_MAX
-    needed_w = max(0.0, state.energy_needed_wh) / hours_left
-    return float(min(URGENCY_MAX, max(URGENCY_MIN, needed_w / max_power_w)))
-
-
+@dataclass(frozen=True)
 class _NodeSums:
-    """Per node and site phase: the draw of EVSEs in the problem, and of those outside it."""
+    """Per node (SlotTable.node_ids order) and site phase: the draw of EVSEs in the problem, and of those outside it."""
 
-    def __init__(self) -> None:
-        self.active_a: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-        self.outside_a: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-        self.outside_extra_a: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-        self.active_w: dict[str, float] = defaultdict(float)
-        self.outside_w: dict[str, float] = defaultdict(float)
-        self.outside_extra_w: dict[str, float] = defaultdict(float)
-
-    def add(self, path: tuple[str, ...], view: EvseView, voltage_v: float) -> None:
-        if view.measured_power_w == 0.0 and not any(view.measured_a) and not any(view.assumed_a):
-            return  # an idle EVSE adds nothing anywhere (most of a site, most of the time)
-        for node in path:
-            if view.mode is EvseMode.ACTIVE:
-                for phase in range(3):
-                    self.active_a[node][phase] += view.measured_a[phase]
-                self.active_w[node] += view.measured_power_w
-            else:
-                extra_w = 0.0
-                for phase in range(3):
-                    self.outside_a[node][phase] += view.assumed_a[phase]
-                    extra = max(0.0, view.assumed_a[phase] - view.measured_a[phase])
-                    self.outside_extra_a[node][phase] += extra
-                    extra_w += extra * voltage_v
-                self.outside_w[node] += view.measured_power_w + extra_w
-                self.outside_extra_w[node] += extra_w
+    active_a: np.ndarray  # (nodes, 3)
+    outside_a: np.ndarray
+    outside_extra_a: np.ndarray
+    active_w: np.ndarray  # (nodes,)
+    outside_w: np.ndarray
+    outside_extra_w: np.ndarray
 
 
 def _meter_phase_a(reading: Reading, voltage_v: float) -> PhaseTriple | None:
@@ -313,22 +285,26 @@ def _meter_phase_a(reading: Reading, voltage_v: float) -> PhaseTriple | None:
     return None
 
 
-def build_problem(topology: Topology, settings: SiteSettings, inputs: BuildInputs) -> BuiltProblem:
-    """The allocation problem of this cycle, with the bookkeeping to plan commands from it."""
+def build_problem(
+    topology: Topology, settings: SiteSettings, inputs: BuildInputs, cache: FleetCache | None = None
+) -> BuiltProblem:
+    """The allocation problem of this cycle, with the bookkeeping to plan commands from it.
+
+    ``cache`` (one per decision context) lets unchanged EVSE states be reused from the previous
+    cycle instead of read again; the result is the same with or without it.
+    """
     control = settings.control
+    slots = topology.slots
     voltage_v = topology.nominal_voltage_v
-    now_s = inputs.now_s
     notes: list[str] = []
     stale: set[str] = set()
 
-    views: list[EvseView] = []
-    sums = _NodeSums()
-    for slot in topology.evses:
-        view = view_evse(
-            slot, inputs.evse_states.get(slot.key), inputs.memory.evse(slot.key), now_s, settings, voltage_v
-        )
-        views.append(view)
-        sums.add(topology.nodes[slot.node].path, view, voltage_v)
+    if cache is not None:
+        states = cache.states(slots, inputs.evse_states)
+    else:
+        states = StateColumns.read(slots, inputs.evse_states, None)
+    memory = MemoryColumns.read(slots, inputs.memory)
+    fleet, sums = view_fleet(slots, states, memory, inputs.now_s, settings)
 
     def usable(meter: str | None) -> Reading | None:
         if meter is None:
@@ -350,48 +326,46 @@ def build_problem(topology: Topology, settings: SiteSettings, inputs: BuildInput
         ]
     )
 
-    overloaded: set[str] = set()
-    # Current and node power rows.
-    for node in topology.nodes.values():
+    # Nodes without a usable meter: only the EVSEs outside the problem, at what they may draw.
+    uncontrolled[slots.current_row] = sums.outside_a[slots.current_row_node, slots.current_row_phase]
+    uncontrolled[slots.power_row] = sums.outside_w[slots.power_row_node]
+    over_limit = (sums.active_a + sums.outside_a).max(axis=1) > slots.node_limit_a
+    # Metered nodes: the meter is the truth.
+    nodes = topology.nodes
+    for position in slots.metered_nodes:
+        node = nodes[slots.node_ids[position]]
         reading = usable(node.meter)
-        meter_broken = node.meter is not None and reading is None
+        meter_broken = reading is None
         phase_a = _meter_phase_a(reading, voltage_v) if reading is not None else None
         if reading is not None and phase_a is None:
             meter_broken = True
             stale.add(node.meter or "")
             notes.append(f"meter {node.meter} of {node.id} gives no phase values")
-        for (row_node, phase), index in topology.current_row.items():
-            if row_node != node.id:
-                continue
-            if phase_a is not None:
-                value = (
-                    phase_a[phase - 1] - sums.active_a[node.id][phase - 1] + sums.outside_extra_a[node.id][phase - 1]
-                )
+        grid = node.id == GRID_NODE
+        if phase_a is not None:
+            active_a, outside_extra_a = sums.active_a[position].tolist(), sums.outside_extra_a[position].tolist()
+            for phase, index in slots.node_current_rows[position]:
+                value = phase_a[phase] - active_a[phase] + outside_extra_a[phase]
                 # PV behind the grid meter legitimately makes it negative; on a circuit it is noise.
-                uncontrolled[index] = value if node.id == GRID_NODE else max(0.0, value)
-            elif meter_broken and node.id != GRID_NODE:
+                uncontrolled[index] = value if grid else max(0.0, value)
+            over_limit[position] = max(phase_a) > node.phase_current_limit_a
+        elif meter_broken and not grid:
+            for _, index in slots.node_current_rows[position]:
                 fully_loaded[index] = True
-            else:
-                uncontrolled[index] = sums.outside_a[node.id][phase - 1]
         if node.id in topology.power_row:
             index = topology.power_row[node.id]
             if reading is not None and reading.power_w is not None:
-                uncontrolled[index] = max(0.0, reading.power_w - sums.active_w[node.id] + sums.outside_extra_w[node.id])
+                uncontrolled[index] = max(
+                    0.0, reading.power_w - float(sums.active_w[position]) + float(sums.outside_extra_w[position])
+                )
             elif meter_broken:
                 fully_loaded[index] = True
-            else:
-                uncontrolled[index] = sums.outside_w[node.id]
-        if meter_broken and node.id != GRID_NODE:
+        if meter_broken and not grid:
             notes.append(f"circuit {node.id}: meter {node.meter} not usable, counted as fully loaded")
-        drawn_a = (
-            phase_a
-            if phase_a is not None
-            else [sums.active_a[node.id][p] + sums.outside_a[node.id][p] for p in range(3)]
-        )
-        if max(drawn_a) > node.phase_current_limit_a:
-            overloaded.add(node.id)
+    overloaded = {slots.node_ids[position] for position in np.flatnonzero(over_limit).tolist()}
 
     # Grid connection power rows.
+    grid_position = slots.node_ids.index(GRID_NODE)
     grid_reading = usable(topology.nodes[GRID_NODE].meter)
     grid_fallback = topology.nodes[GRID_NODE].meter is not None and (
         grid_reading is None or grid_reading.power_w is None
@@ -411,14 +385,14 @@ def build_problem(topology: Topology, settings: SiteSettings, inputs: BuildInput
             if battery_reading is not None and battery_reading.power_w is not None
             else max(0.0, inputs.memory.battery_w)
         )
-        base_net_w = grid_reading.power_w - sums.active_w[GRID_NODE] + battery_w
-        uncontrolled[topology.import_row] = base_net_w + sums.outside_extra_w[GRID_NODE]
+        base_net_w = grid_reading.power_w - float(sums.active_w[grid_position]) + battery_w
+        uncontrolled[topology.import_row] = base_net_w + float(sums.outside_extra_w[grid_position])
         uncontrolled[topology.export_row] = -base_net_w
     else:
         if grid_fallback:
             import_limit = min(import_limit, settings.fallback_import_limit_w)
             notes.append(f"grid meter not usable: fallback import limit {import_limit / 1000:g} kW")
-        uncontrolled[topology.import_row] = sums.outside_w[GRID_NODE]
+        uncontrolled[topology.import_row] = float(sums.outside_w[grid_position])
     limit[topology.import_row] = import_limit
     limit[topology.export_row] = export_limit
 
@@ -432,104 +406,65 @@ def build_problem(topology: Topology, settings: SiteSettings, inputs: BuildInput
     uncontrolled = np.where(fully_loaded, limit, uncontrolled)
 
     problem, columns, demand_caps = _columns(
-        topology, settings, inputs, views, headroom, battery_reading, grid_fallback
+        topology, settings, inputs.now_s, fleet, states, memory, headroom, battery_reading, grid_fallback
     )
     return BuiltProblem(
         problem=problem,
         columns=columns,
-        views=tuple(views),
-        row_limit=tuple(float(value) for value in limit),
-        row_uncontrolled=tuple(float(value) for value in uncontrolled),
+        fleet=fleet,
+        row_limit=tuple(limit.tolist()),
+        row_uncontrolled=tuple(uncontrolled.tolist()),
         grid_fallback=grid_fallback,
         stale_devices=tuple(sorted(stale)),
         overloaded_nodes=frozenset(overloaded),
         notes=tuple(notes),
         demand_caps=demand_caps,
+        states=states,
+        memory=memory,
     )
 
 
 def _columns(
     topology: Topology,
     settings: SiteSettings,
-    inputs: BuildInputs,
-    views: list[EvseView],
+    now_s: float,
+    fleet: FleetView,
+    states: StateColumns,
+    memory: MemoryColumns,
     headroom: np.ndarray,
     battery_reading: Reading | None,
     grid_fallback: bool,
 ) -> tuple[Problem, tuple[int, ...], dict[int, float]]:
     control = settings.control
-    voltage_v = topology.nominal_voltage_v
-    now_s = inputs.now_s
-    columns = [index for index, view in enumerate(views) if view.mode is EvseMode.ACTIVE]
-    n = len(columns)
-    indptr = [0]
-    coef_row: list[int] = []
-    coef_value: list[float] = []
-    arrays = {
-        name: np.zeros(n) for name in ("unit_w", "min", "max", "previous", "ramp", "urgency", "waiting", "on_time")
-    }
-    evse_unit = np.zeros(n, dtype=np.int8)
-    charging = np.zeros(n, dtype=np.bool_)
-    priority = np.zeros(n, dtype=np.int64)
-    demand_caps: dict[int, float] = {}
-
-    for column, index in enumerate(columns):
-        slot = topology.evses[index]
-        view = views[index]
-        state = inputs.evse_states[slot.key]
-        memory = inputs.memory.evse(slot.key)
-        path = topology.nodes[slot.node].path
-        coefs: dict[int, float] = defaultdict(float)
-        if slot.is_dc:
-            evse_unit[column] = UNIT_POWER_W
-            per_phase, power_per_unit = 1.0 / (3.0 * voltage_v), 1.0
-            used_phases: tuple[int, ...] = (1, 2, 3)
-        else:
-            evse_unit[column] = UNIT_CURRENT_A
-            per_phase, power_per_unit = 1.0, voltage_v * view.phases_used
-            used_phases = slot.site_phases[: view.phases_used]
-        for node in path:
-            for phase in used_phases:
-                row = topology.current_row.get((node, phase))
-                if row is not None:
-                    coefs[row] += per_phase
-            if node in topology.power_row:
-                coefs[topology.power_row[node]] += power_per_unit
-        coefs[topology.import_row] += power_per_unit
-        coefs[topology.export_row] -= power_per_unit
-        for row in sorted(coefs):
-            coef_row.append(row)
-            coef_value.append(coefs[row])
-        indptr.append(len(coef_row))
-
-        lowest, highest = min_setpoint(slot), max_setpoint(slot)
-        if not slot.is_dc and state.ev_max_current_a is not None:
-            highest = min(highest, state.ev_max_current_a)
-        drawn_a = max(view.measured_a)
-        previous_a = setpoint_per_phase_a(slot, memory.setpoint, voltage_v)
-        cap = _demand_cap(slot, state, memory, now_s, control.settle_time_s, drawn_a, previous_a, lowest)
-        if cap is not None:
-            demand_caps[index] = cap
-            highest = min(highest, cap)
-        if (
-            memory.setpoint == 0
-            and memory.paused_at_s is not None
-            and now_s - memory.paused_at_s < control.min_off_time_s
-        ):
-            highest = 0.0  # below the minimum: the solvers can only keep it paused
-        elif memory.setpoint == 0 and not slot.is_dc and highest >= lowest + ADMISSION_HYSTERESIS_A:
-            lowest += ADMISSION_HYSTERESIS_A
-        ramp = control.ramp_up_a_per_s * control.cycle_period_s
-        arrays["unit_w"][column] = power_per_unit
-        arrays["min"][column] = lowest
-        arrays["max"][column] = highest
-        arrays["previous"][column] = memory.setpoint
-        arrays["ramp"][column] = ramp * 3.0 * voltage_v if slot.is_dc else ramp
-        arrays["urgency"][column] = _urgency(slot, state, now_s, highest * power_per_unit)
-        arrays["waiting"][column] = now_s - memory.wanting_since_s if memory.wanting_since_s is not None else 0.0
-        arrays["on_time"][column] = now_s - memory.admitted_since_s if memory.admitted_since_s is not None else 0.0
-        charging[column] = memory.setpoint > 0
-        priority[column] = slot.charger.priority
+    slots = topology.slots
+    voltage_v = slots.voltage_v
+    columns = np.flatnonzero(fleet.mode == ACTIVE)
+    phases_used = fleet.phases_used[columns]
+    indptr, coef_row, coef_value = slots.column_coefficients(columns, phases_used)
+    is_dc = slots.is_dc[columns]
+    # A paused car starts only with ADMISSION_HYSTERESIS_A to spare; within its minimum off time
+    # it can only stay paused; a car taking clearly less than offered is capped near its draw.
+    power_per_unit_w, lowest, highest, previous, ramp, urgency, waiting_s, on_time_s, caps = columns_kernel(
+        columns,
+        slots.is_dc,
+        slots.min_setpoint,
+        slots.max_setpoint,
+        voltage_v,
+        states.values,
+        memory.values,
+        fleet.same_session,
+        fleet.phases_used,
+        fleet.measured_a,
+        now_s,
+        control.settle_time_s,
+        control.min_off_time_s,
+        control.ramp_up_a_per_s * control.cycle_period_s,
+        FOLLOW_TOLERANCE_A,
+        DEMAND_SLACK_A,
+        ADMISSION_HYSTERESIS_A,
+        URGENCY_MIN,
+        URGENCY_MAX,
+    )
 
     discharge_max_w = charge_max_w = 0.0
     battery = settings.battery
@@ -553,20 +488,20 @@ def _columns(
             dtype=np.int8,
         ),
         row_parent=np.array([row.parent for row in topology.rows], dtype=np.int64),
-        coef_indptr=np.array(indptr, dtype=np.int64),
-        coef_row=np.array(coef_row, dtype=np.int64),
-        coef_value=np.array(coef_value, dtype=np.float64),
-        evse_unit=evse_unit,
-        power_per_unit_w=arrays["unit_w"],
-        setpoint_min=arrays["min"],
-        setpoint_max=arrays["max"],
-        setpoint_previous=arrays["previous"],
-        ramp_up_max=arrays["ramp"],
-        charging=charging,
-        priority=priority,
-        urgency=arrays["urgency"],
-        waiting_s=arrays["waiting"],
-        on_time_s=arrays["on_time"],
+        coef_indptr=indptr,
+        coef_row=coef_row,
+        coef_value=coef_value,
+        evse_unit=np.where(is_dc, UNIT_POWER_W, UNIT_CURRENT_A).astype(np.int8),
+        power_per_unit_w=power_per_unit_w,
+        setpoint_min=lowest,
+        setpoint_max=highest,
+        setpoint_previous=previous,
+        ramp_up_max=ramp,
+        charging=previous > 0,
+        priority=slots.priority[columns],
+        urgency=urgency,
+        waiting_s=waiting_s,
+        on_time_s=on_time_s,
         rotation_period_s=control.rotation_period_s,
         min_on_time_s=control.min_on_time_s,
         battery_discharge_max_w=discharge_max_w,
@@ -574,4 +509,5 @@ def _columns(
         battery_coef_row=np.array(battery_rows, dtype=np.int64),
         battery_coef_value=np.array(battery_coefs),
     )
-    return problem, tuple(columns), demand_caps
+    demand_caps = {int(columns[column]): float(caps[column]) for column in np.flatnonzero(~np.isnan(caps))}
+    return problem, tuple(columns.tolist()), demand_caps

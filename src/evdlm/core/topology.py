@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from evdlm.config.models import Charger, ChargerKind, SiteConfig
+
+if TYPE_CHECKING:
+    from evdlm.core.fleet import SlotTable
 
 GRID_NODE = "grid"
 SITE_PHASES = (1, 2, 3)
@@ -73,6 +78,13 @@ class Topology:
     import_row: int
     export_row: int
     evse_index: dict[tuple[str, int], int]
+
+    @cached_property
+    def slots(self) -> SlotTable:
+        """The EVSEs' static facts as arrays (made on first use, then kept with the topology)."""
+        from evdlm.core.fleet import SlotTable
+
+        return SlotTable(self)
 
 
 def build_topology(config: SiteConfig) -> Topology:

@@ -213,7 +213,7 @@ def replay_recording(
         context, battery_device, config = current
         decision = decide_recorded(context, battery_device, record, memory)
         memory_before, memory = memory, decision.plan.memory
-        commands = {(c.charger_id, c.evse_id): c.limit for c in decision.plan.commands}
+        commands = decision.plan.limits
         replayed_held.update(commands)
         differs = replayed_held != record.commands
         if differs:

@@ -252,7 +252,7 @@ def simulate(spec: SimulationSpec, out_dir: Path, *, solver: SolverChoice = Solv
             }
             inputs = BuildInputs(now_s, readings, states, memory, DemandLimits(import_cap_w, None), None)
             decision = decide(context, inputs)
-            commands = {(c.charger_id, c.evse_id): c.limit for c in decision.plan.commands}
+            commands = decision.plan.limits
             for key, limit in commands.items():
                 if key in cars:
                     cars[key].told_a = limit

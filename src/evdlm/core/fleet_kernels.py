@@ -1,0 +1,376 @@
+"""The per-EVSE loops of a cycle, compiled with numba (one call each instead of dozens of array operations).
+
+Each kernel is the plain per-EVSE rule written once, as a loop; :mod:`evdlm.core.problem_builder`
+and :mod:`evdlm.core.dispatch` explain the rules and call these. Sums run EVSE by EVSE in
+topology order and no fast-math is used, so results are bit for bit those of the same loop in
+Python: a replay reproduces the decisions of any gateway that ran this code.
+
+Columns of the ``state`` and ``memory`` matrices are the ``S_*`` and ``M_*`` constants of
+:mod:`evdlm.core.fleet` (NaN = None).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from numba import njit
+
+from evdlm.core.fleet import (
+    M_ADMITTED,
+    M_CHANGED,
+    M_CUT_AT,
+    M_CUT_FROM,
+    M_DEMAND_CAP,
+    M_PAUSED,
+    M_PHASES,
+    M_SETPOINT,
+    M_WANTING,
+    S_CHARGING,
+    S_COMPLIANT,
+    S_CONNECTED,
+    S_CONTROLLABLE,
+    S_DEPARTURE,
+    S_ENERGY_NEEDED,
+    S_EV_MAX_A,
+    S_HAS_PHASE_CURRENT,
+    S_I1,
+    S_ONLINE,
+    S_POWER,
+    S_PRESENT,
+    S_UPDATED_AT,
+)
+
+# Mode codes (problem_builder.MODES order) and reason codes (problem_builder.Reason).
+IDLE, OFFLINE, ACTIVE, HELD, UNCONTROLLED = 0, 1, 2, 3, 4
+(
+    NO_SESSION,
+    CONNECTED_NOT_CHARGING,
+    OFFLINE_REASON,
+    OFFLINE_WITH_SESSION,
+    REFUSES_PROFILES,
+    DOES_NOT_FOLLOW,
+    SETTLING,
+    DRAWS_ABOVE_LIMIT,
+    CHARGING,
+) = range(9)
+
+
+@njit(cache=True)
+def view_kernel(
+    is_dc: np.ndarray,
+    wired_phases: np.ndarray,
+    site_phase: np.ndarray,
+    max_setpoint: np.ndarray,
+    pair_node: np.ndarray,
+    pair_evse: np.ndarray,
+    n_nodes: int,
+    voltage_v: float,
+    state: np.ndarray,
+    memory: np.ndarray,
+    same_session: np.ndarray,
+    now_s: float,
+    settle_time_s: float,
+    failsafe_current_a: float,
+    follow_tolerance_a: float,
+    phase_drawing_a: float,
+    phase_idle_a: float,
+) -> tuple[np.ndarray, ...]:
+    """Each EVSE's mode, reason, phases used, measured and assumed current, and the per-node sums."""
+    size = is_dc.shape[0]
+    mode = np.zeros(size, np.int8)
+    reason = np.zeros(size, np.int8)
+    phases_used = np.zeros(size, np.int64)
+    measured = np.zeros((size, 3))
+    assumed = np.zeros((size, 3))
+    measured_power_w = np.zeros(size)
+    for e in range(size):
+        present = state[e, S_PRESENT] > 0
+        has_currents = present and state[e, S_HAS_PHASE_CURRENT] > 0
+        setpoint = memory[e, M_SETPOINT]
+        previous_a = setpoint / (3.0 * voltage_v) if is_dc[e] else setpoint
+        i1, i2, i3 = state[e, S_I1], state[e, S_I1 + 1], state[e, S_I1 + 2]
+
+        # Phases the car uses.
+        if wired_phases[e] == 1:
+            phases = 1
+        elif is_dc[e]:
+            phases = 3
+        elif same_session[e] and not math.isnan(memory[e, M_PHASES]):
+            phases = int(memory[e, M_PHASES])
+        elif (
+            has_currents
+            and not (math.isnan(i1) or math.isnan(i2) or math.isnan(i3))
+            and i1 >= phase_drawing_a
+            and i2 < phase_idle_a
+            and i3 < phase_idle_a
+        ):
+            phases = 1
+        else:
+            phases = 3
+        phases_used[e] = phases
+
+        # Measured current per site phase (never a guess); its power.
+        power_w = state[e, S_POWER]
+        if present and not has_currents and is_dc[e] and not math.isnan(power_w):
+            spread_a = max(0.0, power_w) / (3.0 * voltage_v)
+            for j in range(3):
+                measured[e, site_phase[e, j]] += spread_a
+        elif has_currents:
+            for j in range(min(3, wired_phases[e])):
+                value = state[e, S_I1 + j]
+                if not math.isnan(value):
+                    measured[e, site_phase[e, j]] += max(0.0, value)
+        if present and not math.isnan(power_w):
+            measured_power_w[e] = max(0.0, power_w)
+        else:
+            measured_power_w[e] = (measured[e, 0] + measured[e, 1] + measured[e, 2]) * voltage_v
+        measured_max_a = max(measured[e, 0], max(measured[e, 1], measured[e, 2]))
+
+        # Mode and reason, in order of precedence, and the floor of what it may draw.
+        floor_a = -1.0  # none
+        floor_phases = wired_phases[e]
+        maximum_a = max_setpoint[e] / (3.0 * voltage_v) if is_dc[e] else max_setpoint[e]
+        cut_from, cut_at_s = memory[e, M_CUT_FROM], memory[e, M_CUT_AT]
+        changed_at_s = memory[e, M_CHANGED]
+        updated_at_s = state[e, S_UPDATED_AT]
+        above_limit = measured_max_a > previous_a + follow_tolerance_a
+        if not present or state[e, S_ONLINE] == 0:
+            mode[e] = OFFLINE
+            if setpoint > 0 or (present and state[e, S_CHARGING] > 0):
+                reason[e] = OFFLINE_WITH_SESSION
+                floor_a = max(previous_a, failsafe_current_a)
+            else:
+                reason[e] = OFFLINE_REASON
+        elif state[e, S_CHARGING] == 0:
+            mode[e] = IDLE
+            reason[e] = CONNECTED_NOT_CHARGING if state[e, S_CONNECTED] > 0 else NO_SESSION
+        elif state[e, S_CONTROLLABLE] == 0:
+            mode[e], reason[e], floor_a = UNCONTROLLED, REFUSES_PROFILES, maximum_a
+        elif state[e, S_COMPLIANT] == 0:
+            mode[e], reason[e], floor_a = UNCONTROLLED, DOES_NOT_FOLLOW, maximum_a
+        elif not math.isnan(cut_from) and not math.isnan(cut_at_s) and now_s - cut_at_s < settle_time_s and above_limit:
+            mode[e], reason[e] = HELD, SETTLING
+            if updated_at_s > cut_at_s:
+                bound_a = measured_max_a
+            else:
+                bound_a = cut_from / (3.0 * voltage_v) if is_dc[e] else cut_from
+            floor_a = max(bound_a, previous_a)
+            floor_phases = phases
+        elif not math.isnan(changed_at_s) and updated_at_s - changed_at_s >= settle_time_s and above_limit:
+            mode[e], reason[e], floor_a = UNCONTROLLED, DRAWS_ABOVE_LIMIT, maximum_a
+        else:
+            mode[e], reason[e] = ACTIVE, CHARGING
+
+        for p in range(3):
+            assumed[e, p] = measured[e, p]
+        if floor_a >= 0.0:
+            floor = np.zeros(3)
+            for j in range(min(3, floor_phases)):
+                floor[site_phase[e, j]] += floor_a
+            for p in range(3):
+                assumed[e, p] = max(measured[e, p], floor[p])
+
+    # Per node, EVSE by EVSE: the draw of EVSEs in the problem, and of those outside it.
+    active_a = np.zeros((n_nodes, 3))
+    outside_a = np.zeros((n_nodes, 3))
+    outside_extra_a = np.zeros((n_nodes, 3))
+    active_w = np.zeros(n_nodes)
+    outside_w = np.zeros(n_nodes)
+    outside_extra_w = np.zeros(n_nodes)
+    for pair in range(pair_node.shape[0]):
+        node, e = pair_node[pair], pair_evse[pair]
+        if mode[e] == ACTIVE:
+            for p in range(3):
+                active_a[node, p] += measured[e, p]
+            active_w[node] += measured_power_w[e]
+        else:
+            extra_w = 0.0
+            for p in range(3):
+                outside_a[node, p] += assumed[e, p]
+                extra = max(0.0, assumed[e, p] - measured[e, p])
+                outside_extra_a[node, p] += extra
+                extra_w += extra * voltage_v
+            outside_w[node] += measured_power_w[e] + extra_w
+            outside_extra_w[node] += extra_w
+    return (
+        mode,
+        reason,
+        phases_used,
+        measured,
+        assumed,
+        measured_power_w,
+        active_a,
+        outside_a,
+        outside_extra_a,
+        active_w,
+        outside_w,
+        outside_extra_w,
+    )
+
+
+@njit(cache=True)
+def columns_kernel(
+    columns: np.ndarray,
+    is_dc: np.ndarray,
+    min_setpoint: np.ndarray,
+    max_setpoint: np.ndarray,
+    voltage_v: float,
+    state: np.ndarray,
+    memory: np.ndarray,
+    same_session: np.ndarray,
+    phases_used: np.ndarray,
+    measured: np.ndarray,
+    now_s: float,
+    settle_time_s: float,
+    min_off_time_s: float,
+    ramp_a: float,
+    follow_tolerance_a: float,
+    demand_slack_a: float,
+    admission_hysteresis_a: float,
+    urgency_min: float,
+    urgency_max: float,
+) -> tuple[np.ndarray, ...]:
+    """Per problem column: power per unit, bounds, previous setpoint, ramp, urgency, waiting and
+    on-time, and the demand cap (NaN: none)."""
+    n = columns.shape[0]
+    power_per_unit_w = np.zeros(n)
+    lowest = np.zeros(n)
+    highest = np.zeros(n)
+    previous = np.zeros(n)
+    ramp = np.zeros(n)
+    urgency = np.ones(n)
+    waiting_s = np.zeros(n)
+    on_time_s = np.zeros(n)
+    demand_cap = np.full(n, np.nan)
+    for c in range(n):
+        e = columns[c]
+        dc = is_dc[e]
+        power_per_unit_w[c] = 1.0 if dc else voltage_v * phases_used[e]
+        low, high = min_setpoint[e], max_setpoint[e]
+        ev_max_a = state[e, S_EV_MAX_A]
+        if not dc and not math.isnan(ev_max_a):
+            high = min(high, ev_max_a)
+        setpoint = memory[e, M_SETPOINT]
+        previous_a = setpoint / (3.0 * voltage_v) if dc else setpoint
+        drawn_a = max(measured[e, 0], max(measured[e, 1], measured[e, 2]))
+
+        # The most the car will take, when it takes clearly less than offered.
+        if not dc and state[e, S_HAS_PHASE_CURRENT] > 0:
+            cap = memory[e, M_DEMAND_CAP] if same_session[e] else np.nan
+            if not math.isnan(cap) and drawn_a >= cap - follow_tolerance_a:
+                cap = np.nan
+            changed_at_s = memory[e, M_CHANGED]
+            steady = not math.isnan(changed_at_s) and now_s - changed_at_s >= settle_time_s
+            if math.isnan(cap) and steady and drawn_a + demand_slack_a < previous_a:
+                cap = float(math.floor(drawn_a + demand_slack_a))
+            if not math.isnan(cap):
+                cap = max(min_setpoint[e], cap)
+                demand_cap[c] = cap
+                high = min(high, cap)
+
+        paused_at_s = memory[e, M_PAUSED]
+        if setpoint == 0 and not math.isnan(paused_at_s) and now_s - paused_at_s < min_off_time_s:
+            high = 0.0  # below the minimum off time: the solvers can only keep it paused
+        elif setpoint == 0 and not dc and high >= low + admission_hysteresis_a:
+            low += admission_hysteresis_a
+        lowest[c], highest[c], previous[c] = low, high, setpoint
+        ramp[c] = ramp_a * 3.0 * voltage_v if dc else ramp_a
+
+        needed_wh, departure_at_s = state[e, S_ENERGY_NEEDED], state[e, S_DEPARTURE]
+        max_power_w = high * power_per_unit_w[c]
+        if not math.isnan(needed_wh) and not math.isnan(departure_at_s) and max_power_w > 0:
+            hours_left = (departure_at_s - now_s) / 3600.0
+            if hours_left <= 0:
+                urgency[c] = urgency_max
+            else:
+                needed_w = max(0.0, needed_wh) / hours_left
+                urgency[c] = min(urgency_max, max(urgency_min, needed_w / max_power_w))
+        wanting_since_s, admitted_since_s = memory[e, M_WANTING], memory[e, M_ADMITTED]
+        waiting_s[c] = 0.0 if math.isnan(wanting_since_s) else now_s - wanting_since_s
+        on_time_s[c] = 0.0 if math.isnan(admitted_since_s) else now_s - admitted_since_s
+    return power_per_unit_w, lowest, highest, previous, ramp, urgency, waiting_s, on_time_s, demand_cap
+
+
+@njit(cache=True)
+def _since(began: float, holds: bool, now_s: float) -> float:
+    """When a condition began: kept while it holds (an unset or zero time starts now), else unset."""
+    if not holds:
+        return np.nan
+    return now_s if math.isnan(began) or began == 0 else began
+
+
+@njit(cache=True)
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+@njit(cache=True)
+def memory_kernel(
+    is_dc: np.ndarray,
+    voltage_v: float,
+    memory: np.ndarray,
+    new_session: np.ndarray,
+    mode: np.ndarray,
+    phases_used: np.ndarray,
+    measured: np.ndarray,
+    target: np.ndarray,
+    demand_cap: np.ndarray,
+    now_s: float,
+    settle_time_s: float,
+    follow_tolerance_a: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each EVSE's memory after this cycle's targets, and whether it differs from ``memory``."""
+    size = is_dc.shape[0]
+    out = memory.copy()
+    changed = np.zeros(size, np.bool_)
+    for e in range(size):
+        old = memory[e].copy()
+        if new_session[e]:
+            # A new session: forget the last one's history, but the charger still holds its limit.
+            for field in (M_ADMITTED, M_WANTING, M_PAUSED, M_CHANGED, M_PHASES, M_DEMAND_CAP):
+                old[field] = np.nan
+        previous, value = old[M_SETPOINT], target[e]
+        active = mode[e] == ACTIVE
+        new = out[e]
+        new[M_SETPOINT] = value
+        cut_from, cut_at_s = old[M_CUT_FROM], old[M_CUT_AT]
+        if value < previous:
+            # Remembered from the highest setpoint since, until the meter shows it or a settle time passed.
+            new[M_CUT_FROM] = max(previous, 0.0 if math.isnan(cut_from) else cut_from)
+            new[M_CUT_AT] = now_s
+        elif not math.isnan(cut_at_s):
+            value_a = value / (3.0 * voltage_v) if is_dc[e] else value
+            drawn_a = max(measured[e, 0], max(measured[e, 1], measured[e, 2]))
+            if drawn_a <= value_a + follow_tolerance_a or now_s - cut_at_s >= settle_time_s:
+                new[M_CUT_FROM], new[M_CUT_AT] = np.nan, np.nan
+        new[M_ADMITTED] = _since(old[M_ADMITTED], value > 0, now_s)
+        new[M_WANTING] = _since(old[M_WANTING], active and value == 0, now_s)
+        new[M_PAUSED] = now_s if previous > 0 and value == 0 else old[M_PAUSED]
+        new[M_CHANGED] = now_s if value != previous else old[M_CHANGED]
+        new[M_PHASES] = phases_used[e] if active else old[M_PHASES]
+        new[M_DEMAND_CAP] = demand_cap[e] if active else old[M_DEMAND_CAP]
+        for field in range(memory.shape[1]):
+            if not _same(new[field], memory[e, field]):
+                changed[e] = True
+    return out, changed
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's cache) the kernels on a one-EVSE fleet; returns the seconds spent."""
+    started = time.perf_counter()
+    one_bool, one_int = np.zeros(1, np.bool_), np.ones(1, np.int64)
+    state, memory = np.zeros((1, S_UPDATED_AT + 9)), np.zeros((1, M_DEMAND_CAP + 1))
+    viewed = view_kernel(
+        one_bool, one_int * 3, np.zeros((1, 3), np.int64), np.ones(1), np.zeros(1, np.int64),
+        np.zeros(1, np.int64), 1, 230.0, state, memory, one_bool, 0.0, 1.0, 6.0, 1.0, 2.0, 0.5,
+    )  # fmt: skip
+    columns_kernel(
+        np.zeros(1, np.int64), one_bool, np.ones(1), np.ones(1), 230.0, state, memory, one_bool, one_int,
+        viewed[3], 0.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 0.1, 10.0,
+    )  # fmt: skip
+    memory_kernel(
+        one_bool, 230.0, memory, one_bool, viewed[0], one_int, viewed[3], np.zeros(1), np.zeros(1), 0.0, 1.0, 1.0
+    )
+    return time.perf_counter() - started
