@@ -116,6 +116,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         solver=args.solver,
         out=Path(args.out) if args.out else None,
         progress=not args.no_progress,
+        workers=args.workers,
     )
 
 
@@ -234,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--solver", choices=["heuristic", "lp"], help="solver (default: heuristic, as the gateway)")
     replay.add_argument("--out", help="folder for the replayed recording, cycles.csv and summary.json")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+    replay.add_argument(
+        "--workers",
+        type=int,
+        help="processes for checking a recording segment by segment (default: one per CPU; "
+        "counterfactuals and --out replays run in one)",
+    )
     replay.set_defaults(handler=_cmd_replay)
 
     schema = verbs.add_parser(

@@ -149,6 +149,17 @@ def test_parallel_replay_matches_the_serial_one(morning_recording: Path) -> None
     assert parallel.columns["cycle"] == serial.columns["cycle"]
 
 
+def test_cli_checks_segments_on_several_processes(morning_recording: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    serial = replay_recording(morning_recording)
+    assert main(["replay", str(morning_recording), "--no-progress", "--workers", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["processes"] == 2
+    assert (summary["cycles"], summary["differing_cycles"]) == (serial.cycles, 0)
+    # A counterfactual keeps its memory flowing from segment to segment: one process.
+    assert main(["replay", str(morning_recording), "--no-progress", "--workers", "2", "--solver", "lp"]) == 0
+    assert json.loads(capsys.readouterr().out)["processes"] == 1
+
+
 def test_shipped_sample_day_replays_exactly_in_its_busiest_hour() -> None:
     from .conftest import SAMPLE_DAY
 

@@ -94,7 +94,7 @@ class Plan:
     def limits(self) -> dict[EvseKey, float]:
         """The limit each commanded EVSE is told (own unit): the commands' limits, without making them."""
         keys, limit = self.issued.slots.keys, self.issued.limit.tolist()
-        return {keys[index]: limit[index] for index in self.reachable}
+        return dict(zip(map(keys.__getitem__, self.reachable), map(limit.__getitem__, self.reachable), strict=True))
 
 
 def round_down(slots: SlotTable, setpoint: np.ndarray) -> np.ndarray:

@@ -21,9 +21,10 @@ from collections.abc import Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from evdlm_solvers.problem import UNIT_CURRENT_A, UNIT_POWER_W
 
 from evdlm.core.memory import NO_MEMORY, ControlMemory, EvseKey, EvseMemory
-from evdlm.core.topology import Topology
+from evdlm.core.topology import RowKind, Topology
 from evdlm.core.types import EvseState
 
 NAN = float("nan")
@@ -101,6 +102,13 @@ class SlotTable:
             tuple((phase - 1, row) for (row_node, phase), row in topology.current_row.items() if row_node == node)
             for node in self.node_ids
         )
+        # Row facts the problem repeats every cycle.
+        self.row_is_current = np.array([row.kind is RowKind.PHASE_CURRENT for row in topology.rows], dtype=np.bool_)
+        self.row_unit = np.where(self.row_is_current, UNIT_CURRENT_A, UNIT_POWER_W).astype(np.int8)
+        self.row_parent = np.array([row.parent for row in topology.rows], dtype=np.int64)
+        self.row_limit = np.array([row.limit for row in topology.rows], dtype=np.float64)
+        for array in (self.row_unit, self.row_parent, self.row_limit):
+            array.flags.writeable = False
         # Every current row as (node, 0-based phase, row); every node power row as (node, row).
         current = [
             (position, phase, row) for position, rows in enumerate(self.node_current_rows) for phase, row in rows
@@ -203,9 +211,17 @@ def _state_row(state: EvseState) -> tuple[float, ...]:
     currents = state.phase_current_a
     if currents is None:
         has_currents, i1, i2, i3 = 0.0, NAN, NAN, NAN
-    else:
+    elif len(currents) == 3:
+        has_currents = 1.0
+        c1, c2, c3 = currents
+        i1 = NAN if c1 is None else float(c1)
+        i2 = NAN if c2 is None else float(c2)
+        i3 = NAN if c3 is None else float(c3)
+    else:  # fewer phases reported: the others are unknown
         has_currents = 1.0
         i1, i2, i3 = (_optional(value) for value in (*currents, None, None, None)[:3])
+    power_w, ev_max_a = state.power_w, state.ev_max_current_a
+    needed_wh, departure_at_s = state.energy_needed_wh, state.departure_at_s
     return (
         1.0,
         float(state.online),
@@ -218,10 +234,10 @@ def _state_row(state: EvseState) -> tuple[float, ...]:
         i1,
         i2,
         i3,
-        _optional(state.power_w),
-        _optional(state.ev_max_current_a),
-        _optional(state.energy_needed_wh),
-        _optional(state.departure_at_s),
+        NAN if power_w is None else float(power_w),
+        NAN if ev_max_a is None else float(ev_max_a),
+        NAN if needed_wh is None else float(needed_wh),
+        NAN if departure_at_s is None else float(departure_at_s),
     )
 
 

@@ -37,7 +37,7 @@ from evdlm.core.fleet import (
 )
 from evdlm.core.fleet_kernels import ACTIVE, HELD, IDLE, OFFLINE, UNCONTROLLED, columns_kernel, view_kernel
 from evdlm.core.memory import ControlMemory
-from evdlm.core.topology import GRID_NODE, RowKind, Topology
+from evdlm.core.topology import GRID_NODE, Topology
 from evdlm.core.types import EvseState, Reading
 
 # Above its limit by more than this, a charger has not come down yet (meter noise, rounding).
@@ -315,16 +315,10 @@ def build_problem(
             return None
         return reading
 
-    n_rows = len(topology.rows)
-    limit = np.array([row.limit for row in topology.rows], dtype=np.float64)
-    uncontrolled = np.zeros(n_rows)
-    fully_loaded = np.zeros(n_rows, dtype=np.bool_)
-    margin = np.array(
-        [
-            control.safety_margin_a if row.kind is RowKind.PHASE_CURRENT else control.safety_margin_kw * 1000.0
-            for row in topology.rows
-        ]
-    )
+    limit = slots.row_limit.copy()
+    uncontrolled = np.zeros(len(limit))
+    fully_loaded = np.zeros(len(limit), dtype=np.bool_)
+    margin = np.where(slots.row_is_current, control.safety_margin_a, control.safety_margin_kw * 1000.0)
 
     # Nodes without a usable meter: only the EVSEs outside the problem, at what they may draw.
     uncontrolled[slots.current_row] = sums.outside_a[slots.current_row_node, slots.current_row_phase]
@@ -483,11 +477,8 @@ def _columns(
 
     problem = Problem(
         row_headroom=headroom,
-        row_unit=np.array(
-            [UNIT_CURRENT_A if row.kind is RowKind.PHASE_CURRENT else UNIT_POWER_W for row in topology.rows],
-            dtype=np.int8,
-        ),
-        row_parent=np.array([row.parent for row in topology.rows], dtype=np.int64),
+        row_unit=slots.row_unit,
+        row_parent=slots.row_parent,
         coef_indptr=indptr,
         coef_row=coef_row,
         coef_value=coef_value,

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from evdlm.core.decide import SolverChoice
 from evdlm.recording import CycleInputsRecord, recording_files
-from evdlm.replay.loop import replay_recording
+from evdlm.replay.loop import ReplayResult, replay_parallel, replay_recording
 
 EXIT_OK = 0
 EXIT_DIFFERENT = 1  # an unchanged replay that does not reproduce the gateway
 
 
-def replay_main(recording: Path, *, config: Path | None, solver: str | None, out: Path | None, progress: bool) -> int:
+def replay_main(
+    recording: Path,
+    *,
+    config: Path | None,
+    solver: str | None,
+    out: Path | None,
+    progress: bool,
+    workers: int | None = None,
+) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -25,6 +34,11 @@ def replay_main(recording: Path, *, config: Path | None, solver: str | None, out
     choice = SolverChoice(solver) if solver is not None else SolverChoice.CHAIN
     console = Console(stderr=True)
     files = recording_files(recording)
+    unchanged = config is None and choice is SolverChoice.CHAIN
+    # Checking a recording splits it by segment over processes; a counterfactual or a replay
+    # written out runs in order (its memory flows from one segment into the next).
+    processes = max(1, workers if workers is not None else os.cpu_count() or 1)
+    parallel = unchanged and out is None and processes > 1 and len(files) > 1
     with Progress(
         TextColumn("[bold]replay"),
         BarColumn(),
@@ -44,11 +58,18 @@ def replay_main(recording: Path, *, config: Path | None, solver: str | None, out
             if seen["cycles"] % 200 == 0:
                 bar.update(task, cycles=seen["cycles"])
 
-        result = replay_recording(recording, config_text=config_text, solver=choice, out_dir=out, on_cycle=on_cycle)
+        def on_segment(part: ReplayResult) -> None:
+            seen["cycles"] += part.cycles
+            bar.update(task, advance=1, cycles=seen["cycles"])
+
+        if parallel:
+            result = replay_parallel(recording, workers=processes, on_segment=on_segment)
+        else:
+            result = replay_recording(recording, config_text=config_text, solver=choice, out_dir=out, on_cycle=on_cycle)
         bar.update(task, completed=len(files), cycles=result.cycles)
     summary = result.summary()
+    summary["processes"] = min(processes, len(files)) if parallel else 1
     print(json.dumps(summary, indent=2))
-    unchanged = config is None and choice is SolverChoice.CHAIN
     if unchanged and result.differing_cycles:
         print(f"{result.differing_cycles} of {result.cycles} cycles differ from the recording", file=sys.stderr)
         return EXIT_DIFFERENT

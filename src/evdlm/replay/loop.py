@@ -13,12 +13,13 @@ a file after a gap or a gateway restart starts from its own header memory, as th
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,12 @@ class ReplayResult:
         }
 
 
-def _context(config: SiteConfig, solver: SolverChoice) -> DecisionContext:
-    return DecisionContext.from_config(config, solver)
+@functools.lru_cache(maxsize=8)
+def _recorded_context(config_text: str, solver: SolverChoice) -> tuple[DecisionContext, str | None, SiteConfig]:
+    """The decision context of a recorded config, parsed once per process (segments repeat it)."""
+    config = parse_site_config(config_text, "<recorded config>").config
+    battery = config.battery.device if config.battery is not None else None
+    return DecisionContext.from_config(config, solver), battery, config
 
 
 def decide_recorded(
@@ -191,11 +196,13 @@ def replay_recording(
     for record in _window(records, since_s, until_s):
         if record.header is not None:
             text = config_text if config_text is not None else str(record.header["config_yaml"])
-            if text not in contexts:
-                config = override if override is not None else parse_site_config(text, "<recorded config>").config
-                battery = config.battery.device if config.battery is not None else None
-                contexts[text] = (_context(config, solver), battery, config)
-            current = contexts[text]
+            if override is not None:
+                if text not in contexts:
+                    battery = override.battery.device if override.battery is not None else None
+                    contexts[text] = (DecisionContext.from_config(override, solver), battery, override)
+                current = contexts[text]
+            else:
+                current = _recorded_context(text, solver)
             if previous_cycle is None or record.cycle != previous_cycle + 1:
                 memory = decode_memory(record.header["memory"])
                 replayed_held = {}
@@ -210,7 +217,7 @@ def replay_recording(
                 )
         if current is None:
             raise ValueError(f"{path}: a cycle before any header (not a recording?)")
-        context, battery_device, config = current
+        context, battery_device, _ = current
         decision = decide_recorded(context, battery_device, record, memory)
         memory_before, memory = memory, decision.plan.memory
         commands = decision.plan.limits
@@ -229,7 +236,7 @@ def replay_recording(
         columns["solver"].append(solved.solver.value)
         columns["import_limit_w"].append(decision.built.row_limit[context.topology.import_row])
         columns["battery_w"].append(solved.allocation.battery_w)
-        columns["commanded_evses"].append(sum(1 for limit in commands.values() if limit > 0))
+        columns["commanded_evses"].append(len(commands) - list(commands.values()).count(0.0))
         columns["differs"].append(differs)
         columns["recorded_status"].append(record.outcome.get("status"))
         if writer is not None:
@@ -284,24 +291,30 @@ def replay_recording(
     return result
 
 
-def _replay_chunk(files: list[Path]) -> ReplayResult:
-    return replay_recording(files)
+def _replay_segment(file: Path) -> ReplayResult:
+    return replay_recording(file)
 
 
-def replay_parallel(path: Path, *, workers: int | None = None) -> ReplayResult:
-    """An unchanged replay of a multi-segment recording on ``workers`` processes.
+def replay_parallel(
+    path: Path, *, workers: int | None = None, on_segment: Callable[[ReplayResult], None] | None = None
+) -> ReplayResult:
+    """An unchanged replay of a multi-segment recording, its segments spread over ``workers`` processes.
 
-    Each segment carries the memory it starts from, so contiguous runs of segments replay
-    independently and the result is the same as :func:`replay_recording`'s. Only for checking a
+    Each segment carries the memory it starts from, so segments replay independently; for a
+    recording that replays exactly the result is :func:`replay_recording`'s (a segment that
+    differs is checked from its own header, as the gateway restarted it). Only for checking a
     recording (same config and solver): a counterfactual's memory must flow across segments.
+    ``on_segment`` is called as each segment finishes (in completion order).
     """
     files = recording_files(path)
     count = max(1, min(workers or os.cpu_count() or 1, len(files)))
-    bounds = [round(index * len(files) / count) for index in range(count + 1)]
-    chunks = [files[bounds[index] : bounds[index + 1]] for index in range(count)]
     started = time.perf_counter()
     with ProcessPoolExecutor(count) as pool:
-        parts = list(pool.map(_replay_chunk, chunks))
+        futures = [pool.submit(_replay_segment, file) for file in files]
+        if on_segment is not None:
+            for future in as_completed(futures):
+                on_segment(future.result())
+        parts = [future.result() for future in futures]  # in time order
     columns: dict[str, list[Any]] = {name: [] for name in parts[0].columns}
     for part in parts:
         for name, values in part.columns.items():
