@@ -96,15 +96,15 @@ class BuildInputs:
     battery_reading: Reading | None = None
 
 
-# Mode codes of FleetView.mode: indexes into EvseMode's members, as the kernels number them.
-MODES = tuple(EvseMode)
-assert [MODES[code] for code in (IDLE, OFFLINE, ACTIVE, HELD, UNCONTROLLED)] == [
-    EvseMode.IDLE,
-    EvseMode.OFFLINE,
-    EvseMode.ACTIVE,
-    EvseMode.HELD,
-    EvseMode.UNCONTROLLED,
-]
+# FleetView.mode holds the kernels' mode codes; MODES[code] is the EvseMode.
+_MODE_CODE = {
+    EvseMode.IDLE: IDLE,
+    EvseMode.OFFLINE: OFFLINE,
+    EvseMode.ACTIVE: ACTIVE,
+    EvseMode.HELD: HELD,
+    EvseMode.UNCONTROLLED: UNCONTROLLED,
+}
+MODES: tuple[EvseMode, ...] = tuple(sorted(_MODE_CODE, key=_MODE_CODE.__getitem__))
 
 
 class Reason(IntEnum):
@@ -198,11 +198,6 @@ class SiteSettings:
     battery: Battery | None
     fallback_import_limit_w: float
     failsafe_current_a: float
-
-
-def per_phase_a(slots: SlotTable, setpoint: np.ndarray) -> np.ndarray:
-    """Setpoints in their own unit as A per phase (DC W spread evenly over three phases)."""
-    return np.where(slots.is_dc, setpoint / (3.0 * slots.voltage_v), setpoint)
 
 
 def view_fleet(
