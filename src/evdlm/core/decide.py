@@ -179,6 +179,8 @@ def seed_memory(context: DecisionContext, inputs: BuildInputs) -> BuildInputs:
     if not inputs.memory.evses and battery is not None and battery.usable and battery.power_w is not None:
         battery_w = max(0.0, battery.power_w)  # a fresh start holds what the battery does now
     if not missing:
+        if battery_w == inputs.memory.battery_w:
+            return inputs
         return replace(inputs, memory=replace(inputs.memory, battery_w=battery_w))
     evses = dict(inputs.memory.evses)
     for key, state in missing.items():

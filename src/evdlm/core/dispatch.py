@@ -128,7 +128,7 @@ def _issue(
             & ((reason != Reason.SETTLING) | _same(cut_from, last.cut_from))
         )
         objects = list(last.objects)
-        for index in np.flatnonzero(~same).tolist():
+        for index in (~same).nonzero()[0].tolist():
             objects[index] = None
     else:
         objects = [None] * slots.size
@@ -158,8 +158,11 @@ def plan_commands(
     columns = np.array(built.columns, dtype=np.int64)
     allocated[columns] = allocation.setpoint
     rounded = round_down(slots, allocated)
-    overloaded = np.array([node in built.overloaded_nodes for node in slots.node_ids], dtype=np.bool_)
-    emergency = (mode == HELD) & slots.in_path[overloaded].any(axis=0)
+    if built.overloaded_nodes:
+        overloaded = np.array([node in built.overloaded_nodes for node in slots.node_ids], dtype=np.bool_)
+        emergency = (mode == HELD) & slots.in_path[overloaded].any(axis=0)
+    else:
+        emergency = np.zeros(slots.size, dtype=np.bool_)
     remembered = built.memory.values[:, M_SETPOINT]
     target = first_match([mode == ACTIVE, mode == IDLE, emergency], [rounded, 0.0, 0.0], remembered)
     reason = first_match(
@@ -193,9 +196,9 @@ def plan_commands(
     )
     changed |= transaction != before.transaction_id
     objects = list(before.objects)
-    for index in np.flatnonzero(changed).tolist():
+    for index in changed.nonzero()[0].tolist():
         objects[index] = None  # made when asked for
     evses = MemoryMapping(slots, MemoryColumns(objects, values, transaction))
     issued = _issue(slots, built, target, reason, cache)
-    reachable = tuple(np.flatnonzero(mode != OFFLINE).tolist())
+    reachable = tuple((mode != OFFLINE).nonzero()[0].tolist())
     return Plan(memory=memory.with_evses(evses, allocation.battery_w), issued=issued, reachable=reachable)

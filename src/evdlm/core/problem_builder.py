@@ -351,7 +351,7 @@ def build_problem(
                 fully_loaded[index] = True
         if meter_broken and not grid:
             notes.append(f"circuit {node.id}: meter {node.meter} not usable, counted as fully loaded")
-    overloaded = {slots.node_ids[position] for position in np.flatnonzero(over_limit).tolist()}
+    overloaded = {slots.node_ids[position] for position in over_limit.nonzero()[0].tolist()}
 
     # Grid connection power rows.
     grid_position = slots.node_ids.index(GRID_NODE)
@@ -427,7 +427,7 @@ def _columns(
     control = settings.control
     slots = topology.slots
     voltage_v = slots.voltage_v
-    columns = np.flatnonzero(fleet.mode == ACTIVE)
+    columns = (fleet.mode == ACTIVE).nonzero()[0]
     phases_used = fleet.phases_used[columns]
     indptr, coef_row, coef_value = slots.column_coefficients(columns, phases_used)
     is_dc = slots.is_dc[columns]
@@ -495,5 +495,5 @@ def _columns(
         battery_coef_row=np.array(battery_rows, dtype=np.int64),
         battery_coef_value=np.array(battery_coefs),
     )
-    demand_caps = {int(columns[column]): float(caps[column]) for column in np.flatnonzero(~np.isnan(caps))}
+    demand_caps = {int(columns[column]): float(caps[column]) for column in (~np.isnan(caps)).nonzero()[0]}
     return problem, tuple(columns.tolist()), demand_caps
