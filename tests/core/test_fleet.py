@@ -12,7 +12,7 @@ import pytest
 from evdlm.config import parse_site_config
 from evdlm.core.decide import Decision, DecisionContext, decide
 from evdlm.core.fleet import FleetCache, MemoryMapping, StateColumns
-from evdlm.core.fleet_kernels import warm_up
+from evdlm.core.fleet_kernels import columns_kernel, memory_kernel, view_kernel, warm_up
 from evdlm.core.memory import NO_MEMORY, ControlMemory
 from evdlm.core.problem_builder import BuildInputs, DemandLimits
 from evdlm.recording import CycleInputsRecord, decode_memory, encode_memory, read_recording
@@ -118,8 +118,23 @@ def test_state_columns_reread_only_changed_states() -> None:
     assert np.array_equal(after.values, fresh.values, equal_nan=True)
 
 
-def test_fleet_kernels_compile() -> None:
-    assert warm_up() >= 0.0
+def test_the_first_cycle_compiles_nothing_after_the_warm_up() -> None:
+    """The gateway compiles every kernel before its first cycle; a cycle must call them with the
+    same argument types (a read-only or differently typed array would compile them again, for
+    seconds on a cold cache, inside a cycle's deadline)."""
+    from evdlm_solvers import heuristic
+
+    kernels = [view_kernel, columns_kernel, memory_kernel, heuristic._allocate_kernel]
+    assert warm_up() >= 0.0 and heuristic.warm_up() >= 0.0
+    before = [list(kernel.signatures) for kernel in kernels]
+    records = _records(40)
+    config = parse_site_config(str(records[0].header["config_yaml"]), "<recorded>").config  # type: ignore[index]
+    context, memory = DecisionContext.from_config(config), ControlMemory()
+    for record in records:
+        decision = decide(context, _inputs(record, memory))
+        memory = decision.plan.memory
+    assert decision.built.columns  # cars were charging: every kernel ran
+    assert [list(kernel.signatures) for kernel in kernels] == before
 
 
 @pytest.mark.parametrize("count", [0, 1])

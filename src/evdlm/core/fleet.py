@@ -132,8 +132,8 @@ class SlotTable:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The CSR columns (indptr, rows, coefficients) of these EVSEs, each using its phases.
 
-        The set of EVSEs in the problem changes seldom, so the last one is kept; the arrays are
-        shared between problems and never written to.
+        The set of EVSEs in the problem changes seldom, so the last one is kept (read-only: a
+        problem takes copies).
         """
         identity = (columns.tobytes(), phases_used.tobytes())
         last = self._last_columns

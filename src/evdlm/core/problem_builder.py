@@ -472,11 +472,13 @@ def _columns(
 
     problem = Problem(
         row_headroom=headroom,
-        row_unit=slots.row_unit,
-        row_parent=slots.row_parent,
-        coef_indptr=indptr,
-        coef_row=coef_row,
-        coef_value=coef_value,
+        # Copies: the cached arrays are read-only, and numba types a read-only array apart (the
+        # solver kernels would be compiled a second time, in the first cycle).
+        row_unit=slots.row_unit.copy(),
+        row_parent=slots.row_parent.copy(),
+        coef_indptr=indptr.copy(),
+        coef_row=coef_row.copy(),
+        coef_value=coef_value.copy(),
         evse_unit=np.where(is_dc, UNIT_POWER_W, UNIT_CURRENT_A).astype(np.int8),
         power_per_unit_w=power_per_unit_w,
         setpoint_min=lowest,
