@@ -16,9 +16,11 @@ import json
 import logging
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TextIO
+
+import orjson
 
 from evdlm.core.clock import Clock
 from evdlm.core.memory import ControlMemory, EvseMemory
@@ -70,15 +72,28 @@ def encode_evse(state: EvseState) -> dict[str, Any]:
 
 
 _EVSE_NAMES = frozenset(_EVSE_FIELDS)
+_EVSE_DEFAULTS = {f.name: f.default for f in fields(EvseState) if f.default is not MISSING}
+_EVSE_REQUIRED = _EVSE_NAMES - _EVSE_DEFAULTS.keys()
 
 
 def decode_evse(data: dict[str, Any]) -> EvseState:
-    # Fields a newer writer added are skipped; absent ones take their defaults.
-    values = data if data.keys() <= _EVSE_NAMES else {k: v for k, v in data.items() if k in _EVSE_NAMES}
-    currents = values.get("phase_current_a")
+    """The EVSE state a recording line holds: absent fields take their defaults, fields a newer
+    writer added are skipped.
+
+    A replay decodes ~15 states a cycle, and a frozen dataclass's ``__init__`` sets its 20
+    fields through guarded ``object.__setattr__`` calls (4x the rest of decoding), so a
+    complete record is filled in directly; EvseState has no ``__post_init__`` to skip (a test
+    keeps it so, and that decoding equals construction). Anything else goes through ``__init__``.
+    """
+    currents = data.get("phase_current_a")
+    values = {**_EVSE_DEFAULTS, **data}
     if currents is not None:
-        values = {**values, "phase_current_a": tuple(currents)}
-    return EvseState(**values)
+        values["phase_current_a"] = tuple(currents)
+    if values.keys() == _EVSE_NAMES:
+        state = object.__new__(EvseState)
+        state.__dict__.update(values)
+        return state
+    return EvseState(**{name: value for name, value in values.items() if name in _EVSE_NAMES})
 
 
 def encode_memory(memory: ControlMemory) -> dict[str, Any]:
@@ -221,12 +236,20 @@ def recording_files(path: Path) -> list[Path]:
     return sorted(path.glob(f"*{SUFFIX}")) if path.is_dir() else [path]
 
 
+def _parse(line: bytes) -> dict[str, Any]:
+    try:
+        parsed: dict[str, Any] = orjson.loads(line)  # 2.5x the standard parser on cycle lines
+    except orjson.JSONDecodeError:
+        parsed = json.loads(line)  # NaN and Infinity, which json.dumps writes and orjson refuses
+    return parsed
+
+
 def _lines(path: Path) -> Iterator[dict[str, Any]]:
-    with gzip.open(path, "rt", encoding="utf-8") as stream:
+    with gzip.open(path, "rb") as stream:
         try:
             for line in stream:
-                if line.endswith("\n"):
-                    yield json.loads(line)
+                if line.endswith(b"\n"):
+                    yield _parse(line)
         except (EOFError, zlib.error, gzip.BadGzipFile):
             log.info("%s ends early (the gateway stopped while writing it)", path.name)
 

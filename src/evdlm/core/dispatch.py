@@ -93,8 +93,8 @@ class Plan:
     @cached_property
     def limits(self) -> dict[EvseKey, float]:
         """The limit each commanded EVSE is told (own unit): the commands' limits, without making them."""
-        keys, limit = self.issued.slots.keys, self.issued.limit.tolist()
-        return dict(zip(map(keys.__getitem__, self.reachable), map(limit.__getitem__, self.reachable), strict=True))
+        reachable, keys = list(self.reachable), self.issued.slots.keys
+        return dict(zip([keys[index] for index in reachable], self.issued.limit[reachable].tolist(), strict=True))
 
 
 def round_down(slots: SlotTable, setpoint: np.ndarray) -> np.ndarray:

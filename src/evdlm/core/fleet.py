@@ -261,10 +261,10 @@ class StateColumns:
             if not changed:
                 return previous
             values, transaction = previous.values.copy(), previous.transaction_id.copy()
-        for index in changed:
-            state = sources[index]
-            values[index] = _ABSENT_STATE if state is None else _state_row(state)
-            transaction[index] = None if state is None else state.transaction_id
+        read = [sources[index] for index in changed]
+        indexes = np.fromiter(changed, dtype=np.int64, count=len(read))
+        values[indexes] = [_ABSENT_STATE if state is None else _state_row(state) for state in read]
+        transaction[indexes] = [None if state is None else state.transaction_id for state in read]
         return StateColumns(sources, values, transaction)
 
 

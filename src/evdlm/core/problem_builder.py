@@ -497,5 +497,6 @@ def _columns(
         battery_coef_row=np.array(battery_rows, dtype=np.int64),
         battery_coef_value=np.array(battery_coefs),
     )
-    demand_caps = {int(columns[column]): float(caps[column]) for column in (~np.isnan(caps)).nonzero()[0]}
+    capped = ~np.isnan(caps)
+    demand_caps = dict(zip(columns[capped].tolist(), caps[capped].tolist(), strict=True))
     return problem, tuple(columns.tolist()), demand_caps

@@ -65,7 +65,9 @@ def replay_main(
         if parallel:
             result = replay_parallel(recording, workers=processes, on_segment=on_segment)
         else:
-            result = replay_recording(recording, config_text=config_text, solver=choice, out_dir=out, on_cycle=on_cycle)
+            result = replay_recording(
+                recording, config_text=config_text, solver=choice, out_dir=out, on_cycle=on_cycle if progress else None
+            )
         bar.update(task, completed=len(files), cycles=result.cycles)
     summary = result.summary()
     summary["processes"] = min(processes, len(files)) if parallel else 1
