@@ -64,14 +64,6 @@ class SlotTable:
         # 0-based site phase wired to each charger phase.
         self.site_phase = np.array([[phase - 1 for phase in slot.site_phases] for slot in slots], dtype=np.int64)
         self.site_phase = self.site_phase.reshape(size, 3)
-        # spread[k][e, p]: how many of EVSE e's first k charger phases land on site phase p. A value
-        # spread over k phases is value × spread[k] (exactly the repeated sum: counts are 0..3).
-        self.spread = np.zeros((4, size, 3))
-        for count in range(1, 4):
-            for charger_phase in range(count):
-                self.spread[count, np.arange(size), self.site_phase[:, charger_phase]] += 1.0
-        self.wired_spread = self.spread[self.wired_phases, np.arange(size)]
-        self.wired_mask = np.arange(3)[None, :] < self.wired_phases[:, None]
         self.min_setpoint = np.array(
             [slot.charger.min_power_kw * 1000.0 if slot.is_dc else slot.charger.min_current_a for slot in slots]
         )
@@ -376,11 +368,8 @@ class FleetCache:
         self._states: StateColumns | None = None
         self.commands: object | None = None  # owned by dispatch (its last commands, to reuse unchanged ones)
 
-    def check_table(self, table: SlotTable) -> None:
-        if table is not self._table:
-            self._table, self._states, self.commands = table, None, None
-
     def states(self, table: SlotTable, states: Mapping[EvseKey, EvseState]) -> StateColumns:
-        self.check_table(table)
+        if table is not self._table:  # another config: nothing carries over
+            self._table, self._states, self.commands = table, None, None
         self._states = StateColumns.read(table, states, self._states)
         return self._states
