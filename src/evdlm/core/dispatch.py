@@ -18,7 +18,6 @@ import numpy as np
 from evdlm_solvers.problem import Allocation
 
 from evdlm.core.fleet import (
-    M_CUT_FROM,
     M_SETPOINT,
     S_CHARGING,
     S_PRESENT,
@@ -70,7 +69,7 @@ class _Issued:
                 charger_id=charger_id,
                 evse_id=evse_id,
                 limit=float(self.limit[index]),
-                unit="W" if self.slots.units[index] == "W" else "A",
+                unit=self.slots.units[index],
                 phases=int(self.phases[index]),
                 reason=_COMMAND_REASON_TEXT.get(code) or reason_text(code, float(self.cut_from[index])),
             )
@@ -118,7 +117,7 @@ def _issue(
     cache: FleetCache | None,
 ) -> _Issued:
     """This cycle's commands, keeping the previous cycle's objects where nothing changed."""
-    phases, cut_from = built.fleet.phases_used, built.memory.values[:, M_CUT_FROM]
+    phases, cut_from = built.fleet.phases_used, built.fleet.cut_from
     last = cache.commands if cache is not None and isinstance(cache.commands, _Issued) else None
     if last is not None and last.slots is slots:
         same = (

@@ -25,7 +25,7 @@ from evdlm_solvers.problem import UNIT_CURRENT_A, UNIT_POWER_W
 
 from evdlm.core.memory import NO_MEMORY, ControlMemory, EvseKey, EvseMemory
 from evdlm.core.topology import RowKind, Topology
-from evdlm.core.types import EvseState
+from evdlm.core.types import EvseState, RateUnitLiteral
 
 NAN = float("nan")
 FloatArray = np.ndarray
@@ -58,7 +58,7 @@ class SlotTable:
         self.size = size
         self.voltage_v = topology.nominal_voltage_v
         self.keys: tuple[EvseKey, ...] = tuple(slot.key for slot in slots)
-        self.units: tuple[str, ...] = tuple("W" if slot.is_dc else "A" for slot in slots)
+        self.units: tuple[RateUnitLiteral, ...] = tuple("W" if slot.is_dc else "A" for slot in slots)
         self.is_dc = np.array([slot.is_dc for slot in slots], dtype=np.bool_)
         self.wired_phases = np.array([slot.wired_phase_count for slot in slots], dtype=np.int64)
         # 0-based site phase wired to each charger phase.
@@ -195,7 +195,7 @@ class SlotTable:
     S_ENERGY_NEEDED,
     S_DEPARTURE,
 ) = range(15)
-_STATE_FIELDS = 15
+STATE_FIELDS = 15
 _ABSENT_STATE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, NAN, 0.0, NAN, NAN, NAN, NAN, NAN, NAN, NAN)
 
 
@@ -246,7 +246,7 @@ class StateColumns:
         sources = tuple(map(states.get, table.keys))
         if previous is None or len(previous.sources) != table.size:
             changed: Sequence[int] = range(table.size)
-            values = np.empty((table.size, _STATE_FIELDS))
+            values = np.empty((table.size, STATE_FIELDS))
             transaction = np.empty(table.size, dtype=object)
         else:
             changed = list(itertools.compress(range(table.size), map(operator.is_not, sources, previous.sources)))
@@ -262,7 +262,7 @@ class StateColumns:
 
 # MemoryColumns fields.
 M_SETPOINT, M_ADMITTED, M_WANTING, M_PAUSED, M_CHANGED, M_CUT_FROM, M_CUT_AT, M_PHASES, M_DEMAND_CAP = range(9)
-_MEMORY_FIELDS = 9
+MEMORY_FIELDS = 9
 
 
 def _memory_row(memory: EvseMemory) -> tuple[float, ...]:
@@ -308,12 +308,11 @@ class MemoryColumns:
         evses = memory.evses
         if isinstance(evses, MemoryMapping) and evses.table is table:
             return evses.columns  # a plan's own memory: already columns
-        objects: list[EvseMemory | None] = [evses.get(key, NO_MEMORY) for key in table.keys]
-        rows = [_memory_row(item) for item in objects if item is not None]
-        values = np.array(rows, dtype=np.float64).reshape(table.size, _MEMORY_FIELDS)
+        memories = [evses.get(key, NO_MEMORY) for key in table.keys]
+        values = np.array([_memory_row(item) for item in memories], dtype=np.float64).reshape(table.size, MEMORY_FIELDS)
         transaction = np.empty(table.size, dtype=object)
-        transaction[:] = [item.transaction_id for item in objects if item is not None]
-        return MemoryColumns(objects, values, transaction)
+        transaction[:] = [item.transaction_id for item in memories]
+        return MemoryColumns(list[EvseMemory | None](memories), values, transaction)
 
     def object(self, index: int) -> EvseMemory:
         made = self.objects[index]

@@ -27,6 +27,7 @@ from evdlm.core.fleet import (
     M_PHASES,
     M_SETPOINT,
     M_WANTING,
+    MEMORY_FIELDS,
     S_CHARGING,
     S_COMPLIANT,
     S_CONNECTED,
@@ -40,6 +41,7 @@ from evdlm.core.fleet import (
     S_POWER,
     S_PRESENT,
     S_UPDATED_AT,
+    STATE_FIELDS,
 )
 
 # Mode codes (problem_builder.MODES order) and reason codes (problem_builder.Reason).
@@ -55,6 +57,18 @@ IDLE, OFFLINE, ACTIVE, HELD, UNCONTROLLED = 0, 1, 2, 3, 4
     DRAWS_ABOVE_LIMIT,
     CHARGING,
 ) = range(9)
+
+
+@njit(cache=True)
+def _per_phase_a(value: float, is_dc: bool, voltage_v: float) -> float:
+    """A setpoint in its own unit as A per phase (DC W spread evenly over three phases)."""
+    return value / (3.0 * voltage_v) if is_dc else value
+
+
+@njit(cache=True)
+def _max_a(measured: np.ndarray, e: int) -> float:
+    """The highest of an EVSE's three site-phase currents."""
+    return float(max(measured[e, 0], max(measured[e, 1], measured[e, 2])))
 
 
 @njit(cache=True)
@@ -89,7 +103,7 @@ def view_kernel(
         present = state[e, S_PRESENT] > 0
         has_currents = present and state[e, S_HAS_PHASE_CURRENT] > 0
         setpoint = memory[e, M_SETPOINT]
-        previous_a = setpoint / (3.0 * voltage_v) if is_dc[e] else setpoint
+        previous_a = _per_phase_a(setpoint, is_dc[e], voltage_v)
         i1, i2, i3 = state[e, S_I1], state[e, S_I1 + 1], state[e, S_I1 + 2]
 
         # Phases the car uses.
@@ -126,12 +140,12 @@ def view_kernel(
             measured_power_w[e] = max(0.0, power_w)
         else:
             measured_power_w[e] = (measured[e, 0] + measured[e, 1] + measured[e, 2]) * voltage_v
-        measured_max_a = max(measured[e, 0], max(measured[e, 1], measured[e, 2]))
+        measured_max_a = _max_a(measured, e)
 
         # Mode and reason, in order of precedence, and the floor of what it may draw.
         floor_a = -1.0  # none
         floor_phases = wired_phases[e]
-        maximum_a = max_setpoint[e] / (3.0 * voltage_v) if is_dc[e] else max_setpoint[e]
+        maximum_a = _per_phase_a(max_setpoint[e], is_dc[e], voltage_v)
         cut_from, cut_at_s = memory[e, M_CUT_FROM], memory[e, M_CUT_AT]
         changed_at_s = memory[e, M_CHANGED]
         updated_at_s = state[e, S_UPDATED_AT]
@@ -152,10 +166,7 @@ def view_kernel(
             mode[e], reason[e], floor_a = UNCONTROLLED, DOES_NOT_FOLLOW, maximum_a
         elif not math.isnan(cut_from) and not math.isnan(cut_at_s) and now_s - cut_at_s < settle_time_s and above_limit:
             mode[e], reason[e] = HELD, SETTLING
-            if updated_at_s > cut_at_s:
-                bound_a = measured_max_a
-            else:
-                bound_a = cut_from / (3.0 * voltage_v) if is_dc[e] else cut_from
+            bound_a = measured_max_a if updated_at_s > cut_at_s else _per_phase_a(cut_from, is_dc[e], voltage_v)
             floor_a = max(bound_a, previous_a)
             floor_phases = phases
         elif not math.isnan(changed_at_s) and updated_at_s - changed_at_s >= settle_time_s and above_limit:
@@ -253,8 +264,8 @@ def columns_kernel(
         if not dc and not math.isnan(ev_max_a):
             high = min(high, ev_max_a)
         setpoint = memory[e, M_SETPOINT]
-        previous_a = setpoint / (3.0 * voltage_v) if dc else setpoint
-        drawn_a = max(measured[e, 0], max(measured[e, 1], measured[e, 2]))
+        previous_a = _per_phase_a(setpoint, dc, voltage_v)
+        drawn_a = _max_a(measured, e)
 
         # The most the car will take, when it takes clearly less than offered.
         if not dc and state[e, S_HAS_PHASE_CURRENT] > 0:
@@ -341,8 +352,8 @@ def memory_kernel(
             new[M_CUT_FROM] = max(previous, 0.0 if math.isnan(cut_from) else cut_from)
             new[M_CUT_AT] = now_s
         elif not math.isnan(cut_at_s):
-            value_a = value / (3.0 * voltage_v) if is_dc[e] else value
-            drawn_a = max(measured[e, 0], max(measured[e, 1], measured[e, 2]))
+            value_a = _per_phase_a(value, is_dc[e], voltage_v)
+            drawn_a = _max_a(measured, e)
             if drawn_a <= value_a + follow_tolerance_a or now_s - cut_at_s >= settle_time_s:
                 new[M_CUT_FROM], new[M_CUT_AT] = np.nan, np.nan
         new[M_ADMITTED] = _since(old[M_ADMITTED], value > 0, now_s)
@@ -361,7 +372,7 @@ def warm_up() -> float:
     """Compile (or load from numba's cache) the kernels on a one-EVSE fleet; returns the seconds spent."""
     started = time.perf_counter()
     one_bool, one_int = np.zeros(1, np.bool_), np.ones(1, np.int64)
-    state, memory = np.zeros((1, S_UPDATED_AT + 9)), np.zeros((1, M_DEMAND_CAP + 1))
+    state, memory = np.zeros((1, STATE_FIELDS)), np.zeros((1, MEMORY_FIELDS))
     viewed = view_kernel(
         one_bool, one_int * 3, np.zeros((1, 3), np.int64), np.ones(1), np.zeros(1, np.int64),
         np.zeros(1, np.int64), 1, 230.0, state, memory, one_bool, 0.0, 1.0, 6.0, 1.0, 2.0, 0.5,

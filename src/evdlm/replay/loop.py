@@ -94,9 +94,11 @@ class ReplayResult:
 
 
 @functools.lru_cache(maxsize=8)
-def _recorded_context(config_text: str, solver: SolverChoice) -> tuple[DecisionContext, str | None, SiteConfig]:
-    """The decision context of a recorded config, parsed once per process (segments repeat it)."""
-    config = parse_site_config(config_text, "<recorded config>").config
+def _context_for(
+    config_text: str, solver: SolverChoice, source: str = "<recorded config>"
+) -> tuple[DecisionContext, str | None, SiteConfig]:
+    """The decision context of a config, parsed once per process (every segment repeats its own)."""
+    config = parse_site_config(config_text, source).config
     battery = config.battery.device if config.battery is not None else None
     return DecisionContext.from_config(config, solver), battery, config
 
@@ -164,8 +166,9 @@ def replay_recording(
         Replay a window only (epoch s). It starts at the last file start before ``since_s``, where
         the memory is known.
     """
-    override = parse_site_config(config_text, "<replay config>").config if config_text is not None else None
-    contexts: dict[str, tuple[DecisionContext, str | None, SiteConfig]] = {}
+    source = "<replay config>" if config_text is not None else "<recorded config>"
+    if config_text is not None:
+        _context_for(config_text, solver, source)  # a bad config fails before any cycle
     memory = ControlMemory()
     replayed_held: dict[EvseKey, float] = {}
     differences: list[CommandDifference] = []
@@ -196,13 +199,7 @@ def replay_recording(
     for record in _window(records, since_s, until_s):
         if record.header is not None:
             text = config_text if config_text is not None else str(record.header["config_yaml"])
-            if override is not None:
-                if text not in contexts:
-                    battery = override.battery.device if override.battery is not None else None
-                    contexts[text] = (DecisionContext.from_config(override, solver), battery, override)
-                current = contexts[text]
-            else:
-                current = _recorded_context(text, solver)
+            current = _context_for(text, solver, source)
             if previous_cycle is None or record.cycle != previous_cycle + 1:
                 memory = decode_memory(record.header["memory"])
                 replayed_held = {}
