@@ -20,10 +20,11 @@ from typing import Any, Protocol
 
 from evdlm_solvers.chain import SolverName, SolveStatus
 
-from evdlm.config.models import SiteConfig
+from evdlm.config.models import DeviceRole, SiteConfig
 from evdlm.core.clock import Clock
 from evdlm.core.decide import Decision, DecisionContext, SolverChoice, decide
 from evdlm.core.memory import ControlMemory, EvseKey
+from evdlm.core.meter_trust import Assessment, MeterTrust, assess, checks_for, flows_for, metered_nodes
 from evdlm.core.problem_builder import BuildInputs, DemandLimits, EvseMode
 from evdlm.core.types import ChargingCommand, CommandResult, CommandStatus, EvseState, Reading
 from evdlm.dr.engine import Effective
@@ -67,6 +68,7 @@ class CycleReport:
     duration_s: float
     dr: Effective | None
     evse_modes: dict[str, int] = field(default_factory=dict)
+    meters: Assessment | None = None  # the meters' cross-checks: SUSPECT readings and estimates
 
 
 class Controller:
@@ -105,6 +107,7 @@ class Controller:
         self._finished_results: list[CommandResult] = []
         self._battery_task: asyncio.Future[None] | None = None
         self._last_limits: dict[EvseKey, float] = {}
+        self.meter_trust = MeterTrust()
         self.apply_config(config)
 
     # ------------------------------------------------------------------ config
@@ -114,6 +117,12 @@ class Controller:
         self.config = config
         self.context = DecisionContext.from_config(config, self.solver)
         self.battery_device = config.battery.device if config.battery is not None else None
+        self._meters = metered_nodes(self.context.topology)
+        self._meter_checks = checks_for(config)
+        self._pv_devices = tuple(d.name for d in config.devices if d.role is DeviceRole.PV)
+        self._battery_max_w = config.battery.max_discharge_kw * 1000.0 if config.battery is not None else 0.0
+        # The chargers' measured currents of the last decision, per EVSE of this topology.
+        self._charger_measured_a: Any = None
 
     # ------------------------------------------------------------------ one cycle
 
@@ -126,7 +135,8 @@ class Controller:
             import_limit_w=effective.import_limit_w if effective else None,
             export_limit_w=effective.export_limit_w if effective else None,
         )
-        readings = self.readings.snapshot(now_s)
+        meters = self._check_meters(self.readings.snapshot(now_s), now_s)
+        readings = meters.readings
         states = self.chargers.evse_states()
         inputs = BuildInputs(
             now_s=now_s,
@@ -152,6 +162,7 @@ class Controller:
         commands_sent = 0
         if decision is not None:
             self.memory = decision.plan.memory
+            self._charger_measured_a = decision.built.fleet.measured_a
             commands_sent = self._dispatch(decision.plan.commands, now_s)
             self._log_changes(decision)
             if self.battery is not None:
@@ -169,7 +180,15 @@ class Controller:
 
         modes = decision.built.mode_counts() if decision is not None else {}
         report = CycleReport(
-            self.cycle_number, now_s, decision, commands_sent, tuple(results), duration_s, effective, dict(modes)
+            self.cycle_number,
+            now_s,
+            decision,
+            commands_sent,
+            tuple(results),
+            duration_s,
+            effective,
+            dict(modes),
+            meters,
         )
         self._observe(report, readings)
         if self.recorder is not None and decision is not None:
@@ -177,6 +196,42 @@ class Controller:
         if self.publisher is not None:
             self._spawn(self.publisher.publish_cycle(report))
         return report
+
+    def _check_meters(self, readings: dict[str, Reading], now_s: float) -> Assessment:
+        """Cross-check the grid and circuit meters against the chargers below them (SUSPECT)."""
+        flows = flows_for(
+            self.context.topology,
+            self._charger_measured_a,
+            readings,
+            self._pv_devices,
+            self.battery_device,
+            self._battery_max_w,
+        )
+        assessment = assess(
+            self.meter_trust,
+            readings,
+            self._meters,
+            flows,
+            now_s,
+            self._meter_checks,
+            self.context.topology.nominal_voltage_v,
+        )
+        self.meter_trust = assessment.state
+        for change in assessment.changes:
+            if change.suspect:
+                self.metrics.meter_suspect_total.labels(
+                    site=self.metrics.site, device=change.device, check=change.check
+                ).inc()
+                log.warning(
+                    "meter %s SUSPECT (%s check): %s; counted as not usable",
+                    change.device,
+                    change.check,
+                    change.reason,
+                    extra={"fields": {"event": "meter_suspect", "device": change.device, "check": change.check}},
+                )
+            else:
+                log.info("meter %s trusted again: %s", change.device, change.reason)
+        return assessment
 
     def _dispatch(self, commands: Sequence[ChargingCommand], now_s: float) -> int:
         """Hand each charger its commands when they changed, or often enough for the link to
@@ -311,6 +366,17 @@ class Controller:
                 )
         for name, reading in readings.items():
             m.device_ok.labels(site=m.site, device=name).set(1.0 if reading.usable else 0.0)
+        if report.meters is not None:
+            suspect = report.meters.suspect
+            for device in self._meters.values():
+                m.meter_suspect.labels(site=m.site, device=device).set(1.0 if device in suspect else 0.0)
+            for estimate in report.meters.estimates:
+                for phase, (measured, chargers) in enumerate(
+                    zip(estimate.measured_a, estimate.chargers_a, strict=True)
+                ):
+                    labels = {"site": m.site, "node": estimate.node, "phase": f"L{phase + 1}"}
+                    m.meter_measured_a.labels(**labels).set(measured)
+                    m.meter_chargers_a.labels(**labels).set(chargers)
         grid = readings.get(self.config.grid.meter) if self.config.grid.meter else None
         m.grid_import_w.set(grid.power_w if grid is not None and grid.usable and grid.power_w is not None else math.nan)
         if report.dr is not None:
@@ -350,6 +416,8 @@ class Controller:
             "import_limit_w": decision.built.row_limit[self.context.topology.import_row],
             "battery_w": decision.result.allocation.battery_w,
             "stale": list(decision.built.stale_devices),
+            "suspect": report.meters.suspect if report.meters is not None else {},
+            "meters": meter_estimates(report),
             "results": [
                 [key_text((r.command.charger_id, r.command.evse_id)), r.status.value, r.detail]
                 for r in report.results
@@ -422,6 +490,20 @@ def _log_recording_failure(future: Future[None]) -> None:
         log.error("cycle not recorded: %s", error)
 
 
+def meter_estimates(report: CycleReport) -> dict[str, dict[str, list[float]]]:
+    """The estimator view per metered node: measured, the chargers' reported and the rest (A per phase)."""
+    if report.meters is None:
+        return {}
+    return {
+        e.node: {
+            "measured_a": [round(v, 2) for v in e.measured_a],
+            "chargers_a": [round(v, 2) for v in e.chargers_a],
+            "residual_a": [round(v, 2) for v in e.residual_a],
+        }
+        for e in report.meters.estimates
+    }
+
+
 def state_message(report: CycleReport, site_id: str) -> dict[str, Any]:
     """The retained site state published on ``dlm/{site}/state``."""
     decision = report.decision
@@ -431,6 +513,8 @@ def state_message(report: CycleReport, site_id: str) -> dict[str, Any]:
             status=decision.result.status.value,
             solver=decision.result.solver.value,
             stale=list(decision.built.stale_devices),
+            suspect=report.meters.suspect if report.meters is not None else {},
+            meters=meter_estimates(report),
             gridFallback=decision.built.grid_fallback,
             limits={key_text((c.charger_id, c.evse_id)): [c.limit, c.unit] for c in decision.plan.commands},
         )

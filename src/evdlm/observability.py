@@ -59,6 +59,30 @@ class Metrics:
         self.device_ok = Gauge(
             "evdlm_device_ok", "1 when the device's reading is usable", ["site", "device"], registry=self.registry
         )
+        self.meter_suspect = Gauge(
+            "evdlm_meter_suspect",
+            "1 while the meter's reading is SUSPECT (cross-checks failed or not yet trusted again)",
+            ["site", "device"],
+            registry=self.registry,
+        )
+        self.meter_suspect_total = Counter(
+            "evdlm_meter_suspect_events",
+            "Times a meter was found SUSPECT, by the check that failed (physics, downstream, frozen)",
+            ["site", "device", "check"],
+            registry=self.registry,
+        )
+        self.meter_measured_a = Gauge(
+            "evdlm_meter_measured_amperes",
+            "Current a metered node's meter measures, per site phase",
+            ["site", "node", "phase"],
+            registry=self.registry,
+        )
+        self.meter_chargers_a = Gauge(
+            "evdlm_meter_chargers_amperes",
+            "Current the chargers below a metered node report drawing, per site phase",
+            ["site", "node", "phase"],
+            registry=self.registry,
+        )
         self.grid_fallback = Gauge(
             "evdlm_grid_fallback",
             "1 while the site runs on the fallback import limit",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from evdlm.core.types import Quality
 from evdlm.devices.codec import Measurement
-from evdlm.devices.quality import CounterState, implausibility, to_reading, unwrap_counters
+from evdlm.devices.quality import CounterState, Plausibility, implausibility, to_reading, unwrap_counters
 
 GOOD = Measurement(
     power_w=3000.0,
@@ -85,3 +86,61 @@ def test_consistent_phase_splits_are_always_plausible(total_w: float, a: float, 
     share_b = (1 - share_a) * b
     phases = (total_w * share_a, total_w * share_b, total_w * (1 - share_a - share_b))
     assert implausibility(Measurement(power_w=total_w, phase_power_w=phases), None) is None
+
+
+# ------------------------------------------------------------------ physics (SUSPECT)
+
+LOADED = Measurement(
+    power_w=3 * 10.5 * 230.0,
+    phase_power_w=(10.5 * 230.0, 10.5 * 230.0, 10.5 * 230.0),
+    phase_current_a=(10.5, 10.5, 10.5),
+    phase_voltage_v=(230.0, 230.0, 230.0),
+)
+
+
+def _scaled(m: Measurement, factor: float) -> Measurement:
+    assert m.power_w is not None and m.phase_power_w is not None
+    return replace(
+        m, power_w=m.power_w * factor, phase_power_w=tuple(p * factor for p in m.phase_power_w if p is not None)
+    )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("factor", "words"),
+    [
+        (1e-3, "below a power factor"),  # SunSpec W_SF −2 instead of +1: 7.2 W at 10.5 A per phase
+        (1e-2, "below a power factor"),  # SDM630 power 100× low: 72 W
+        (1e3, "exceeds V·I"),  # SunSpec W_SF +4: 7.2 MW
+    ],
+)
+def test_a_power_off_by_a_scale_factor_is_suspect(factor: float, words: str) -> None:
+    reading = to_reading("m", 1.0, _scaled(LOADED, factor), None)
+    assert reading.quality is Quality.SUSPECT
+    assert reading.reason is not None and words in reading.reason and "L1" in reading.reason
+
+
+def test_consistent_power_current_and_voltage_are_ok_down_to_low_loads() -> None:
+    assert to_reading("m", 1.0, LOADED, None).quality is Quality.OK
+    # pf 0.5 of a motor-heavy building is real; 2 A per phase at pf 0 is below the threshold's floor.
+    half = _scaled(LOADED, 0.5)
+    assert to_reading("m", 1.0, half, None).quality is Quality.OK
+    light = Measurement(power_w=0.0, phase_power_w=(0.0, 0.0, 0.0), phase_current_a=(2.0, 2.0, 2.0))
+    assert to_reading("m", 1.0, light, None).quality is Quality.OK
+
+
+def test_without_voltages_the_nominal_voltage_stands_in() -> None:
+    no_voltage = replace(LOADED, phase_voltage_v=None)
+    assert to_reading("m", 1.0, no_voltage, None).quality is Quality.OK
+    assert to_reading("m", 1.0, _scaled(no_voltage, 1e3), None).quality is Quality.SUSPECT
+
+
+def test_a_total_is_checked_against_the_phases_v_i_when_phase_powers_are_missing() -> None:
+    total_only = replace(LOADED, phase_power_w=None, power_w=72.0)
+    reading = to_reading("m", 1.0, total_only, None)
+    assert reading.quality is Quality.SUSPECT and reading.reason is not None and "total" in reading.reason
+
+
+def test_the_low_power_factor_check_can_be_off_behind_generation() -> None:
+    limits = Plausibility(min_power_factor=None)
+    assert to_reading("m", 1.0, _scaled(LOADED, 1e-3), None, limits).quality is Quality.OK
+    assert to_reading("m", 1.0, _scaled(LOADED, 1e3), None, limits).quality is Quality.SUSPECT

@@ -399,6 +399,47 @@ class OcppServer(StrictModel):
         return self
 
 
+class MeterChecks(StrictModel):
+    """Cross-checks that catch a meter reporting something plausible but wrong (SUSPECT)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Check every grid and circuit meter against physics and the chargers below it. "
+        "Off: a frozen or mis-scaled meter is believed (validate warns).",
+    )
+    tolerance_a: float = Field(
+        default=3.0,
+        ge=0,
+        le=1000,
+        description="A meter may read this much less per phase than the chargers below it report.",
+    )
+    tolerance_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="... or this fraction of what they report, whichever is larger (charger meter accuracy).",
+    )
+    hold_s: float = Field(
+        default=15.0,
+        ge=0,
+        le=600,
+        description="A meter reading less than the chargers below it for this long is SUSPECT "
+        "(raised to 1.5 × ocpp.meter_sample_interval_s: the chargers' samples lag the meter).",
+    )
+    frozen_after_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=3600,
+        description="Values unchanged this long while the chargers below moved by frozen_step_a: frozen.",
+    )
+    frozen_step_a: float = Field(
+        default=6.0, gt=0, le=1000, description="Change of the chargers' load that a live meter must show."
+    )
+    trust_after_s: float = Field(
+        default=60.0, ge=0, le=86400, description="A SUSPECT meter is trusted again after this long consistent."
+    )
+
+
 class Control(StrictModel):
     cycle_period_s: float = Field(default=1.0, ge=0.1, le=60, description="Time between control cycles.")
     safety_margin_a: float = Field(default=1.0, ge=0, le=1000, description="Kept free on every current row.")
@@ -425,6 +466,9 @@ class Control(StrictModel):
         default=900.0, ge=0, le=86400, description="A paused car gets its turn within this."
     )
     solve_budget_s: float = Field(default=0.2, gt=0, le=60, description="Time the solver chain may use per cycle.")
+    meter_checks: MeterChecks = Field(
+        default_factory=MeterChecks, description="Plausibility cross-checks of the grid and circuit meters."
+    )
 
     @model_validator(mode="after")
     def _lease(self) -> Control:

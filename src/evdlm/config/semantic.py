@@ -207,6 +207,16 @@ def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
             )
 
     findings += _device_ref(config, config.grid.meter, DeviceRole.GRID_METER, ("grid", "meter"))
+    checks = config.control.meter_checks
+    if not checks.enabled:
+        findings.append(
+            Finding(
+                ("control", "meter_checks", "enabled"),
+                "meter cross-checks are off: a frozen, mis-scaled or miswired meter is believed "
+                "and can let the chargers overload a fuse",
+                "warning",
+            )
+        )
     if config.grid.meter is None:
         findings.append(
             Finding(("grid",), "no grid meter: evdlm cannot measure non-EV load and runs open loop", "warning")

@@ -17,7 +17,7 @@ from evdlm_solvers.heuristic import admit
 from evdlm_solvers.lp import solve_lp
 from evdlm_solvers.problem import paused
 
-from evdlm.config.models import SiteConfig
+from evdlm.config.models import DeviceRole, SiteConfig
 from evdlm.core.dispatch import Plan, plan_commands
 from evdlm.core.fleet import FleetCache
 from evdlm.core.fleet_kernels import HELD
@@ -51,6 +51,8 @@ class DecisionContext:
                 battery=config.battery,
                 fallback_import_limit_w=config.control.fallback_import_limit_kw * 1000.0,
                 failsafe_current_a=config.ocpp.failsafe_current_a,
+                grid_generation=config.battery is not None
+                or any(device.role is DeviceRole.PV for device in config.devices),
             ),
             solve_budget_s=config.control.solve_budget_s,
             solver=solver,

@@ -37,6 +37,7 @@ from evdlm.core.fleet import (
 )
 from evdlm.core.fleet_kernels import ACTIVE, HELD, IDLE, OFFLINE, UNCONTROLLED, columns_kernel, view_kernel
 from evdlm.core.memory import ControlMemory
+from evdlm.core.meter_trust import meter_phase_a
 from evdlm.core.topology import GRID_NODE, Topology
 from evdlm.core.types import EvseState, Reading
 
@@ -198,6 +199,8 @@ class SiteSettings:
     battery: Battery | None
     fallback_import_limit_w: float
     failsafe_current_a: float
+    # PV or a battery behind the grid meter: only then may the load it sees be negative.
+    grid_generation: bool = True
 
 
 def view_fleet(
@@ -265,21 +268,6 @@ class _NodeSums:
     outside_extra_w: np.ndarray
 
 
-def _meter_phase_a(reading: Reading, voltage_v: float) -> PhaseTriple | None:
-    """Signed per-phase current of a meter (+ = towards the loads), None if it has none."""
-    if reading.phase_power_w is not None and None not in reading.phase_power_w:
-        p1, p2, p3 = (float(value or 0.0) / voltage_v for value in reading.phase_power_w)
-        return (p1, p2, p3)
-    if reading.phase_current_a is not None and None not in reading.phase_current_a:
-        sign = -1.0 if (reading.power_w or 0.0) < 0 else 1.0
-        a1, a2, a3 = (sign * float(value or 0.0) for value in reading.phase_current_a)
-        return (a1, a2, a3)
-    if reading.power_w is not None:
-        per_phase = reading.power_w / (3.0 * voltage_v)
-        return (per_phase, per_phase, per_phase)
-    return None
-
-
 def build_problem(
     topology: Topology, settings: SiteSettings, inputs: BuildInputs, cache: FleetCache | None = None
 ) -> BuiltProblem:
@@ -325,7 +313,7 @@ def build_problem(
         node = nodes[slots.node_ids[position]]
         reading = usable(node.meter)
         meter_broken = reading is None
-        phase_a = _meter_phase_a(reading, voltage_v) if reading is not None else None
+        phase_a = meter_phase_a(reading, voltage_v) if reading is not None else None
         if reading is not None and phase_a is None:
             meter_broken = True
             stale.add(node.meter or "")
@@ -335,8 +323,9 @@ def build_problem(
             active_a, outside_extra_a = sums.active_a[position].tolist(), sums.outside_extra_a[position].tolist()
             for phase, index in slots.node_current_rows[position]:
                 value = phase_a[phase] - active_a[phase] + outside_extra_a[phase]
-                # PV behind the grid meter legitimately makes it negative; on a circuit it is noise.
-                uncontrolled[index] = value if grid else max(0.0, value)
+                # PV behind the grid meter legitimately makes it negative; elsewhere negative load is
+                # noise or a lying meter (the meter checks catch the latter), never headroom.
+                uncontrolled[index] = value if grid and settings.grid_generation else max(0.0, value)
             over_limit[position] = max(phase_a) > node.phase_current_limit_a
         elif meter_broken and not grid:
             for _, index in slots.node_current_rows[position]:
@@ -376,6 +365,8 @@ def build_problem(
         )
         base_net_w = grid_reading.power_w - float(sums.active_w[grid_position]) + battery_w
         uncontrolled[topology.import_row] = base_net_w + float(sums.outside_extra_w[grid_position])
+        if not settings.grid_generation:
+            uncontrolled[topology.import_row] = max(0.0, uncontrolled[topology.import_row])
         uncontrolled[topology.export_row] = -base_net_w
     else:
         if grid_fallback:

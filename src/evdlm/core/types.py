@@ -20,6 +20,9 @@ class Quality(StrEnum):
     OK = "ok"
     STALE = "stale"  # older than the device's max age
     INVALID = "invalid"  # decoded but implausible (NaN, absurd, sum mismatch, counter backwards)
+    # Plausible on its own but contradicted by physics or by what flows below the meter (power
+    # vs V·I, less than the chargers under it draw, frozen while their load moved): probably lying.
+    SUSPECT = "suspect"
     MISSING = "missing"  # never read, or the last attempt failed
 
 

@@ -1,7 +1,13 @@
 """Plausibility checks: a decoded measurement becomes an OK reading only if it makes sense.
 
-Pure functions. A value that fails a check is never passed on as OK: the reading is INVALID
-with the reason, so the core counts the circuit as fully loaded (safety ladder, step 3).
+Pure functions. A value that fails a check is never passed on as OK, and the core counts the
+circuit as fully loaded (safety ladder, step 3):
+
+* INVALID: garbage (NaN, absurd magnitudes, phases that do not add up, counters backwards);
+* SUSPECT: every value plausible on its own, but together they break physics: a phase power
+  above what its voltage and current can carry, or a power factor no site has (a scale factor
+  off by 10^k). The checks that need to know what flows below a meter live in
+  :mod:`evdlm.core.meter_trust`.
 """
 
 from __future__ import annotations
@@ -32,6 +38,17 @@ class Plausibility:
     # compute the total from the same samples, so a larger gap means a torn or garbled read.
     phase_sum_floor_w: float = 500.0
     phase_sum_fraction: float = 0.1
+    # Physics (SUSPECT): |P| ≤ V·I·(1 + tolerance) + floor per phase. A meter computes P, V and I
+    # from the same samples, so only a wrong scale or register breaks it; the tolerance covers a
+    # nominal voltage standing in for an unread one and the meters' class accuracy.
+    nominal_voltage_v: float = 230.0
+    apparent_tolerance: float = 0.2
+    apparent_floor_va: float = 200.0
+    # |P| ≥ min_power_factor · V·I once V·I is large enough to tell: a power 10× or more below
+    # V·I is a scale factor, not a load. None switches the check off (a grid meter with PV or a
+    # battery behind it nets production against consumption, leaving mostly reactive current).
+    min_power_factor: float | None = 0.1
+    min_power_factor_above_va: float = 1000.0
 
 
 DEFAULT_PLAUSIBILITY = Plausibility()
@@ -90,6 +107,43 @@ def implausibility(
     return None
 
 
+def _phase_apparent_va(m: Measurement, nominal_voltage_v: float) -> list[float | None]:
+    """V·I per phase (nominal V where the meter gives none), None where I is not read."""
+    currents = m.phase_current_a or (None, None, None)
+    voltages = m.phase_voltage_v or (None, None, None)
+    return [
+        None if current is None else abs(current) * (nominal_voltage_v if voltage is None else voltage)
+        for current, voltage in zip(currents, voltages, strict=True)
+    ]
+
+
+def physics_doubt(measurement: Measurement, limits: Plausibility = DEFAULT_PLAUSIBILITY) -> str | None:
+    """Why ``measurement``'s values, each plausible, cannot all be true together; None if they can.
+
+    Run after :func:`implausibility` (the values are finite and within bounds).
+    """
+    m = measurement
+    apparent = _phase_apparent_va(m, limits.nominal_voltage_v)
+    pairs: list[tuple[str, float, float]] = []  # (what, |P| W, V·I VA)
+    if m.phase_power_w is not None:
+        for phase, (power, va) in enumerate(zip(m.phase_power_w, apparent, strict=True), start=1):
+            if power is not None and va is not None:
+                pairs.append((f"L{phase}", abs(power), va))
+    if not pairs and m.power_w is not None and apparent and all(va is not None for va in apparent):
+        pairs.append(("total", abs(m.power_w), sum(va for va in apparent if va is not None)))
+    for what, power, va in pairs:
+        phases = 3 if what == "total" else 1
+        if power > va * (1.0 + limits.apparent_tolerance) + limits.apparent_floor_va * phases:
+            return f"{what} power {power:.0f} W exceeds V·I {va:.0f} VA (scale factor or register wrong)"
+        low_pf = limits.min_power_factor
+        if low_pf is not None and va >= limits.min_power_factor_above_va * phases and power < low_pf * va:
+            return (
+                f"{what} power {power:.0f} W is {power / va:.3f} of V·I {va:.0f} VA, "
+                f"below a power factor of {low_pf:g} (scale factor or register wrong)"
+            )
+    return None
+
+
 def to_reading(
     device: str,
     taken_at_s: float,
@@ -99,12 +153,16 @@ def to_reading(
     *,
     require_power: bool = True,
 ) -> Reading:
-    """A timestamped reading: OK, or INVALID with the reason (values kept for the record)."""
+    """A timestamped reading: OK, or INVALID / SUSPECT with the reason (values kept for the record)."""
     reason = implausibility(measurement, previous, limits, require_power=require_power)
+    quality = Quality.OK if reason is None else Quality.INVALID
+    if reason is None:
+        reason = physics_doubt(measurement, limits)
+        quality = Quality.OK if reason is None else Quality.SUSPECT
     return Reading(
         device=device,
         taken_at_s=taken_at_s,
-        quality=Quality.OK if reason is None else Quality.INVALID,
+        quality=quality,
         power_w=measurement.power_w,
         phase_power_w=measurement.phase_power_w,
         phase_current_a=measurement.phase_current_a,

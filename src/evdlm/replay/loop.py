@@ -149,6 +149,7 @@ def replay_recording(
     since_s: float | None = None,
     until_s: float | None = None,
     on_cycle: Callable[[CycleInputsRecord], None] | None = None,
+    on_decision: Callable[[CycleInputsRecord, Decision], None] | None = None,
 ) -> ReplayResult:
     """Re-run every cycle of the recording at ``path`` (a file or a folder of segments).
 
@@ -165,6 +166,8 @@ def replay_recording(
     since_s, until_s
         Replay a window only (epoch s). It starts at the last file start before ``since_s``, where
         the memory is known.
+    on_cycle, on_decision
+        Called after each replayed cycle with its record (and the replayed decision).
     """
     source = "<replay config>" if config_text is not None else "<recorded config>"
     if config_text is not None:
@@ -262,6 +265,8 @@ def replay_recording(
         previous_cycle = record.cycle
         if on_cycle is not None:
             on_cycle(record)
+        if on_decision is not None:
+            on_decision(record, decision)
 
     out_recording = None
     if writer is not None:
