@@ -26,6 +26,7 @@ from evdlm.core.decide import Decision, DecisionContext, SolverChoice, decide
 from evdlm.core.memory import ControlMemory, EvseKey
 from evdlm.core.meter_trust import Assessment, MeterTrust, assess, checks_for, flows_for, metered_nodes
 from evdlm.core.problem_builder import BuildInputs, DemandLimits, EvseMode
+from evdlm.core.restriction import restrictions
 from evdlm.core.types import ChargingCommand, CommandResult, CommandStatus, EvseState, Reading
 from evdlm.dr.engine import Effective
 from evdlm.observability import Metrics
@@ -108,6 +109,7 @@ class Controller:
         self._battery_task: asyncio.Future[None] | None = None
         self._last_limits: dict[EvseKey, float] = {}
         self.meter_trust = MeterTrust()
+        self.restricted: dict[EvseKey, str] = {}  # EVSEs stopped and blocked: uncontrollable while over a limit
         self.apply_config(config)
 
     # ------------------------------------------------------------------ config
@@ -165,6 +167,7 @@ class Controller:
             self._charger_measured_a = decision.built.fleet.measured_a
             commands_sent = self._dispatch(decision.plan.commands, now_s)
             self._log_changes(decision)
+            self._restrict(decision)
             if self.battery is not None:
                 self._drive_battery(decision.result.allocation.battery_w)
 
@@ -196,6 +199,20 @@ class Controller:
         if self.publisher is not None:
             self._spawn(self.publisher.publish_cycle(report))
         return report
+
+    def _restrict(self, decision: Decision) -> None:
+        """Stop and block uncontrollable EVSEs while the site is over a limit because of them."""
+        restrict = getattr(self.chargers, "restrict", None)
+        if restrict is None:
+            return
+        over_limit = decision.result.status is SolveStatus.OVER_LIMIT
+        wanted = restrictions(self.context.topology, decision.built, over_limit, self.restricted)
+        for key in wanted.keys() - self.restricted.keys():
+            log.warning("EVSE %s/%d stopped and blocked: %s", key[0], key[1], wanted[key])
+        for key in self.restricted.keys() - wanted.keys():
+            log.info("EVSE %s/%d released: its rows have room for its maximum again", key[0], key[1])
+        self.restricted = wanted
+        restrict(wanted)
 
     def _check_meters(self, readings: dict[str, Reading], now_s: float) -> Assessment:
         """Cross-check the grid and circuit meters against the chargers below them (SUSPECT)."""

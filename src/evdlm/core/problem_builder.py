@@ -9,6 +9,9 @@ minus the safety margin minus the load the controller does not command this cycl
 * metered circuit, stale or invalid reading: counted as fully loaded (headroom 0);
 * node without a meter: only the chargers outside the problem, at what they may draw.
 
+A stale or SUSPECT grid meter also caps each phase of the main fuse at the fallback limit spread
+evenly over the phases (the building load it cannot see would otherwise come on top).
+
 Chargers outside the problem are *held* (told to come down, meter not yet showing it: counted
 at their old limit until it does, for at most the settle time), *uncontrolled* (refuse profiles
 or do not follow them: counted at their maximum) or *offline* with a session (counted at the
@@ -372,6 +375,13 @@ def build_problem(
         if grid_fallback:
             import_limit = min(import_limit, settings.fallback_import_limit_w)
             notes.append(f"grid meter not usable: fallback import limit {import_limit / 1000:g} kW")
+            # Blind at the connection, the main fuse's phases would carry the unseen building load
+            # on top of whatever the cars get: they get the fallback spread evenly, never more,
+            # however the cars sit on the phases.
+            grid_rows = slots.node_current_rows[grid_position]
+            phase_cap_a = settings.fallback_import_limit_w / (len(grid_rows) * voltage_v)
+            for _, index in grid_rows:
+                limit[index] = min(limit[index], phase_cap_a)
         uncontrolled[topology.import_row] = float(sums.outside_w[grid_position])
     limit[topology.import_row] = import_limit
     limit[topology.export_row] = export_limit
