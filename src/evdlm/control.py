@@ -108,6 +108,7 @@ class Controller:
         self._finished_results: list[CommandResult] = []
         self._battery_task: asyncio.Future[None] | None = None
         self._last_limits: dict[EvseKey, float] = {}
+        self._command_failures: dict[EvseKey, tuple[CommandStatus, str]] = {}  # last failure logged per EVSE
         self.meter_trust = MeterTrust()
         self.restricted: dict[EvseKey, str] = {}  # EVSEs stopped and blocked: uncontrollable while over a limit
         self.apply_config(config)
@@ -371,7 +372,19 @@ class Controller:
             )
         for outcome in report.results:
             m.commands.labels(site=m.site, status=outcome.status.value).inc()
-            if outcome.status not in (CommandStatus.ACCEPTED, CommandStatus.UNCHANGED):
+            key = (outcome.command.charger_id, outcome.command.evse_id)
+            failure = (
+                None
+                if outcome.status in (CommandStatus.ACCEPTED, CommandStatus.UNCHANGED)
+                else (outcome.status, outcome.detail)
+            )
+            if self._command_failures.get(key) == failure:
+                continue  # one line per change: a charger that cannot be limited says so every cycle
+            if failure is None:
+                del self._command_failures[key]
+                log.info("command %s/%d accepted again", key[0], key[1])
+            else:
+                self._command_failures[key] = failure
                 log.warning(
                     "command %s/%d %g %s: %s %s",
                     outcome.command.charger_id,

@@ -268,3 +268,21 @@ def test_demand_cap_is_remembered_until_the_car_uses_it(topology, settings) -> N
     # A new session starts without it.
     new_car = charging("A1", (0.0, 0.0, 0.0), transaction_id="tx-next")
     assert build_problem(topology, settings, _inputs([new_car], readings, memory)).demand_caps == {}
+
+
+def test_only_the_charger_s_own_sample_time_dates_its_draw(topology, settings) -> None:  # type: ignore[no-untyped-def]
+    # A charger sampling every 60 s: its last sample (32 A) is older than the cut to 10 A 30 s ago,
+    # but a lease refresh just moved updated_at_s. The old draw must not make it look rogue
+    # (uncontrolled: no longer commanded, counted at its maximum) nor bound it as fresh.
+    memory = ControlMemory(
+        evses={("A1", 1): EvseMemory(setpoint=10.0, transaction_id="tx-A1", changed_at_s=NOW_S - 30)}
+    )
+    readings = {"gm": meter("gm", (12.0, 12.0, 12.0)), "am": meter("am", (12.0, 12.0, 12.0))}
+    a1 = topology.evse_index[("A1", 1)]
+    refreshed = charging("A1", (32.0, 32.0, 32.0), updated_at_s=NOW_S, sampled_at_s=NOW_S - 40)
+    assert build_problem(topology, settings, _inputs([refreshed], readings, memory)).views[a1].mode is EvseMode.ACTIVE
+    # The same draw sampled after the settle time is a car that does not follow.
+    sampled = charging("A1", (32.0, 32.0, 32.0), updated_at_s=NOW_S, sampled_at_s=NOW_S - 1)
+    assert (
+        build_problem(topology, settings, _inputs([sampled], readings, memory)).views[a1].mode is EvseMode.UNCONTROLLED
+    )

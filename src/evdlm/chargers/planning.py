@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from evdlm.core.types import ChargingCommand, RateUnitLiteral
+
+# Protocol-neutral profile purposes; the OCPP modules name them per version ("StationMax" is
+# 1.6 ChargePointMaxProfile and 2.0.1 ChargingStationMaxProfile, always on EVSE 0).
+ProfilePurpose = Literal["TxDefaultProfile", "TxProfile", "StationMax"]
+PROFILE_PURPOSES: tuple[ProfilePurpose, ...] = ("TxDefaultProfile", "TxProfile", "StationMax")
 
 # Profile ids evdlm owns. Fixed per EVSE so that a new limit replaces the old profile by id
 # (1.6 §3.13.2, 2.0.1 K01.FR.05) instead of piling up profiles in the charger's flash.
@@ -58,6 +64,8 @@ class ChargerCapabilities:
     max_current_a: float
     min_power_w: float
     max_power_w: float | None
+    # Learned from refusals: the purpose that works when TxDefaultProfile on the EVSE does not.
+    dynamic_purpose: ProfilePurpose = "TxDefaultProfile"
 
     @property
     def failsafe_stack_level(self) -> int:
@@ -145,6 +153,9 @@ class Lease:
     sent_at_s: float
     valid_to_s: float
     phases: int
+    purpose: ProfilePurpose = "TxDefaultProfile"
+    transaction_id: str | None = None  # TxProfile only: the charger deletes it when this transaction ends
+    profile_id: int | None = None  # None: dynamic_profile_id of the EVSE
 
     def valid(self, now_s: float) -> bool:
         return now_s < self.valid_to_s
@@ -180,7 +191,11 @@ def within_deadband(
 
 @dataclass(frozen=True)
 class ProfileSpec:
-    """A TxDefaultProfile to install, protocol neutral (one period, Absolute)."""
+    """A charging profile to install, protocol neutral (one period, Absolute).
+
+    ``purpose`` is TxDefaultProfile unless a charger refused it: TxProfile needs
+    ``transaction_id`` (and an EVSE > 0); StationMax goes on EVSE 0.
+    """
 
     profile_id: int
     evse_id: int  # 0 = the whole charge point / station
@@ -190,23 +205,46 @@ class ProfileSpec:
     start_s: float
     duration_s: int | None  # None: the period runs on indefinitely
     valid_to_s: float | None
+    purpose: ProfilePurpose = "TxDefaultProfile"
+    transaction_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # Both versions' schemas and K01 rules: refuse to build what every charger must reject.
+        if self.purpose == "TxProfile" and (self.transaction_id is None or self.evse_id == 0):
+            raise ValueError("a TxProfile needs a transaction id and an EVSE > 0")
+        if self.purpose == "StationMax" and self.evse_id != 0:
+            raise ValueError("a station maximum profile goes on EVSE 0")
 
 
 def lease_profile(
-    evse_id: int, stack_level: int, unit: RateUnitLiteral, limit: float, now_s: float, lease_duration_s: float
+    evse_id: int,
+    stack_level: int,
+    unit: RateUnitLiteral,
+    limit: float,
+    now_s: float,
+    lease_duration_s: float,
+    purpose: ProfilePurpose = "TxDefaultProfile",
+    transaction_id: str | None = None,
 ) -> ProfileSpec:
     """A dynamic limit that ends by itself: ``validTo`` and ``duration`` both bound it, because
-    some chargers honour only one of the two."""
+    some chargers honour only one of the two.
+
+    ``evse_id`` is the EVSE the limit is for; a StationMax lease goes on EVSE 0 with its own id
+    (it caps the whole station, which only stands in for the EVSE on a single-EVSE station).
+    """
     start_s = now_s - CLOCK_SKEW_ALLOWANCE_S
+    target_evse = 0 if purpose == "StationMax" else evse_id
     return ProfileSpec(
-        profile_id=dynamic_profile_id(evse_id),
-        evse_id=evse_id,
+        profile_id=dynamic_profile_id(target_evse),
+        evse_id=target_evse,
         stack_level=stack_level,
         unit=unit,
         limit=limit,
         start_s=start_s,
         duration_s=math.ceil(lease_duration_s + CLOCK_SKEW_ALLOWANCE_S),
         valid_to_s=now_s + lease_duration_s,
+        purpose=purpose,
+        transaction_id=transaction_id if purpose == "TxProfile" else None,
     )
 
 
@@ -222,6 +260,20 @@ def failsafe_profile(unit: RateUnitLiteral, limit: float, now_s: float) -> Profi
         duration_s=None,
         valid_to_s=None,
     )
+
+
+def retry_delay_s(failures: int, first_s: float, cap_s: float) -> float:
+    """Capped exponential backoff: ``first_s`` after the first refusal, doubling, at most ``cap_s``.
+
+    Parameters
+    ----------
+    failures : int
+        Refusals so far in this episode, counting the one just seen (≥ 1).
+    first_s, cap_s : float
+        First delay and ceiling, in seconds.
+    """
+    exponent = min(max(failures, 1) - 1, 32)  # 2**32 × any sane first delay is past the cap
+    return float(min(first_s * 2.0**exponent, cap_s))
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ class SlotTable:
     S_CHARGING,
     S_CONTROLLABLE,
     S_COMPLIANT,
-    S_UPDATED_AT,
+    S_SAMPLED_AT,  # the charger's last meter sample (updated_at_s for states that do not say)
     S_HAS_PHASE_CURRENT,
     S_I1,
     S_I2,
@@ -221,7 +221,7 @@ def _state_row(state: EvseState) -> tuple[float, ...]:
         float(state.charging),
         float(state.controllable),
         float(state.compliant),
-        float(state.updated_at_s),
+        float(state.updated_at_s if state.sampled_at_s is None else state.sampled_at_s),
         has_currents,
         i1,
         i2,

@@ -40,7 +40,7 @@ from evdlm.core.fleet import (
     S_ONLINE,
     S_POWER,
     S_PRESENT,
-    S_UPDATED_AT,
+    S_SAMPLED_AT,
     STATE_FIELDS,
 )
 
@@ -148,7 +148,7 @@ def view_kernel(
         maximum_a = _per_phase_a(max_setpoint[e], is_dc[e], voltage_v)
         cut_from, cut_at_s = memory[e, M_CUT_FROM], memory[e, M_CUT_AT]
         changed_at_s = memory[e, M_CHANGED]
-        updated_at_s = state[e, S_UPDATED_AT]
+        sampled_at_s = state[e, S_SAMPLED_AT]
         above_limit = measured_max_a > previous_a + follow_tolerance_a
         if not present or state[e, S_ONLINE] == 0:
             mode[e] = OFFLINE
@@ -166,10 +166,10 @@ def view_kernel(
             mode[e], reason[e], floor_a = UNCONTROLLED, DOES_NOT_FOLLOW, maximum_a
         elif not math.isnan(cut_from) and not math.isnan(cut_at_s) and now_s - cut_at_s < settle_time_s and above_limit:
             mode[e], reason[e] = HELD, SETTLING
-            bound_a = measured_max_a if updated_at_s > cut_at_s else _per_phase_a(cut_from, is_dc[e], voltage_v)
+            bound_a = measured_max_a if sampled_at_s > cut_at_s else _per_phase_a(cut_from, is_dc[e], voltage_v)
             floor_a = max(bound_a, previous_a)
             floor_phases = phases
-        elif not math.isnan(changed_at_s) and updated_at_s - changed_at_s >= settle_time_s and above_limit:
+        elif not math.isnan(changed_at_s) and sampled_at_s - changed_at_s >= settle_time_s and above_limit:
             mode[e], reason[e], floor_a = UNCONTROLLED, DRAWS_ABOVE_LIMIT, maximum_a
         else:
             mode[e], reason[e] = ACTIVE, CHARGING

@@ -1,7 +1,7 @@
 """The last rung for chargers that cannot be limited: which EVSEs to stop and block (pure).
 
-An uncontrolled EVSE (profiles refused or not implemented, or drawing above its limit past
-the grace time) is counted at its maximum and the controllable cars around it make room.
+An uncontrolled EVSE (profiles refused or not implemented, or drawing above its accepted limit
+past the link's grace time) is counted at its maximum and the controllable cars around it make room.
 When that is not enough, when a node on its path is measured over its limit or the allocation
 cannot fit even with every controllable car paused, its transaction is stopped and it is set
 Inoperative. It stays blocked until the rows on its path have room for its maximum again (it
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from evdlm.core.fleet_kernels import UNCONTROLLED
+from evdlm.core.fleet_kernels import DOES_NOT_FOLLOW, REFUSES_PROFILES, UNCONTROLLED
 from evdlm.core.problem_builder import BuiltProblem
 from evdlm.core.topology import Topology
 
@@ -61,7 +61,11 @@ def restrictions(
         The EVSEs restricted until now.
     """
     wanted: dict[EvseKey, str] = {}
-    uncontrolled = np.nonzero(built.fleet.mode == UNCONTROLLED)[0].tolist()
+    # Only what the charger link has concluded (profiles refused, or above its accepted limit past
+    # the grace time): a draw above the limit seen in the core alone may be a late sample.
+    fleet = built.fleet
+    beyond_control = (fleet.mode == UNCONTROLLED) & np.isin(fleet.reason, (REFUSES_PROFILES, DOES_NOT_FOLLOW))
+    uncontrolled = np.nonzero(beyond_control)[0].tolist()
     if over_limit or built.overloaded_nodes:
         for index in uncontrolled:
             slot = topology.evses[index]

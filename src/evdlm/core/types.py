@@ -93,6 +93,10 @@ class EvseState:
     compliant: bool = True  # False while it draws clearly above its accepted limit
     accepted_limit: float | None = None  # last limit the charger accepted, in accepted_unit
     accepted_unit: RateUnitLiteral | None = None
+    # When the charger last sampled what it draws (MeterValues with a current or power); None:
+    # not known apart from ``updated_at_s``, which any message moves (a status, an accepted
+    # profile), so it cannot tell a sample taken after a cut from one taken before it.
+    sampled_at_s: float | None = None
 
 
 @dataclass(frozen=True)

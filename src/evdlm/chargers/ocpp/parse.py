@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from evdlm.chargers.planning import ProfileSpec, parse_rate_units
+from evdlm.chargers.planning import ProfilePurpose, ProfileSpec, parse_rate_units
 from evdlm.core.types import RateUnitLiteral
 
 PHASE_INDEX = {"L1": 0, "L2": 1, "L3": 2, "L1-N": 0, "L2-N": 1, "L3-N": 2}
@@ -190,8 +190,26 @@ def parse_variables_201(get_variable_result: Sequence[Mapping[str, Any]]) -> Sma
     )
 
 
+# 2.0.1 identifierString maxLength for transactionId (the hot path skips schema validation).
+MAX_TRANSACTION_ID_CHARS_201 = 36
+
+PURPOSES_16: dict[ProfilePurpose, str] = {
+    "TxDefaultProfile": "TxDefaultProfile",
+    "TxProfile": "TxProfile",
+    "StationMax": "ChargePointMaxProfile",
+}
+PURPOSES_201: dict[ProfilePurpose, str] = {
+    "TxDefaultProfile": "TxDefaultProfile",
+    "TxProfile": "TxProfile",
+    "StationMax": "ChargingStationMaxProfile",
+}
+
+
 def profile_payload_16(spec: ProfileSpec) -> dict[str, Any]:
-    """``csChargingProfiles`` of a 1.6 SetChargingProfile (snake_case; the library camelCases it)."""
+    """``csChargingProfiles`` of a 1.6 SetChargingProfile (snake_case; the library camelCases it).
+
+    Raises ValueError for a TxProfile whose transaction id is not an integer (1.6 ids are ints).
+    """
     schedule: dict[str, Any] = {
         "charging_rate_unit": spec.unit,
         "start_schedule": iso_utc(spec.start_s),
@@ -202,11 +220,13 @@ def profile_payload_16(spec: ProfileSpec) -> dict[str, Any]:
     profile: dict[str, Any] = {
         "charging_profile_id": spec.profile_id,
         "stack_level": spec.stack_level,
-        "charging_profile_purpose": "TxDefaultProfile",
+        "charging_profile_purpose": PURPOSES_16[spec.purpose],
         "charging_profile_kind": "Absolute",
         "valid_from": iso_utc(spec.start_s),
         "charging_schedule": schedule,
     }
+    if spec.transaction_id is not None:
+        profile["transaction_id"] = int(spec.transaction_id)
     if spec.valid_to_s is not None:
         profile["valid_to"] = iso_utc(spec.valid_to_s)
     return profile
@@ -214,7 +234,10 @@ def profile_payload_16(spec: ProfileSpec) -> dict[str, Any]:
 
 def profile_payload_201(spec: ProfileSpec) -> dict[str, Any]:
     """``chargingProfile`` of a 2.0.1 SetChargingProfileRequest; Absolute always carries
-    startSchedule (chargers reject it otherwise)."""
+    startSchedule (chargers reject it otherwise).
+
+    Raises ValueError for a TxProfile whose transaction id the schema would refuse.
+    """
     schedule: dict[str, Any] = {
         "id": spec.profile_id,
         "charging_rate_unit": spec.unit,
@@ -226,11 +249,15 @@ def profile_payload_201(spec: ProfileSpec) -> dict[str, Any]:
     profile: dict[str, Any] = {
         "id": spec.profile_id,
         "stack_level": spec.stack_level,
-        "charging_profile_purpose": "TxDefaultProfile",
+        "charging_profile_purpose": PURPOSES_201[spec.purpose],
         "charging_profile_kind": "Absolute",
         "valid_from": iso_utc(spec.start_s),
         "charging_schedule": [schedule],
     }
+    if spec.transaction_id is not None:
+        if len(spec.transaction_id) > MAX_TRANSACTION_ID_CHARS_201:
+            raise ValueError(f"transaction id {spec.transaction_id!r} is longer than the schema allows")
+        profile["transaction_id"] = spec.transaction_id
     if spec.valid_to_s is not None:
         profile["valid_to"] = iso_utc(spec.valid_to_s)
     return profile

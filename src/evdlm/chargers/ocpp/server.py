@@ -3,6 +3,7 @@
     async with OcppCentralSystem(site_config, clock) as central:
         states = central.evse_states()
         results = await central.apply(commands)
+        central.restrict({("CP01", 1): "cannot be limited, site over its import limit"})  # every cycle
 
 Chargers connect to ``ws(s)://host:port/<charge point id>`` with subprotocol ``ocpp1.6`` or
 ``ocpp2.0.1`` (the one configured for them). Unknown ids, a wrong subprotocol, wrong Basic-auth
@@ -17,7 +18,7 @@ import binascii
 import hmac
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,8 @@ class OcppCentralSystem(StartStop):
         self._passwords = self._resolve_passwords()
         self._sessions: dict[str, V16Session | V201Session] = {}
         self._server: Server | None = None
+        self._restricted: dict[EvseKey, str] = {}
+        self._unknown_restrictions: set[EvseKey] = set()  # warned about once
 
     def _resolve_passwords(self) -> dict[str, str]:
         passwords: dict[str, str] = {}
@@ -273,7 +276,7 @@ class OcppCentralSystem(StartStop):
         return charger_id in self._sessions
 
     def ready(self, charger_id: str) -> bool:
-        """Connected, configured and holding its fail-safe: commands will be sent."""
+        """Connected and configured (holding its fail-safe where it took one): commands will be sent."""
         link = self._links.get(charger_id)
         return link is not None and link.ready
 
@@ -314,6 +317,42 @@ class OcppCentralSystem(StartStop):
             for charger_id, indices in by_charger.items():
                 group.create_task(run(charger_id, indices), name=f"apply-{charger_id}")
         return [result for result in results if result is not None]
+
+    # ------------------------------------------------------------------ restrictions
+
+    def restrict(self, wanted: Mapping[EvseKey, str]) -> None:
+        """The EVSEs that must be stopped and blocked now, each with its reason; call every cycle.
+
+        Non-blocking: it only compares ``wanted`` with the EVSEs restricted so far and hands
+        each change to its charger's job queue. A newly restricted EVSE has its transaction
+        stopped (1.6 RemoteStopTransaction, 2.0.1 RequestStopTransaction) and is set
+        Inoperative (ChangeAvailability); while restricted, Authorize / StartTransaction /
+        TransactionEvent on it are answered Blocked. An EVSE missing from ``wanted`` is set
+        Operative again. A charger that reconnects gets its restrictions again. A changed
+        reason for an EVSE already restricted only replaces the text (no calls, no log line).
+        """
+        current = self._restricted
+        if not wanted and not current:
+            return  # the usual cycle: nothing restricted, nothing to compare
+        for key in [key for key in current if key not in wanted]:
+            del current[key]
+            self._links[key[0]].release(key[1])
+        for key, reason in wanted.items():
+            previous = current.get(key)
+            if previous == reason:
+                continue
+            link = self._links.get(key[0])
+            if link is None or not 1 <= key[1] <= link.charger.evses:
+                if key not in self._unknown_restrictions:
+                    self._unknown_restrictions.add(key)
+                    LOG.warning("restriction of unknown EVSE %s/%s ignored (%s)", key[0], key[1], reason)
+                continue
+            current[key] = reason
+            link.restrict(key[1], reason)
+
+    def restricted(self) -> dict[EvseKey, str]:
+        """The EVSEs restricted now (as last passed to :meth:`restrict`) and why; a copy."""
+        return dict(self._restricted)
 
     def session(self, charger_id: str) -> Any:
         """The live protocol session of a charger (diagnostics and tests), or None."""

@@ -1,5 +1,6 @@
 """What the 1.6 and 2.0.1 server sessions share: exception translation, bad-frame answers,
-a sequential job queue for boot-time configuration and housekeeping, and the session lifetime."""
+a sequential job queue for boot-time configuration, housekeeping and restrictions, and the
+session lifetime. The versions add thin request builders (profiles, stop, availability)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import ocpp.messages
@@ -17,7 +18,7 @@ from ocpp.routing import after, on
 from websockets.exceptions import ConnectionClosed
 
 from evdlm.chargers.errors import ChargerCallError, ChargerError, ChargerOffline, ChargerTimeout
-from evdlm.chargers.ocpp.link import ChargerLink
+from evdlm.chargers.ocpp.link import ChargerLink, Job
 from evdlm.chargers.planning import LinkSettings, ProfileSpec
 from evdlm.core.clock import Clock
 
@@ -31,8 +32,6 @@ LOG = logging.getLogger("evdlm.chargers.ocpp")
 ocpp.messages.ASYNC_VALIDATION = False
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-Job = Callable[[], Awaitable[None]]
 
 # A bounded queue: a charger flooding us with session ends must not grow memory without limit.
 MAX_PENDING_JOBS = 64
@@ -167,11 +166,14 @@ class SessionBase(ABC):
 
     # -------------------------------------------------------------- jobs
 
-    def enqueue(self, job: Job) -> None:
+    def enqueue(self, job: Job) -> bool:
+        """Queue ``job`` behind the others; False (and a warning) when the queue is full."""
         try:
             self._jobs.put_nowait(job)
         except asyncio.QueueFull:
             LOG.warning("%s: housekeeping queue full, job dropped", self.id)
+            return False
+        return True
 
     async def _run_jobs(self) -> None:
         while True:
@@ -204,13 +206,23 @@ class SessionBase(ABC):
     format_violation: ClassVar[str]
 
     async def setup(self) -> None:
-        """After BootNotification: read smart-charging config, configure sampling, install the fail-safe."""
+        """After BootNotification: read smart-charging config, configure sampling, install the fail-safe.
+
+        Ends ready whatever the charger refuses (a station without smart charging included):
+        never ready would answer every command "configuration in progress" while the core
+        counted the EVSEs as controllable.
+        """
         try:
             await self._setup()
         except ChargerTimeout:
             # A charger busy right after boot: try again rather than stay unconfigured.
             LOG.warning("%s: configuration timed out, retrying", self.id)
             self.enqueue(self.setup)
+        except ChargerCallError as exc:
+            # Each step handles its own refusals; one that slips through must not leave the
+            # charger unconfigured for the rest of the connection.
+            LOG.error("%s: configuration step refused (%s): carrying on with what we have", self.id, exc)
+            self.link.mark_ready()
 
     @abstractmethod
     async def _setup(self) -> None:
@@ -225,10 +237,25 @@ class SessionBase(ABC):
         # request is built by profile_payload_16/201 (schema-checked in the tests) and the answer
         # is one enum, checked here. Validation was ~40 % of the server's CPU at 1000 chargers.
         try:
-            result = await self.call_checked(self.profile_request(spec), trusted_payload=True)
+            request = self.profile_request(spec)
+        except ValueError as exc:  # e.g. a transaction id this version cannot carry
+            raise ChargerCallError(self.format_violation, f"SetChargingProfile not sent: {exc}") from exc
+        try:
+            result = await self.call_checked(request, trusted_payload=True)
         except TypeError as exc:  # the answer did not fit the response dataclass
             raise ChargerCallError(self.format_violation, f"malformed SetChargingProfile answer: {exc}") from exc
         return checked_profile_status(result.status)
+
+    # The version's name of the stop request (for the log).
+    stop_action: str
+
+    @abstractmethod
+    async def stop_transaction(self, transaction_id: str) -> str:
+        """RemoteStopTransaction (1.6) / RequestStopTransaction (2.0.1); the answer's status."""
+
+    @abstractmethod
+    async def change_availability(self, evse_id: int, operative: bool) -> str:
+        """ChangeAvailability of one EVSE; Accepted / Rejected / Scheduled."""
 
     @abstractmethod
     async def recover(self) -> None:

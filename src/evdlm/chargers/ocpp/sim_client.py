@@ -13,10 +13,12 @@ import itertools
 import logging
 import random
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ocpp.exceptions import NotImplementedError as OcppNotImplementedError
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import ChargePoint as ChargePoint16
 from ocpp.v16 import call as call16
@@ -46,10 +48,31 @@ class _SimWireLogger(logging.LoggerAdapter[logging.Logger]):
     def info(self, msg: object, *args: object, **kwargs: Any) -> None:
         self.debug(msg, *args, **kwargs)
 
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        # The library logs every CALLERROR a handler raises with a traceback; the ones the
+        # simulator raises on purpose (a station without smart charging) are not its errors.
+        if isinstance(sys.exc_info()[1], OCPPError):
+            self.debug(msg, *args, **kwargs)
+        else:
+            super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
 
 SIM_WIRE_LOG = _SimWireLogger(logging.getLogger("evdlm.chargers.sim.wire"), {})
 
 Outbound = Callable[[], Awaitable[None]]
+
+# How a transaction ended (1.6 Reason) → 2.0.1 triggerReason of the TransactionEvent Ended.
+END_TRIGGERS_201 = {"EVDisconnected": "EVCommunicationLost", "Remote": "RemoteStop", "DeAuthorized": "Deauthorized"}
+SMART_CHARGING_KEYS_16 = (
+    "ChargeProfileMaxStackLevel",
+    "ChargingScheduleAllowedChargingRateUnit",
+    "ChargingScheduleMaxPeriods",
+    "MaxChargingProfilesInstalled",
+)
+
+
+def _not_implemented(action: str) -> OcppNotImplementedError:
+    return OcppNotImplementedError(description=f"{action}: this station has no smart charging")
 
 
 def _sample_16(measurand: str, value: float, unit: str, phase: str | None = None) -> dict[str, Any]:
@@ -148,12 +171,17 @@ class SimClient16(_ClientMixin, ChargePoint16):  # type: ignore[misc]
     @route("SetChargingProfile")
     async def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
         await self.station.answer_delay()
+        if self.model.misbehaviour.no_smart_charging:
+            self.station.profile_answers.append("NotImplemented")
+            raise _not_implemented("SetChargingProfile")
         status = self.model.set_profile(parse_profile_16(connector_id, cs_charging_profiles))
         self.station.profile_answers.append(status)
         return result16.SetChargingProfile(status=status)
 
     @route("ClearChargingProfile")
     def on_clear_charging_profile(self, **criteria: Any) -> Any:
+        if self.model.misbehaviour.no_smart_charging:
+            raise _not_implemented("ClearChargingProfile")
         cleared = self.model.clear_profiles(
             criteria.get("id"),
             criteria.get("connector_id"),
@@ -172,6 +200,9 @@ class SimClient16(_ClientMixin, ChargePoint16):  # type: ignore[misc]
             "MeterValuesSampledData": ",".join(self.model.measurands),
             "MeterValueSampleInterval": str(int(self.model.sample_interval_s)),
         }
+        if self.model.misbehaviour.no_smart_charging:
+            for name in SMART_CHARGING_KEYS_16:
+                del values[name]
         wanted = key or list(values)
         return result16.GetConfiguration(
             configuration_key=[
@@ -189,6 +220,15 @@ class SimClient16(_ClientMixin, ChargePoint16):  # type: ignore[misc]
         else:
             return result16.ChangeConfiguration(status="NotSupported")
         return result16.ChangeConfiguration(status="Accepted")
+
+    @route("RemoteStopTransaction")
+    def on_remote_stop_transaction(self, transaction_id: int) -> Any:
+        stopped = self.station.stop_remotely(str(transaction_id))
+        return result16.RemoteStopTransaction(status="Accepted" if stopped else "Rejected")
+
+    @route("ChangeAvailability")
+    def on_change_availability(self, connector_id: int, type: str) -> Any:  # `type`: the 1.6 field name
+        return result16.ChangeAvailability(status=self.station.change_availability(connector_id, type == "Operative"))
 
     @route("TriggerMessage")
     def on_trigger_message(self, requested_message: str, connector_id: int | None = None) -> Any:
@@ -215,10 +255,13 @@ class SimClient16(_ClientMixin, ChargePoint16):  # type: ignore[misc]
 
     def status_of(self, evse_id: int) -> str:
         connector = self.model.connectors[evse_id]
+        if not connector.operative and connector.transaction_id is None:
+            return "Unavailable"
         if connector.car is None:
             return "Available"
         if connector.transaction_id is None:
-            return "Preparing"
+            # Stopped (remotely, or refused) with the car still plugged in: 1.6 §4.9 Finishing.
+            return "Finishing" if connector.idle else "Preparing"
         if connector.suspended_ev:
             return "SuspendedEV"
         if connector.offered_a <= 0:
@@ -262,16 +305,24 @@ class SimClient16(_ClientMixin, ChargePoint16):  # type: ignore[misc]
         )
         if answer is not None and connector.car is not None:
             connector.transaction_id = str(answer.transaction_id)
+            if answer.id_tag_info.get("status") != "Accepted":
+                # StopTransactionOnInvalidId (true here): the refused transaction ends at once.
+                meter_stop_wh = connector.energy_register_wh
+                transaction_id = self.model.stop_transaction(evse_id)
+                await self.transaction_stopped(evse_id, transaction_id, meter_stop_wh, "DeAuthorized")
+                return
         await self.status(evse_id)
 
-    async def transaction_stopped(self, evse_id: int, transaction_id: str | None, meter_stop_wh: float) -> None:
+    async def transaction_stopped(
+        self, evse_id: int, transaction_id: str | None, meter_stop_wh: float, reason: str = "EVDisconnected"
+    ) -> None:
         if transaction_id is not None:
             await self.send(
                 call16.StopTransaction(
                     meter_stop=int(meter_stop_wh),
                     timestamp=iso_utc(self.station.clock.now_s()),
                     transaction_id=int(transaction_id),
-                    reason="EVDisconnected",
+                    reason=reason,
                 )
             )
         await self.status(evse_id)
@@ -294,6 +345,9 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
     @route("SetChargingProfile")
     async def on_set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any], **_: Any) -> Any:
         await self.station.answer_delay()
+        if self.model.misbehaviour.no_smart_charging:
+            self.station.profile_answers.append("NotImplemented")
+            raise _not_implemented("SetChargingProfile")
         status = self.model.set_profile(parse_profile_201(evse_id, charging_profile))
         self.station.profile_answers.append(status)
         return result201.SetChargingProfile(status=status)
@@ -302,6 +356,8 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
     def on_clear_charging_profile(
         self, charging_profile_id: int | None = None, charging_profile_criteria: dict[str, Any] | None = None, **_: Any
     ) -> Any:
+        if self.model.misbehaviour.no_smart_charging:
+            raise _not_implemented("ClearChargingProfile")
         criteria = charging_profile_criteria or {}
         cleared = self.model.clear_profiles(
             charging_profile_id,
@@ -324,8 +380,11 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
             component = item["component"]["name"]
             variable = item["variable"]["name"]
             value = smart.get(variable) if component == "SmartChargingCtrlr" else None
+            status = "Accepted" if value is not None else "UnknownVariable"
+            if component == "SmartChargingCtrlr" and self.model.misbehaviour.no_smart_charging:
+                value, status = None, "UnknownComponent"
             result: dict[str, Any] = {
-                "attribute_status": "Accepted" if value is not None else "UnknownVariable",
+                "attribute_status": status,
                 "component": item["component"],
                 "variable": item["variable"],
             }
@@ -348,6 +407,21 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
                 status = "Accepted"
             results.append({"attribute_status": status, "component": item["component"], "variable": item["variable"]})
         return result201.SetVariables(set_variable_result=results)
+
+    # GetChargingProfiles / GetCompositeSchedule are not routed: the library answers them with
+    # CALLERROR NotImplemented, as a station without smart charging does.
+
+    @route("RequestStopTransaction")
+    def on_request_stop_transaction(self, transaction_id: str, **_: Any) -> Any:
+        stopped = self.station.stop_remotely(transaction_id)
+        return result201.RequestStopTransaction(status="Accepted" if stopped else "Rejected")
+
+    @route("ChangeAvailability")
+    def on_change_availability(self, operational_status: str, evse: dict[str, Any] | None = None, **_: Any) -> Any:
+        evse_id = int(evse["id"]) if evse else 0
+        return result201.ChangeAvailability(
+            status=self.station.change_availability(evse_id, operational_status == "Operative")
+        )
 
     @route("TriggerMessage")
     def on_trigger_message(self, requested_message: str, evse: dict[str, Any] | None = None, **_: Any) -> Any:
@@ -385,11 +459,15 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
         return "Charging"
 
     async def status(self, evse_id: int) -> None:
-        occupied = self.model.connectors[evse_id].car is not None
+        connector = self.model.connectors[evse_id]
+        if not connector.operative and connector.transaction_id is None:
+            connector_status = "Unavailable"
+        else:
+            connector_status = "Occupied" if connector.car is not None else "Available"
         await self.send(
             call201.StatusNotification(
                 timestamp=iso_utc(self.station.clock.now_s()),
-                connector_status="Occupied" if occupied else "Available",
+                connector_status=connector_status,
                 evse_id=evse_id,
                 connector_id=1,
             )
@@ -423,14 +501,20 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
         )
 
     async def _transaction_event(
-        self, event_type: str, evse_id: int, transaction_id: str, trigger: str, **extra: Any
-    ) -> None:
+        self,
+        event_type: str,
+        evse_id: int,
+        transaction_id: str,
+        trigger: str,
+        stopped_reason: str = "EVDisconnected",
+        **extra: Any,
+    ) -> Any:
         info: dict[str, Any] = {"transaction_id": transaction_id}
         if event_type != "Ended":
             info["charging_state"] = self._charging_state(evse_id)
         else:
-            info["stopped_reason"] = "EVDisconnected"
-        await self.send(
+            info["stopped_reason"] = stopped_reason
+        return await self.send(
             call201.TransactionEvent(
                 event_type=event_type,
                 timestamp=iso_utc(self.station.clock.now_s()),
@@ -447,13 +531,20 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
         car = connector.car
         assert car is not None and connector.transaction_id is not None
         await self.status(evse_id)
-        await self._transaction_event(
+        answer = await self._transaction_event(
             "Started",
             evse_id,
             connector.transaction_id,
             "CablePluggedIn",
             id_token={"id_token": car.id_tag, "type": "ISO14443"},
         )
+        token_info = getattr(answer, "id_token_info", None) or {}
+        if answer is not None and token_info.get("status", "Accepted") != "Accepted":
+            # StopTxOnInvalidId (true here): the refused transaction ends at once.
+            meter_stop_wh = connector.energy_register_wh
+            transaction_id = self.model.stop_transaction(evse_id)
+            await self.transaction_stopped(evse_id, transaction_id, meter_stop_wh, "DeAuthorized")
+            return
         if car.departure_at_s is not None or car.energy_needed_wh is not None:
             needs: dict[str, Any] = {
                 "requested_energy_transfer": "AC_three_phase" if car.phases == 3 else "AC_single_phase",
@@ -468,9 +559,13 @@ class SimClient201(_ClientMixin, ChargePoint201):  # type: ignore[misc]
                 needs["departure_time"] = iso_utc(car.departure_at_s)
             await self.send(call201.NotifyEVChargingNeeds(charging_needs=needs, evse_id=evse_id))
 
-    async def transaction_stopped(self, evse_id: int, transaction_id: str | None, meter_stop_wh: float) -> None:
+    async def transaction_stopped(
+        self, evse_id: int, transaction_id: str | None, meter_stop_wh: float, reason: str = "EVDisconnected"
+    ) -> None:
         if transaction_id is not None:
-            await self._transaction_event("Ended", evse_id, transaction_id, "EVCommunicationLost")
+            await self._transaction_event(
+                "Ended", evse_id, transaction_id, END_TRIGGERS_201.get(reason, "AbnormalCondition"), reason
+            )
         await self.status(evse_id)
 
     async def suspended(self, evse_id: int) -> None:
@@ -520,7 +615,8 @@ class SimStation:
         self.connected = asyncio.Event()  # booted (or resumed) and talking
         self.connections = 0
         self.boots = 0
-        self.profile_answers: list[str] = []  # what we answered to SetChargingProfile, in order
+        # What we answered to SetChargingProfile, in order ("NotImplemented": the CALLERROR).
+        self.profile_answers: list[str] = []
         self.last_refusal: int | None = None  # HTTP status of the last refused handshake
         self._outbox: list[Outbound] = []
         self._client: SimClient | None = None
@@ -539,14 +635,45 @@ class SimStation:
     # -------------------------------------------------------------- cars
 
     def plug_in(self, evse_id: int, car: Car) -> None:
-        """A car arrives: plugged in and (auto-)authorised; the transaction starts."""
-        now_s = self.clock.now_s()
-        transaction_id = None
-        if self.charger.ocpp_version == "2.0.1":
-            # 2.0.1 stations name their transactions.
-            transaction_id = f"{self.charger.id}-{evse_id}-{next(self._transaction_counter)}"
-        self.model.plug_in(evse_id, car, transaction_id, now_s)
-        self._post(lambda client: client.transaction_started(evse_id))
+        """A car arrives: plugged in and (auto-)authorised; the transaction starts, or on an
+        Inoperative connector waits until it is Operative again."""
+        self.model.plug_in(evse_id, car, self._new_transaction_id(evse_id), self.clock.now_s())
+        if self.model.connectors[evse_id].waiting:
+            self._post(lambda client: client.status(evse_id))
+        else:
+            self._post(lambda client: client.transaction_started(evse_id))
+
+    def _new_transaction_id(self, evse_id: int) -> str | None:
+        if self.charger.ocpp_version != "2.0.1":
+            return None  # 1.6: the central system assigns it in StartTransaction.conf
+        # 2.0.1 stations name their transactions.
+        return f"{self.charger.id}-{evse_id}-{next(self._transaction_counter)}"
+
+    def stop_remotely(self, transaction_id: str) -> bool:
+        """RemoteStopTransaction / RequestStopTransaction: end it, the car stays plugged in and
+        stops drawing. False when no such transaction runs here."""
+        evse_id = self.model.connector_of_transaction(transaction_id)
+        if evse_id is None:
+            return False
+        if self.model.misbehaviour.ignore_remote_stop:
+            return True
+        meter_stop_wh = self.model.connectors[evse_id].energy_register_wh
+        self.model.stop_transaction(evse_id)
+        self._post(lambda client: client.transaction_stopped(evse_id, transaction_id, meter_stop_wh, "Remote"))
+        return True
+
+    def change_availability(self, evse_id: int, operative: bool) -> str:
+        """ChangeAvailability of one connector (0: all); a waiting car starts once Operative."""
+        status, startable = self.model.set_availability(evse_id, operative)
+        if status == "Rejected":
+            return status
+        for target in list(self.model.connectors) if evse_id == 0 else [evse_id]:
+            if target in startable:
+                self.model.start_transaction(target, self._new_transaction_id(target), self.clock.now_s())
+                self._post(lambda client, target=target: client.transaction_started(target))  # type: ignore[misc]
+            else:
+                self._post(lambda client, target=target: client.status(target))  # type: ignore[misc]
+        return status
 
     def unplug(self, evse_id: int) -> None:
         connector = self.model.connectors[evse_id]

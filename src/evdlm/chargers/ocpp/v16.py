@@ -106,14 +106,22 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
 
     @route("Authorize")
     def on_authorize(self, id_tag: str) -> Any:
-        # Authorisation is not load management's business: accept, the CPO backend decides billing.
-        return call_result.Authorize(id_tag_info={"status": "Accepted"})
+        # Authorisation is not load management's business (the CPO backend decides billing),
+        # except that a restricted connector takes no new session.
+        status = "Blocked" if self.link.refuse_authorize("Authorize") else "Accepted"
+        return call_result.Authorize(id_tag_info={"status": status})
 
     @route("StartTransaction")
     def on_start_transaction(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, **_: Any) -> Any:
+        # StartTransaction.conf always carries a transaction id; with Blocked the charge
+        # point ends the transaction (StopTransactionOnInvalidId) or at least offers no energy.
         transaction_id = self.link.next_transaction_id()
-        self.link.transaction_started(connector_id, str(transaction_id))
-        return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info={"status": "Accepted"})
+        restricted = self.link.restriction(connector_id) is not None
+        self.link.transaction_started(
+            connector_id, str(transaction_id), refused_by="StartTransaction" if restricted else None
+        )
+        status = "Blocked" if restricted else "Accepted"
+        return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info={"status": status})
 
     @route("StopTransaction")
     def on_stop_transaction(self, meter_stop: int, timestamp: str, transaction_id: int, **kwargs: Any) -> Any:
@@ -133,6 +141,22 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
         result = await self.call_checked(call.ClearChargingProfile(id=profile_id))
         return str(result.status)
 
+    stop_action = "RemoteStopTransaction"
+
+    async def stop_transaction(self, transaction_id: str) -> str:
+        try:
+            numeric_id = int(transaction_id)
+        except ValueError as exc:  # 1.6 transaction ids are integers
+            raise ChargerCallError(self.format_violation, f"transaction id {transaction_id!r} is not 1.6") from exc
+        result = await self.call_checked(call.RemoteStopTransaction(transaction_id=numeric_id))
+        return str(result.status)
+
+    async def change_availability(self, evse_id: int, operative: bool) -> str:
+        result = await self.call_checked(
+            call.ChangeAvailability(connector_id=evse_id, type="Operative" if operative else "Inoperative")
+        )
+        return str(result.status)
+
     async def _setup(self) -> None:
         async with self.link.lock:
             reported = None
@@ -144,7 +168,7 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
             self.link.configure(reported)
             await self._configure_sampling()
             await self.link.install_failsafe()
-            self.link.ready = True
+            self.link.mark_ready()
 
     async def _configure_sampling(self) -> None:
         measurands = list(SAMPLED_MEASURANDS)
@@ -167,7 +191,7 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
 
     async def recover(self) -> None:
         if self.link.failsafe_installed:
-            self.link.ready = True
+            self.link.mark_ready()
         else:
             await self.setup()  # a central system that restarted knows nothing of this charger yet
         # Connectors and sessions may have changed while we were apart; the charger tells us again.

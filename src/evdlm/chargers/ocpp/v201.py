@@ -95,7 +95,9 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
 
     @route("Authorize")
     def on_authorize(self, id_token: dict[str, Any], **_: Any) -> Any:
-        return call_result.Authorize(id_token_info={"status": "Accepted"})
+        # Billing is the CPO's business; only a station whose every EVSE is restricted is refused.
+        status = "Blocked" if self.link.refuse_authorize("Authorize") else "Accepted"
+        return call_result.Authorize(id_token_info={"status": status})
 
     @route("TransactionEvent")
     def on_transaction_event(
@@ -110,16 +112,26 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
         transaction_id = str(transaction_info["transaction_id"])
         evse = kwargs.get("evse")
         evse_id = evse["id"] if evse else self.link.evse_of_transaction(transaction_id)
+        has_token = kwargs.get("id_token") is not None
+        # A restricted EVSE takes no new session: a token presented for it is Blocked (the
+        # station then ends the transaction, StopTxOnInvalidId); one that started without a
+        # token is stopped by the link.
+        refuse = (
+            has_token and evse_id is not None and event_type != "Ended" and self.link.restriction(evse_id) is not None
+        )
+        refused_by = f"TransactionEvent {event_type}" if refuse else None
         if evse_id is not None and event_type != "Ended" and self.link.evse_of_transaction(transaction_id) is None:
             # Started, or an Updated for a transaction begun while we were apart: take it up.
-            self.link.transaction_started(evse_id, transaction_id)
+            self.link.transaction_started(evse_id, transaction_id, refused_by=refused_by)
+        elif refused_by is not None and evse_id is not None:
+            self.link.refused(evse_id, refused_by)
         meter_value = kwargs.get("meter_value")
         if evse_id is not None and meter_value:
             self.link.meter_sample(evse_id, parse_meter_values(meter_value, "2.0.1"))
         if event_type == "Ended":
             self.session_ended(self.link.transaction_ended(transaction_id, evse_id))
-        if kwargs.get("id_token") is not None:
-            return call_result.TransactionEvent(id_token_info={"status": "Accepted"})
+        if has_token:
+            return call_result.TransactionEvent(id_token_info={"status": "Blocked" if refuse else "Accepted"})
         return call_result.TransactionEvent()
 
     @route("NotifyEVChargingNeeds")
@@ -166,6 +178,20 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
         result = await self.call_checked(call.ClearChargingProfile(charging_profile_id=profile_id))
         return str(result.status)
 
+    stop_action = "RequestStopTransaction"
+
+    async def stop_transaction(self, transaction_id: str) -> str:
+        result = await self.call_checked(call.RequestStopTransaction(transaction_id=transaction_id))
+        return str(result.status)
+
+    async def change_availability(self, evse_id: int, operative: bool) -> str:
+        result = await self.call_checked(
+            call.ChangeAvailability(
+                operational_status="Operative" if operative else "Inoperative", evse={"id": evse_id}
+            )
+        )
+        return str(result.status)
+
     async def _setup(self) -> None:
         async with self.link.lock:
             reported = None
@@ -184,7 +210,7 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
             self.link.configure(reported)
             await self._configure_sampling()
             await self.link.install_failsafe()
-            self.link.ready = True
+            self.link.mark_ready()
 
     async def _configure_sampling(self) -> None:
         settings = [
@@ -218,7 +244,7 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
 
     async def recover(self) -> None:
         if self.link.failsafe_installed:
-            self.link.ready = True
+            self.link.mark_ready()
         else:
             await self.setup()  # a central system that restarted knows nothing of this station yet
         # F06: a triggered TransactionEvent (Updated, trigger "Trigger") names a running transaction.

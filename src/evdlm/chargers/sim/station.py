@@ -26,6 +26,17 @@ class Misbehaviour:
     only_stack_level_0: bool = False  # reject stackLevel > 0 (ABB-style firmware)
     advertise_truthfully: bool = True  # False: configuration keys claim more than it accepts
     answer_delay_s: float = 0.0  # wall seconds before answering SetChargingProfile (a slow charger)
+    # No smart charging at all (a 2.0.1 station without the feature, a 1.6 one without the
+    # profile): SetChargingProfile / ClearChargingProfile / GetChargingProfiles answered with
+    # CALLERROR NotImplemented, the smart-charging keys unknown; the car draws its maximum.
+    no_smart_charging: bool = False
+    # Only these purposes are accepted (TxDefaultProfile, TxProfile, StationMax); None: all.
+    accepted_purposes: frozenset[str] | None = None
+    # Answers ChangeAvailability Accepted but starts transactions anyway (so that the central
+    # system's Blocked answers are what stops them).
+    ignore_availability: bool = False
+    # Answers RemoteStopTransaction / RequestStopTransaction Accepted and charges on.
+    ignore_remote_stop: bool = False
 
 
 @dataclass
@@ -39,6 +50,16 @@ class Connector:
     offered_history: deque[tuple[float, float | None]] = field(default_factory=lambda: deque(maxlen=256))
     offered_a: float = 0.0
     suspended_ev: bool = False  # car stopped by itself (full)
+    operative: bool = True  # ChangeAvailability: an Inoperative connector starts no transaction
+    inoperative_pending: bool = False  # Inoperative answered Scheduled: applies when the transaction ends
+    # A car is plugged in without a transaction (stopped remotely, refused, or waiting for the
+    # connector to become Operative): no energy is offered.
+    idle: bool = False
+
+    @property
+    def waiting(self) -> bool:
+        """A plugged-in car without a transaction, which starts one once the connector is Operative."""
+        return self.car is not None and self.transaction_id is None and self.idle
 
 
 class StationModel:
@@ -74,9 +95,16 @@ class StationModel:
     # -------------------------------------------------------------- profiles
 
     def set_profile(self, profile: InstalledProfile) -> str:
-        """Install a profile as firmware would; the answer (Accepted / Rejected)."""
+        """Install a profile as firmware would; the answer (Accepted / Rejected).
+
+        A station without smart charging (``no_smart_charging``) never gets here: its protocol
+        client answers with a CALLERROR.
+        """
         behaviour = self.misbehaviour
         if behaviour.reject_profiles:
+            return "Rejected"
+        purpose = "StationMax" if profile.station_max else profile.purpose
+        if behaviour.accepted_purposes is not None and purpose not in behaviour.accepted_purposes:
             return "Rejected"
         if behaviour.only_amps and profile.unit == "W":
             return "Rejected"
@@ -89,8 +117,11 @@ class StationModel:
         if profile.station_max and profile.connector_id != 0:
             return "Rejected"
         if profile.purpose == "TxProfile":
+            # Only for the running transaction (spec table: the wrong transactionId is rejected).
             connector = self.connectors.get(profile.connector_id)
             if connector is None or connector.transaction_id is None:
+                return "Rejected"
+            if profile.transaction_id is not None and profile.transaction_id != connector.transaction_id:
                 return "Rejected"
         # Same id, or same purpose + stack level + connector, replaces (1.6 §3.13.2).
         for existing_id, existing in list(self.profiles.items()):
@@ -142,6 +173,8 @@ class StationModel:
 
     def offered_current_a(self, evse_id: int, now_s: float) -> float:
         """What the charger signals to the car (whole tenths, 0 below the PWM minimum)."""
+        if self.connectors[evse_id].idle:
+            return 0.0  # no transaction: no energy
         limit = None if self.misbehaviour.ignore_profiles else self.limit_a(evse_id, now_s)
         offered = self.charger.max_current_a if limit is None else min(limit, self.charger.max_current_a)
         offered = math.floor(offered * 10 + 1e-9) / 10
@@ -149,14 +182,79 @@ class StationModel:
 
     # -------------------------------------------------------------- cars
 
+    def can_start(self, evse_id: int) -> bool:
+        """Whether a transaction may start on the connector now (Inoperative: not until Operative)."""
+        return self.connectors[evse_id].operative or self.misbehaviour.ignore_availability
+
     def plug_in(self, evse_id: int, car: Car, transaction_id: str | None, now_s: float) -> None:
+        """A car arrives; the transaction starts at once unless the connector is Inoperative
+        (then the car waits: :meth:`start_transaction` once it is Operative)."""
         connector = self.connectors[evse_id]
         connector.car = car
         connector.ev = initial_state(car)
-        connector.transaction_id = transaction_id
-        connector.transaction_start_s = now_s
         connector.suspended_ev = False
         connector.offered_history.clear()
+        if self.can_start(evse_id):
+            self.start_transaction(evse_id, transaction_id, now_s)
+        else:
+            connector.transaction_id = None
+            connector.transaction_start_s = None
+            connector.idle = True
+
+    def start_transaction(self, evse_id: int, transaction_id: str | None, now_s: float) -> None:
+        """A plugged-in car's transaction begins (1.6: the id arrives with StartTransaction.conf)."""
+        connector = self.connectors[evse_id]
+        connector.transaction_id = transaction_id
+        connector.transaction_start_s = now_s
+        connector.idle = False
+
+    def stop_transaction(self, evse_id: int) -> str | None:
+        """End the transaction, the car staying plugged in and drawing nothing; returns its id.
+        An Inoperative answered Scheduled takes effect now."""
+        connector = self.connectors[evse_id]
+        transaction_id = connector.transaction_id
+        connector.transaction_id = None
+        connector.transaction_start_s = None
+        connector.idle = connector.car is not None
+        if connector.inoperative_pending:
+            connector.inoperative_pending = False
+            connector.operative = False
+        return transaction_id
+
+    def connector_of_transaction(self, transaction_id: str) -> int | None:
+        for evse_id, connector in self.connectors.items():
+            if connector.transaction_id is not None and connector.transaction_id == transaction_id:
+                return evse_id
+        return None
+
+    def set_availability(self, evse_id: int, operative: bool) -> tuple[str, list[int]]:
+        """ChangeAvailability of one connector (0: all of them), as 1.6 §5.2 / 2.0.1 G03 describe.
+
+        Returns the answer (Accepted / Scheduled / Rejected) and the connectors whose waiting car
+        may now start a transaction (those that just became Operative).
+        """
+        if evse_id != 0 and evse_id not in self.connectors:
+            return "Rejected", []
+        targets = list(self.connectors) if evse_id == 0 else [evse_id]
+        status = "Accepted"
+        startable: list[int] = []
+        for target in targets:
+            connector = self.connectors[target]
+            if operative:
+                was_operative = connector.operative
+                connector.operative = True
+                connector.inoperative_pending = False
+                if not was_operative and connector.waiting:
+                    startable.append(target)
+            elif self.misbehaviour.ignore_availability:
+                continue  # says yes, does nothing
+            elif connector.transaction_id is not None:
+                # A running transaction is not interrupted: unavailable once it ends.
+                connector.inoperative_pending = True
+                status = "Scheduled"
+            else:
+                connector.operative = False
+        return status, startable
 
     def unplug(self, evse_id: int) -> None:
         connector = self.connectors[evse_id]
@@ -166,6 +264,10 @@ class StationModel:
         connector.transaction_start_s = None
         connector.suspended_ev = False
         connector.offered_a = 0.0
+        connector.idle = False
+        if connector.inoperative_pending:
+            connector.inoperative_pending = False
+            connector.operative = False
 
     def advance(self, now_s: float) -> list[int]:
         """Step every car to ``now_s``; returns EVSEs whose car just stopped by itself (full)."""
