@@ -34,6 +34,8 @@ log = logging.getLogger("evdlm.demo")
 
 # When limits are checked after a change: chargers and cars need up to this long to follow.
 RESPONSE_ALLOWANCE_S = 15.0
+# The summary lists the import-limit changes one by one up to this many (more means flapping).
+MAX_CHANGES_LISTED = 6
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Sample:
     battery_w: float
     ev_w: float
     limits: dict[str, float]
+    grid_fallback: bool = False  # the fallback import limit was in force (grid meter not usable)
 
 
 @dataclass
@@ -92,6 +95,29 @@ class DemoResult:
                 over += b.t_s - a.t_s
         return over
 
+    def import_limit_changes(self) -> list[tuple[float, float, float, str]]:
+        """Every change of the import limit in force: (s from start, from W, to W, cause).
+
+        The cause is what changed with it: ``grid fallback`` (the grid meter became unusable or
+        usable again), ``DR`` (the DR import limit changed), else ``other``. Cycles without a
+        decision are skipped.
+        """
+        changes: list[tuple[float, float, float, str]] = []
+        previous: Sample | None = None
+        for sample in self.samples:
+            if math.isnan(sample.import_limit_w):
+                continue
+            if previous is not None and not math.isclose(sample.import_limit_w, previous.import_limit_w):
+                if sample.grid_fallback != previous.grid_fallback:
+                    cause = "grid fallback"
+                elif not _same_limit(sample.dr_limit_w, previous.dr_limit_w):
+                    cause = "DR"
+                else:
+                    cause = "other"
+                changes.append((sample.t_s, previous.import_limit_w, sample.import_limit_w, cause))
+            previous = sample
+        return changes
+
     def energy_kwh(self) -> float:
         return sum(a.ev_w * (b.t_s - a.t_s) for a, b in zip(self.samples, self.samples[1:], strict=False)) / 3.6e6
 
@@ -107,6 +133,10 @@ class DemoResult:
             (s.t_s - start for s in self.samples if s.t_s >= start and s.grid_w <= self.dr_limit_w + 1.0), None
         )
         return (ok / len(inside) if inside else math.nan, reaction)
+
+
+def _same_limit(a: float | None, b: float | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and math.isclose(a, b))
 
 
 def _start_of_demo(timezone: str, at: time) -> float:
@@ -245,6 +275,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
                 battery_w=snapshot.battery_w,
                 ev_w=sum(snapshot.ev_phase_a) * config.grid.nominal_voltage_v,
                 limits={c.charger_id: c.limit for c in decision.plan.commands} if decision else {},
+                grid_fallback=decision.built.grid_fallback if decision else False,
             )
             result.samples.append(sample)
             result.cycle_durations_s.append(report.duration_s)
@@ -342,6 +373,17 @@ def summary_table(result: DemoResult) -> Table:
         "time over the limit in force",
         f"{result.seconds_over_limit():.0f} s (outside {RESPONSE_ALLOWANCE_S:g} s response allowances)",
     )
+    changes = result.import_limit_changes()
+    causes = {cause: sum(1 for change in changes if change[3] == cause) for cause in ("DR", "grid fallback", "other")}
+    text = f"{len(changes)}"
+    if changes:
+        text += f" ({', '.join(f'{n} {cause}' for cause, n in causes.items() if n)})"
+    if 0 < len(changes) <= MAX_CHANGES_LISTED:
+        text += ": " + ", ".join(
+            f"+{t_s / 60:.1f} min {from_w / 1000:.1f} → {to_w / 1000:.1f} kW {cause}"
+            for t_s, from_w, to_w, cause in changes
+        )
+    table.add_row("import-limit changes", text)
     table.add_row("EV energy delivered", f"{result.energy_kwh():.1f} kWh")
     if result.dr_window is not None:
         table.add_row(

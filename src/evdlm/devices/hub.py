@@ -8,8 +8,10 @@
             await hub.battery_control.set_power_w(-3000)   # charge at 3 kW
 
 One transport per Modbus link (shared by its unit ids, requests serialized), one named polling
-task per device in one TaskGroup (a slow device only delays itself and, on a shared serial
-line, the devices behind the same lock), MQTT devices fed by subscriptions on one client.
+task per link in one TaskGroup that polls its units in turn (safety-critical meters first,
+silent units backed off, and on Modbus TCP a silent unit's request given up before its
+neighbours go stale: :mod:`evdlm.devices.scheduling`), one task per in-process device, MQTT
+devices fed by subscriptions on one client.
 
 Failure policy: a failed poll keeps the last OK reading, which turns STALE once older than the
 device's ``max_age_s``; with no OK reading to keep, the device is MISSING with the error as
@@ -22,23 +24,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
-from evdlm.config.models import BatteryControlMode, Device, SiteConfig
+from evdlm.config.models import BatteryControlMode, Device, DeviceRole, SiteConfig
 from evdlm.config.secrets import resolve_secret
 from evdlm.core.clock import Clock
 from evdlm.core.types import Quality, Reading
 from evdlm.devices.battery import BatteryControl, SunSpecBatteryControl
 from evdlm.devices.codec import Measurement, orient
-from evdlm.devices.errors import DeviceError
+from evdlm.devices.errors import DeviceError, DeviceTimeoutError, TransportError
 from evdlm.devices.modbus_transport import ModbusTransport, raise_if_cancelling
 from evdlm.devices.mqtt_device import parse_mqtt_payload
 from evdlm.devices.profile import SUNSPEC, load_profile
 from evdlm.devices.quality import DEFAULT_PLAUSIBILITY, CounterState, Plausibility, to_reading, unwrap_counters
 from evdlm.devices.readers import CallableReader, ProfileReader, Reader, SunSpecReader
+from evdlm.devices.scheduling import (
+    OTHER_RANK,
+    SAFETY_RANK,
+    PollOutcome,
+    UnitSchedule,
+    after_poll,
+    hold_until_s,
+    next_due_s,
+    pick_next,
+    safety_critical_devices,
+)
 from evdlm.devices.sim.site import SiteSimulation
 from evdlm.mqtt.client import MqttClient, MqttMessage
 
@@ -57,6 +72,16 @@ class _Slot:
     logged_quality: Quality = Quality.MISSING
     failing: bool = False
     polls: int = 0
+    # Polling (evdlm.devices.scheduling): the unit's place in its link's schedule, how its last
+    # poll ended, and whether an unexpected error's traceback was logged already (once only).
+    schedule: UnitSchedule | None = None
+    outcome: PollOutcome = PollOutcome.ANSWERED
+    traceback_logged: bool = False
+
+
+def _scheduled(slot: _Slot) -> UnitSchedule:
+    assert slot.schedule is not None, "polled slots are scheduled before their loop starts"
+    return slot.schedule
 
 
 class DeviceHub:
@@ -92,7 +117,11 @@ class DeviceHub:
     ) -> None:
         self.config = config
         self.clock = clock
-        self.plausibility = plausibility
+        self.plausibility = replace(plausibility, nominal_voltage_v=config.grid.nominal_voltage_v)
+        # Behind a grid meter, PV or a battery can net the power to near 0 while reactive current
+        # still flows: there a low power factor is no sign of a wrong scale factor.
+        generation = config.battery is not None or any(d.role is DeviceRole.PV for d in config.devices)
+        self._grid_plausibility = replace(self.plausibility, min_power_factor=None) if generation else self.plausibility
         self.transports: dict[str, ModbusTransport] = {
             link.name: ModbusTransport(link, clock) for link in config.modbus_links
         }
@@ -128,6 +157,7 @@ class DeviceHub:
         self.battery_control: BatteryControl | None = self._battery
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._poll_rng = random.Random()  # jitter of the silent units' retries
         self._mqtt_entered = False
         self._mqtt_handlers: list[tuple[str, Callable[[MqttMessage], None]]] = []
 
@@ -173,10 +203,10 @@ class DeviceHub:
             if self.mqtt is not None and self._own_mqtt:
                 await self.mqtt.__aenter__()
                 self._mqtt_entered = True
+            for (_, group), slots in self._poll_groups().items():
+                self._tasks.append(self._tg.create_task(self._poll_loop(slots), name=f"poll:{group}"))
             for slot in self._slots.values():
-                if slot.reader is not None:
-                    self._tasks.append(self._tg.create_task(self._poll_loop(slot), name=f"poll:{slot.device.name}"))
-                elif slot.device.mqtt is not None and self.mqtt is not None:
+                if slot.reader is None and slot.device.mqtt is not None and self.mqtt is not None:
                     handler = self._mqtt_handler(slot)
                     self._mqtt_handlers.append((slot.device.mqtt.topic, handler))
                     await self.mqtt.subscribe(slot.device.mqtt.topic, handler, qos=1)
@@ -211,13 +241,67 @@ class DeviceHub:
 
     # ------------------------------------------------------------ polling
 
-    async def _poll_loop(self, slot: _Slot) -> None:
-        period_s = slot.device.poll_period_s
+    def _poll_groups(self) -> dict[tuple[str, str], list[_Slot]]:
+        """Polled devices by link (a device read in process is a group of its own), scheduled."""
+        critical = safety_critical_devices(self.config)
+        groups: dict[tuple[str, str], list[_Slot]] = {}
+        for name, slot in self._slots.items():
+            if slot.reader is None:
+                continue
+            device = slot.device
+            slot.schedule = UnitSchedule(
+                name, device.poll_period_s, device.max_age_s, SAFETY_RANK if name in critical else OTHER_RANK
+            )
+            key = ("link", device.modbus.link) if device.modbus is not None else ("device", name)
+            groups.setdefault(key, []).append(slot)
+        return groups
+
+    async def _poll_loop(self, slots: list[_Slot]) -> None:
+        """Poll one link's units in turn, for ever (see :mod:`evdlm.devices.scheduling`)."""
+        first = slots[0].device.modbus
+        abandonable = len(slots) > 1 and first is not None and self.transports[first.link].abandonable
         while True:
-            started_s = self.clock.now_s()
-            await self.poll_once(slot.device.name)
+            units = [_scheduled(slot) for slot in slots]
+            now_s = self.clock.now_s()
+            index = pick_next(units, now_s)
+            if index is None:
+                await self.clock.sleep(next_due_s(units) - now_s)
+                continue
+            slot = slots[index]
+            hold_s = hold_until_s(units, index, now_s) if abandonable else math.inf
+            if math.isinf(hold_s):
+                await self.poll_once(slot.device.name)
+            else:
+                await self._poll_holding(slot, hold_s)
             raise_if_cancelling()
-            await self.clock.sleep(max(0.0, period_s - (self.clock.now_s() - started_s)))
+            slot.schedule = after_poll(units[index], slot.outcome, now_s, self.clock.now_s(), self._poll_rng)
+
+    async def _poll_holding(self, slot: _Slot, hold_s: float) -> None:
+        """Poll ``slot`` but give its request up at ``hold_s`` (clock time): others need the link.
+
+        Only on links where giving up frees the link (:attr:`ModbusTransport.abandonable`); the
+        transport then closes the connection, so the late answer goes nowhere, and the next
+        request reconnects.
+        """
+        started_s = self.clock.now_s()
+        poll = asyncio.create_task(self.poll_once(slot.device.name), name=f"poll:{slot.device.name}")
+        timer = asyncio.create_task(self.clock.sleep(hold_s - started_s), name=f"hold:{slot.device.name}")
+        try:
+            await asyncio.wait((poll, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            poll.cancel()  # no-op once it is done
+            # Let the abandoned request unwind (release the link's lock) before the next one.
+            await asyncio.wait((poll,))
+        if not poll.cancelled():
+            poll.result()  # poll_once handles every device error itself; anything else is a bug
+            return
+        slot.outcome = PollOutcome.FAILED
+        # Worded like the transport's timeout: to the operator it is the same silence.
+        self._failed(
+            slot, f"no response within {self.clock.now_s() - started_s:.1f} s (gave the link to the units that answer)"
+        )
+        self._current(slot, self.clock.now_s())
 
     async def poll_once(self, name: str) -> Reading:
         """Poll one device now and return its reading as the snapshot would show it."""
@@ -225,17 +309,25 @@ class DeviceHub:
         if slot.reader is None:
             raise ValueError(f"device {name!r} is not polled (MQTT)")
         slot.polls += 1
+        slot.outcome = PollOutcome.FAILED
         try:
             async with asyncio.timeout(slot.budget_s):
                 measurement = await slot.reader.read()
         except DeviceError as exc:
+            if isinstance(exc, TransportError) and not isinstance(exc, DeviceTimeoutError):
+                slot.outcome = PollOutcome.LINK_DOWN
             self._failed(slot, str(exc))
         except TimeoutError:
             self._failed(slot, f"poll took longer than {slot.budget_s:g} s")
         except Exception as exc:  # a decoder bug must not kill the poll task or pass a number
-            logger.exception("device %s: unexpected error while polling", name)
+            # The traceback once per device, or a persistent bug would log one every poll; the
+            # failure itself is logged by _failed, once per change.
+            if not slot.traceback_logged:
+                slot.traceback_logged = True
+                logger.exception("device %s: unexpected error while polling (traceback logged once)", name)
             self._failed(slot, f"internal error: {exc!r}")
         else:
+            slot.outcome = PollOutcome.ANSWERED
             self._store(slot, measurement)
         return self._current(slot, self.clock.now_s())
 
@@ -246,7 +338,7 @@ class DeviceHub:
             self.clock.now_s(),
             measurement,
             slot.last_good,
-            self.plausibility,
+            self._grid_plausibility if slot.device.role is DeviceRole.GRID_METER else self.plausibility,
             require_power=require_power,
         )
         if reading.quality is Quality.OK:

@@ -7,7 +7,10 @@ Exceptions are translated at this boundary into :mod:`evdlm.devices.errors`.
 
 A transport serves one link (a TCP gateway or one RS-485 line): several unit ids share it and
 their requests are serialized with an :class:`asyncio.Lock`, because a Modbus line carries one
-transaction at a time and many TCP gateways mishandle concurrent requests.
+transaction at a time and many TCP gateways mishandle concurrent requests. A request that
+gets no answer in time (or that the poll scheduler gives up, see
+:attr:`ModbusTransport.abandonable`) closes the connection, so that its late answer can never
+be read as another request's.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ ModbusLinkConfig = ModbusTcpLink | ModbusRtuOverTcpLink | ModbusRtuLink
 
 READ_HOLDING = 3
 READ_INPUT = 4
+MAX_REGISTER_ADDRESS = 0xFFFF
 
 logger = logging.getLogger("evdlm.devices.modbus")
 # pymodbus logs every failed connect and timeout at WARNING; this module reports them once, as
@@ -113,6 +117,7 @@ class ModbusTransport:
         self._next_attempt_at_s = float("-inf")
         self.requests = 0  # counters for benchmarks and metrics
         self.errors = 0
+        self.connects = 0
 
     def _make_client(self) -> Any:
         link = self.link
@@ -138,6 +143,18 @@ class ModbusTransport:
     @property
     def connected(self) -> bool:
         return self._client is not None and bool(self._client.connected)
+
+    @property
+    def abandonable(self) -> bool:
+        """Whether giving a request up before its timeout frees the link for the other units.
+
+        On Modbus TCP it does, for the price of a reconnect (one round trip on a LAN): the
+        connection is closed, the next request opens a new one. On a serial line it does not:
+        the device still answers on the wire whatever the client does, into the next request.
+        Behind an RTU-over-TCP gateway neither: its serial side stays busy with the abandoned
+        request until its own timeout, and the next request waits there instead of here.
+        """
+        return isinstance(self.link, ModbusTcpLink)
 
     async def __aenter__(self) -> ModbusTransport:
         return self
@@ -168,6 +185,10 @@ class ModbusTransport:
         except (TimeoutError, OSError, ModbusException) as exc:
             ok = False
             logger.debug("link %s: connect raised %r", self.name, exc)
+        except BaseException:
+            # Cancelled mid-connect (the poll was abandoned, the hub is closing): no half-open client.
+            client.close()
+            raise
         if not ok:
             client.close()
             self._failures += 1
@@ -180,6 +201,7 @@ class ModbusTransport:
             logger.info("link %s: connected after %d failed attempts", self.name, self._failures)
         self._failures = 0
         self._client = client
+        self.connects += 1
         return client
 
     async def _call(self, what: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -194,7 +216,12 @@ class ModbusTransport:
             except (ModbusIOException, TimeoutError) as exc:
                 self.errors += 1
                 # Drop the connection: a late answer would otherwise be read as the answer to the
-                # next request (RTU frames carry no transaction id to tell them apart).
+                # next request. RTU frames carry no transaction id to tell them apart; Modbus TCP
+                # frames do, but a server that handles requests concurrently may stamp its late
+                # answer with the id of the latest request on the connection (pymodbus's own
+                # server does: tests/devices/test_link_scheduling.py), and many TCP gateways are
+                # no better. A reconnect costs one round trip; another unit's values, nothing less
+                # than a wrong reading.
                 self.close()
                 raise DeviceTimeoutError(
                     f"link {self.name}: {what}: no response within {self.link.timeout_s:g} s"
@@ -203,6 +230,20 @@ class ModbusTransport:
                 self.errors += 1
                 self.close()
                 raise TransportError(f"link {self.name}: {what}: {exc}") from exc
+            except asyncio.CancelledError:
+                # Abandoned while out (the poll scheduler gave the link to others, or the hub is
+                # closing): its answer may still come, so as after a timeout.
+                self.close()
+                raise
+            except Exception as exc:
+                # Whatever else pymodbus raises (ValueError for an address it will not encode,
+                # struct.error for a frame shorter than its byte count, ...) is reported as a bad
+                # answer from this device, never as an unexpected error with a traceback on every
+                # poll. After an undecodable frame the stream may be out of step: start afresh.
+                self.errors += 1
+                self.close()
+                logger.debug("link %s: %s: the Modbus library raised", self.name, what, exc_info=True)
+                raise BadResponseError(f"link {self.name}: {what}: error in the Modbus library: {exc!r}") from exc
             if response.isError():
                 self.errors += 1
                 raise ModbusExceptionResponse(
@@ -216,6 +257,13 @@ class ModbusTransport:
             raise ValueError(f"unsupported read function code {function_code}")
         if not 1 <= count <= self.max_registers_per_request:
             raise ValueError(f"count {count} outside 1..{self.max_registers_per_request} for link {self.name}")
+        if not 0 <= address <= MAX_REGISTER_ADDRESS - count + 1:
+            # Addresses come from the device itself (a SunSpec chain's lengths), so this is the
+            # device's fault, reported like any other bad answer.
+            raise BadResponseError(
+                f"link {self.name}: unit {unit_id}: registers {address}..{address + count - 1} "
+                f"are outside the Modbus address space 0..{MAX_REGISTER_ADDRESS}"
+            )
 
         async def call(client: Any) -> Any:
             method = client.read_holding_registers if function_code == READ_HOLDING else client.read_input_registers

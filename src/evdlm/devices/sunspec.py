@@ -41,6 +41,7 @@ SUNSPEC_BASE_ADDRESSES = (40000, 0, 50000)
 SUNS_MARKER = (0x5375, 0x6E53)
 END_MODEL_ID = 0xFFFF
 MAX_CHAIN_MODELS = 64  # a device with more models than this is looping or corrupt
+REGISTER_SPACE = 0x10000  # Modbus addresses 0..65535
 
 COMMON_MODEL = 1
 METER_INT_MODELS = (201, 202, 203, 204)
@@ -134,6 +135,20 @@ def parse_model_header(address: int, registers: Sequence[int]) -> ModelHeader | 
     return ModelHeader(model_id, address, length)
 
 
+def check_model_bounds(header: ModelHeader) -> None:
+    """Raise :class:`DiscoveryError` when a model's registers run past register 65535.
+
+    A length that does is a corrupt chain (or a device counting in bytes); walking on would ask
+    for addresses Modbus cannot carry, and reading a model cut at 65535 would decode garbage.
+    """
+    end = header.address + 2 + header.length  # one past the model's last register
+    if end > REGISTER_SPACE:
+        raise DiscoveryError(
+            f"SunSpec model {header.model_id} at register {header.address} declares length {header.length}, "
+            f"which runs past register {REGISTER_SPACE - 1}: corrupt model chain"
+        )
+
+
 ReadFn = Callable[[int, int], Awaitable[list[int]]]
 
 
@@ -142,7 +157,9 @@ async def discover_models(read: ReadFn) -> list[ModelHeader]:
 
     ``read(address, count)`` reads holding registers. Probes 40000, then 0, then 50000; an
     exception response at a probe address just means "not here". Transport failures propagate
-    (the device is unreachable, not "not SunSpec").
+    (the device is unreachable, not "not SunSpec"). A chain longer than ``MAX_CHAIN_MODELS`` or
+    with a model running past register 65535 is corrupt: :class:`DiscoveryError`, never a
+    request for an address Modbus cannot carry.
     """
     for base in SUNSPEC_BASE_ADDRESSES:
         try:
@@ -154,6 +171,9 @@ async def discover_models(read: ReadFn) -> list[ModelHeader]:
         models: list[ModelHeader] = []
         address = base + 2
         for _ in range(MAX_CHAIN_MODELS):
+            if address + 2 > REGISTER_SPACE:
+                # The last model ends at the top of the address space: no room for the end marker.
+                break
             try:
                 header = parse_model_header(address, await read(address, 2))
             except ModbusExceptionResponse:
@@ -161,6 +181,7 @@ async def discover_models(read: ReadFn) -> list[ModelHeader]:
                 header = None
             if header is None:
                 break
+            check_model_bounds(header)
             models.append(header)
             address += 2 + header.length
         else:
