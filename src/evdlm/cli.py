@@ -125,6 +125,7 @@ BENCH_SCRIPTS = {
     "dr": "dr_latency_bench.py",
     "ocpp": "ocpp_scale_bench.py",
     "modbus": "modbus_poll_bench.py",
+    "faults": "faults_bench.py",
 }
 
 
@@ -255,12 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = verbs.add_parser(
         "bench",
-        help="run a benchmark (solver, cycle, dr, ocpp, modbus); prints JSON",
+        help="run a benchmark (solver, cycle, dr, ocpp, modbus, faults); prints JSON",
         description="Run one of the benchmarks of benchmarks/README.md. Arguments after KIND go to the "
         "benchmark (`evdlm bench KIND --help` shows them). `solver` ships with evdlm-solvers; the others "
         "run the scripts of a source checkout's benchmarks/ folder.",
         epilog="examples:\n  evdlm bench solver --n 200 1000 --json\n  evdlm bench cycle --evses 1000 --cycles 120\n"
-        "  evdlm bench dr --chargers 30 --repeats 3",
+        "  evdlm bench dr --chargers 30 --repeats 3\n  evdlm bench faults --faults grid_frozen drift_20pct_low",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("kind", choices=["solver", *BENCH_SCRIPTS], help="which benchmark")

@@ -20,7 +20,7 @@ from evdlm.core.topology import build_topology
 from evdlm.core.types import Quality, Reading
 from evdlm.data import DEMO_SITE_PATH
 
-CHECKS = MeterChecks()  # tolerance max(3 A, 10 %), hold 15 s, frozen after 20 s / 6 A, trusted after 60 s
+CHECKS = MeterChecks()  # tolerance max(3 A, 5 %), hold 15 s, frozen after 20 s / 6 A, trusted after 60 s
 V = 230.0
 METERS = {"grid": "grid_meter"}
 

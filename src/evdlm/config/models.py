@@ -414,7 +414,7 @@ class MeterChecks(StrictModel):
         description="A meter may read this much less per phase than the chargers below it report.",
     )
     tolerance_fraction: float = Field(
-        default=0.1,
+        default=0.05,
         ge=0,
         le=1,
         description="... or this fraction of what they report, whichever is larger (charger meter accuracy).",
@@ -424,7 +424,7 @@ class MeterChecks(StrictModel):
         ge=0,
         le=600,
         description="A meter reading less than the chargers below it for this long is SUSPECT "
-        "(raised to 1.5 × ocpp.meter_sample_interval_s: the chargers' samples lag the meter).",
+        "(raised to 2 × ocpp.meter_sample_interval_s: the chargers' samples lag the meter).",
     )
     frozen_after_s: float = Field(
         default=20.0,

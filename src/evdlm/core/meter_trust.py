@@ -337,14 +337,15 @@ def assess(
 
 
 def checks_for(config: SiteConfig) -> MeterChecks:
-    """The config's meter checks, the hold time raised to 1.5 sample intervals of the chargers.
+    """The config's meter checks, the hold time raised to two sample intervals of the chargers.
 
     A charger reports its draw once per ``meter_sample_interval_s``: a car that stops right after
-    a sample still counts below the meter until the next one, so a shorter hold would mistake
-    every stopping car for a lying meter.
+    a sample still counts below the meter until the next one, and one coming down over a few
+    seconds until the one after, so a shorter hold would mistake every stopping car for a lying
+    meter.
     """
     checks = config.control.meter_checks
-    hold_s = max(checks.hold_s, 1.5 * config.ocpp.meter_sample_interval_s)
+    hold_s = max(checks.hold_s, 2.0 * config.ocpp.meter_sample_interval_s)
     return checks if hold_s == checks.hold_s else checks.model_copy(update={"hold_s": hold_s})
 
 

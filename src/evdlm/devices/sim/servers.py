@@ -9,15 +9,20 @@ clock's time on every request:
   storage 124 + battery 802 [+ 704]); the battery obeys its control registers and reverts.
 
 A :class:`FaultInjector` per server makes a unit (or all) go silent, answer exceptions,
-return garbage or answer slowly. :class:`SiteSimulators` starts one server per Modbus link of
-a site config and gives back the config pointing at the bound ephemeral ports.
+return garbage or answer slowly, or present plausible-but-wrong values: frozen, scaled,
+drifting, a reversed CT, another site's load (applied to the measurement before encoding, by
+the pure transforms :func:`scale_power`, :func:`apply_gain`, :func:`reverse_ct`,
+:func:`constant_load`, :func:`apply_value_fault`), or for SunSpec a shifted scale factor or a
+model chain past register 65535 (:func:`shift_scale_factors`, :func:`chain_past_end`).
+:class:`SiteSimulators` starts one server per Modbus link of a site config and gives back the
+config pointing at the bound ephemeral ports.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Protocol
@@ -32,8 +37,9 @@ from evdlm.config.models import (
 )
 from evdlm.core.clock import Clock
 from evdlm.core.lifetime import StartStop
+from evdlm.core.types import PhaseValues
 from evdlm.devices import sunspec
-from evdlm.devices.codec import Measurement, decode_value, orient
+from evdlm.devices.codec import Measurement, decode_value, encode_value, orient
 from evdlm.devices.modbus_transport import DEVICE_FAILURE, ILLEGAL_ADDRESS, RegisterServer, ServerReply
 from evdlm.devices.profile import SUNSPEC, RegisterProfile, encode_profile, load_profile
 from evdlm.devices.sim.site import CircuitSimSpec, SiteSimParams, SiteSimulation
@@ -47,6 +53,32 @@ class SimUnit(Protocol):
     def write(self, now_s: float, address: int, values: list[int]) -> ServerReply: ...
 
 
+class FaultedSource:
+    """A unit's measurement source with the server's active value fault applied.
+
+    The server sets :attr:`active` before every read (None: no value fault). Without a fault the
+    measurement passes through and is remembered, so ``frozen`` repeats exactly what the unit
+    presented last before the fault started.
+    """
+
+    def __init__(self, source: MeasurementSource) -> None:
+        self.source = source
+        self.active: ActiveFault | None = None
+        self.last: Measurement | None = None
+
+    def __call__(self, now_s: float) -> Measurement:
+        live = self.source(now_s)
+        active = self.active
+        if active is None or active.fault.kind not in VALUE_FAULT_KINDS:
+            self.last = live
+            return live
+        if active.started_s is None:
+            active.started_s = now_s
+        if active.held is None:
+            active.held = self.last if self.last is not None else live
+        return apply_value_fault(active.fault, live, held=active.held, elapsed_s=now_s - active.started_s)
+
+
 class ProfileMeterUnit:
     """A meter speaking a register-map profile; unmapped registers read as 0."""
 
@@ -54,9 +86,18 @@ class ProfileMeterUnit:
         self.profile = profile
         self.source = source
         self.invert = invert  # present the vendor's orientation, which readers flip back
+        self.faulted = FaultedSource(source)
+
+    @property
+    def value_fault(self) -> ActiveFault | None:
+        return self.faulted.active
+
+    @value_fault.setter
+    def value_fault(self, active: ActiveFault | None) -> None:
+        self.faulted.active = active
 
     def read(self, now_s: float, function_code: int, address: int, count: int) -> ServerReply:
-        registers = encode_profile(self.profile, orient(self.source(now_s), self.invert))
+        registers = encode_profile(self.profile, orient(self.faulted(now_s), self.invert))
         return [registers.get((function_code, address + i), 0) for i in range(count)]
 
     def write(self, now_s: float, address: int, values: list[int]) -> ServerReply:
@@ -98,12 +139,27 @@ class SunSpecUnit:
             address += 2 + length
         self.end_address = address + 2
         self.written: dict[int, int] = {}  # absolute address → value written by a client
+        # Set by the server before every read: the unit's active fault (value faults are applied
+        # by the models' sources, register faults here), or None.
+        self.value_fault: ActiveFault | None = None
 
     def image(self, now_s: float) -> list[int]:
         registers = list(sunspec.SUNS_MARKER)
+        fault = self.value_fault.fault if self.value_fault is not None else None
         for model in self.models:
-            registers += sunspec.build_model_registers(model.model_id, model.values(now_s), dict(model.scale_factors))
-        return [*registers, sunspec.END_MODEL_ID, 0]
+            block = sunspec.build_model_registers(model.model_id, model.values(now_s), dict(model.scale_factors))
+            if fault is not None and fault.kind == "sf_offset":
+                block = shift_scale_factors(model.model_id, block, fault.sf_shift, fault.scale_factors)
+            registers += block
+        registers = [*registers, sunspec.END_MODEL_ID, 0]
+        if fault is not None and fault.kind == "chain_past_end":
+            registers = chain_past_end(registers, self.base_address, self._model_index(fault.model_id))
+        return registers
+
+    def _model_index(self, model_id: int | None) -> int:
+        """Position in the chain of ``model_id`` (None or absent: the last model)."""
+        ids = [model.model_id for model in self.models]
+        return ids.index(model_id) if model_id in ids else len(ids) - 1
 
     def read(self, now_s: float, function_code: int, address: int, count: int) -> ServerReply:
         if function_code != 3 or address < self.base_address or address + count > self.end_address:
@@ -156,8 +212,11 @@ def sunspec_meter_unit(
     """Common model + meter 203 (int + SF). Like a real meter, the scale factors fit its range:
     int16 holds ±32767 counts, so A_SF −2 reads up to 327 A summed, W_SF 1 up to 327 kW."""
 
+    faulted = FaultedSource(source)
+
     def values(now_s: float) -> dict[str, float | str | None]:
-        m = orient(source(now_s), invert)
+        faulted.active = unit.value_fault
+        m = orient(faulted(now_s), invert)
         currents = m.phase_current_a
         return {
             "A": None if currents is None else sum(c or 0.0 for c in currents),
@@ -181,7 +240,8 @@ def sunspec_meter_unit(
         "PF_SF": -2,
         "TotWh_SF": 0,
     }
-    return SunSpecUnit([_common("sim-meter-203", serial), SimModel(203, values, sfs)])
+    unit = SunSpecUnit([_common("sim-meter-203", serial), SimModel(203, values, sfs)])
+    return unit
 
 
 def sunspec_inverter_unit(source: MeasurementSource, serial: str) -> SunSpecUnit:
@@ -277,27 +337,260 @@ def sunspec_battery_unit(simulation: SiteSimulation, serial: str, *, with_704: b
 # ---------------------------------------------------------------- faults and the server
 
 
-FaultKind = Literal["silent", "exception", "garbage", "slow"]
+FaultKind = Literal[
+    "silent", "exception", "garbage", "slow",
+    "frozen", "scale", "drift", "ct_reversed", "constant",
+    "sf_offset", "chain_past_end",
+]  # fmt: skip
+# Plausible-but-wrong values, applied to the unit's measurement before it is encoded.
+VALUE_FAULT_KINDS: frozenset[str] = frozenset({"frozen", "scale", "drift", "ct_reversed", "constant"})
+# SunSpec register-image faults (the values are right, their description is not).
+REGISTER_FAULT_KINDS: frozenset[str] = frozenset({"sf_offset", "chain_past_end"})
+# Where the chain of a corrupt SunSpec device lets its next model start: past the last register.
+LAST_REGISTER = 0xFFFF
 
 
 @dataclass(frozen=True)
 class Fault:
-    """``silent``: no answer; ``exception``: Modbus exception ``exception_code``;
-    ``garbage``: every register 0x7FFF (NaN as float32, absurd as int32); ``slow``: answer
-    after ``delay_s`` of wall time (a device's slowness does not follow a scaled clock)."""
+    """What a faulted unit does instead of answering truthfully.
+
+    The unit does not answer right:
+
+    * ``silent``: no answer; ``exception``: Modbus exception ``exception_code``;
+    * ``garbage``: every register 0x7FFF (NaN as float32, absurd as int32);
+    * ``slow``: answer after ``delay_s`` of wall time (a device's slowness does not follow a
+      scaled clock).
+
+    The unit answers, with plausible values that are wrong (units with a measurement source:
+    :class:`ProfileMeterUnit` and :func:`sunspec_meter_unit`; others ignore these):
+
+    * ``frozen``: the values the unit presented last before the fault, bit-identical, counters
+      included (a meter whose register image stopped updating);
+    * ``scale``: total and per-phase power × ``factor`` (0.01: "power 100× low"; currents,
+      voltages and counters untouched, as a wrong power scaling in the meter's firmware);
+    * ``drift``: power and current × a gain falling linearly from 1 to ``factor`` over
+      ``duration_s`` from the injection, then held (a drifting CT; counters untouched);
+    * ``ct_reversed``: phase ``phase`` (0..2, the meter's L1..L3) wired backwards: its power
+      negated, its current too when ``signed_current``; the total is the sum of the phases, as
+      the meter computes it;
+    * ``constant``: another site's steady load: ``phase_current_a`` per phase at the live
+      voltage and ``power_factor``, total the sum, counters advancing at that power from the
+      values at the injection.
+
+    SunSpec register faults (:class:`SunSpecUnit`, whose values stay right):
+
+    * ``sf_offset``: the scale-factor registers named in ``scale_factors`` read SF +
+      ``sf_shift`` while the raw values are unchanged (W_SF 1 → −2: power 1000× low);
+    * ``chain_past_end``: the length register of model ``model_id`` (None: the last model)
+      claims registers past 65535, so the chain's next model would start beyond the address
+      space (the device's real registers are unchanged).
+    """
 
     kind: FaultKind
     exception_code: int = DEVICE_FAILURE
     delay_s: float = 0.0
+    factor: float = 1.0
+    duration_s: float = 0.0
+    phase: int = 0
+    signed_current: bool = False
+    phase_current_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    power_factor: float = 1.0
+    sf_shift: int = 0
+    scale_factors: tuple[str, ...] = ("W_SF",)
+    model_id: int | None = None
+
+    @staticmethod
+    def frozen() -> Fault:
+        return Fault("frozen")
+
+    @staticmethod
+    def scaled(factor: float) -> Fault:
+        return Fault("scale", factor=factor)
+
+    @staticmethod
+    def drifting(to_gain: float, over_s: float) -> Fault:
+        return Fault("drift", factor=to_gain, duration_s=over_s)
+
+    @staticmethod
+    def ct_reversed(phase: int = 0, *, signed_current: bool = False) -> Fault:
+        if not 0 <= phase <= 2:
+            raise ValueError("phase is 0, 1 or 2 (L1..L3)")
+        return Fault("ct_reversed", phase=phase, signed_current=signed_current)
+
+    @staticmethod
+    def constant(phase_current_a: tuple[float, float, float], power_factor: float = 1.0) -> Fault:
+        return Fault("constant", phase_current_a=phase_current_a, power_factor=power_factor)
+
+    @staticmethod
+    def sf_offset(shift: int, scale_factors: tuple[str, ...] = ("W_SF",)) -> Fault:
+        return Fault("sf_offset", sf_shift=shift, scale_factors=scale_factors)
+
+    @staticmethod
+    def chain_past_end(model_id: int | None = None) -> Fault:
+        return Fault("chain_past_end", model_id=model_id)
+
+
+@dataclass
+class ActiveFault:
+    """A fault as injected: when it started (clock time; None until the first read when the
+    injector has no clock) and, for ``frozen`` / ``constant``, the measurement it started from."""
+
+    fault: Fault
+    started_s: float | None = None
+    held: Measurement | None = None
+
+
+# ---------------------------------------------------------------- pure value transforms
+
+
+def _scaled(values: PhaseValues | None, factor: float) -> PhaseValues | None:
+    if values is None:
+        return None
+    a, b, c = (None if value is None else value * factor for value in values)
+    return (a, b, c)
+
+
+def scale_power(measurement: Measurement, factor: float) -> Measurement:
+    """Total and per-phase power × ``factor``; everything else as measured."""
+    return replace(
+        measurement,
+        power_w=None if measurement.power_w is None else measurement.power_w * factor,
+        phase_power_w=_scaled(measurement.phase_power_w, factor),
+    )
+
+
+def drift_gain(elapsed_s: float, to_gain: float, duration_s: float) -> float:
+    """Gain ``elapsed_s`` after a drift started: 1 falling linearly to ``to_gain`` at ``duration_s``."""
+    if duration_s <= 0:
+        return to_gain
+    fraction = min(1.0, max(0.0, elapsed_s / duration_s))
+    return 1.0 + (to_gain - 1.0) * fraction
+
+
+def apply_gain(measurement: Measurement, gain: float) -> Measurement:
+    """Power and current × ``gain`` (a CT reading low or high); voltages and counters as measured."""
+    return replace(
+        scale_power(measurement, gain),
+        phase_current_a=_scaled(measurement.phase_current_a, gain),
+    )
+
+
+def _negated_at(values: PhaseValues, phase: int) -> PhaseValues:
+    a, b, c = (None if value is None else (-value if i == phase else value) for i, value in enumerate(values))
+    return (a, b, c)
+
+
+def reverse_ct(measurement: Measurement, phase: int, *, signed_current: bool = False) -> Measurement:
+    """Phase ``phase``'s CT wired backwards: its power negated (its current too on a meter that
+    signs currents), the total recomputed as the sum of the phases, as the meter does.
+
+    Without per-phase powers the total loses twice a third of itself (the phase's share)."""
+    m = measurement
+    phase_power = m.phase_power_w
+    power = m.power_w
+    if phase_power is not None:
+        phase_power = _negated_at(phase_power, phase)
+        if all(value is not None for value in phase_power):
+            power = sum(value or 0.0 for value in phase_power)
+    elif power is not None:
+        power = power / 3.0
+    currents = m.phase_current_a
+    if signed_current and currents is not None:
+        currents = _negated_at(currents, phase)
+    return replace(m, power_w=power, phase_power_w=phase_power, phase_current_a=currents)
+
+
+def constant_load(
+    like: Measurement,
+    phase_current_a: tuple[float, float, float],
+    power_factor: float,
+    start: Measurement,
+    elapsed_s: float,
+) -> Measurement:
+    """Another site's steady load, presented with the live voltage and frequency of ``like``.
+
+    Per phase ``I × V × power_factor`` (V = 230 where ``like`` has none), the total their sum;
+    the counters are ``start``'s advanced by that total over ``elapsed_s``.
+    """
+    voltages = like.phase_voltage_v or (230.0, 230.0, 230.0)
+    powers = [current * (voltage if voltage is not None else 230.0) * power_factor
+              for current, voltage in zip(phase_current_a, voltages, strict=True)]  # fmt: skip
+    total = sum(powers)
+    hours = max(0.0, elapsed_s) / 3600.0
+    imported = start.import_energy_wh
+    exported = start.export_energy_wh
+    return replace(
+        like,
+        power_w=total,
+        phase_power_w=(powers[0], powers[1], powers[2]),
+        phase_current_a=(abs(phase_current_a[0]), abs(phase_current_a[1]), abs(phase_current_a[2])),
+        import_energy_wh=None if imported is None else imported + max(total, 0.0) * hours,
+        export_energy_wh=None if exported is None else exported + max(-total, 0.0) * hours,
+    )
+
+
+def apply_value_fault(fault: Fault, live: Measurement, *, held: Measurement, elapsed_s: float) -> Measurement:
+    """What a unit with ``fault`` presents instead of ``live`` (pure).
+
+    ``held`` is the measurement the fault started from (what ``frozen`` repeats), ``elapsed_s``
+    the time since it started. Faults that are not value faults leave ``live`` as it is.
+    """
+    kind = fault.kind
+    if kind == "frozen":
+        return held
+    if kind == "scale":
+        return scale_power(live, fault.factor)
+    if kind == "drift":
+        return apply_gain(live, drift_gain(elapsed_s, fault.factor, fault.duration_s))
+    if kind == "ct_reversed":
+        return reverse_ct(live, fault.phase, signed_current=fault.signed_current)
+    if kind == "constant":
+        return constant_load(live, fault.phase_current_a, fault.power_factor, held, elapsed_s)
+    return live
+
+
+# ---------------------------------------------------------------- pure SunSpec register faults
+
+
+def shift_scale_factors(model_id: int, registers: Sequence[int], shift: int, names: Sequence[str]) -> list[int]:
+    """One model's registers (ID, L, points) with the SF points ``names`` read as SF + ``shift``.
+
+    Raw values are untouched, so every value scaled by a shifted SF reads 10^shift times off.
+    SFs the model lacks or leaves "not implemented" (0x8000) are left as they are.
+    """
+    out = list(registers)
+    points = sunspec.model_definition(model_id).points
+    for name in names:
+        point = points.get(name)
+        if point is None or point.type != "sunssf" or point.offset >= len(out) or out[point.offset] == 0x8000:
+            continue
+        value = int(decode_value([out[point.offset]], "sunssf")) + shift
+        out[point.offset] = encode_value(value, "int16")[0]
+    return out
+
+
+def chain_past_end(image: Sequence[int], base_address: int, model_index: int) -> list[int]:
+    """A SunSpec image (marker at ``base_address``, then models, then the end marker) whose model
+    number ``model_index`` (0 = the first after the marker) claims a length reaching past
+    register 65535. Its points and every register stay where they are."""
+    out = list(image)
+    offset = 2  # the first model's ID register, relative to the marker
+    for _ in range(model_index):
+        offset += 2 + out[offset + 1]
+    header_address = base_address + offset
+    # The next model would start at header_address + 2 + L: put it past the last register.
+    out[offset + 1] = min(0xFFFF, LAST_REGISTER + 1 - (header_address + 2) + 0x100)
+    return out
 
 
 class FaultInjector:
-    def __init__(self) -> None:
-        self._faults: dict[int | None, Fault] = {}
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._faults: dict[int | None, ActiveFault] = {}
+        self._clock = clock
 
     def inject(self, fault: Fault, unit_id: int | None = None) -> None:
-        """Apply ``fault`` to ``unit_id`` (None: every unit of the server)."""
-        self._faults[unit_id] = fault
+        """Apply ``fault`` to ``unit_id`` (None: every unit of the server), replacing its last one."""
+        self._faults[unit_id] = ActiveFault(fault, None if self._clock is None else self._clock.now_s())
 
     def clear(self, unit_id: int | None = None) -> None:
         if unit_id is None:
@@ -305,8 +598,12 @@ class FaultInjector:
         else:
             self._faults.pop(unit_id, None)
 
-    def fault_for(self, unit_id: int) -> Fault | None:
+    def active_for(self, unit_id: int) -> ActiveFault | None:
         return self._faults.get(unit_id) or self._faults.get(None)
+
+    def fault_for(self, unit_id: int) -> Fault | None:
+        active = self.active_for(unit_id)
+        return None if active is None else active.fault
 
 
 class SimModbusServer(StartStop):
@@ -315,7 +612,7 @@ class SimModbusServer(StartStop):
     def __init__(self, units: Mapping[int, SimUnit], clock: Clock, *, port: int = 0, rtu_framing: bool = False) -> None:
         self.units = dict(units)
         self.clock = clock
-        self.faults = FaultInjector()
+        self.faults = FaultInjector(clock)
         self.requests = 0
         self._server = RegisterServer(list(self.units), self._read, self._write, port=port, rtu_framing=rtu_framing)
 
@@ -328,8 +625,13 @@ class SimModbusServer(StartStop):
         return self._server.host
 
     async def _apply_fault(self, unit_id: int, count: int) -> ServerReply | Literal[False]:
-        fault = self.faults.fault_for(unit_id)
-        if fault is None:
+        active = self.faults.active_for(unit_id)
+        unit = self.units.get(unit_id)
+        if isinstance(unit, ProfileMeterUnit | SunSpecUnit):
+            # Value and register faults are the unit's to apply; the others pre-empt it.
+            unit.value_fault = active
+        fault = None if active is None else active.fault
+        if fault is None or fault.kind in VALUE_FAULT_KINDS or fault.kind in REGISTER_FAULT_KINDS:
             return False
         if fault.kind == "silent":
             return None
@@ -337,7 +639,8 @@ class SimModbusServer(StartStop):
             return fault.exception_code
         if fault.kind == "garbage":
             return [0x7FFF] * count
-        await asyncio.sleep(fault.delay_s)
+        if fault.kind == "slow":
+            await asyncio.sleep(fault.delay_s)
         return False
 
     async def _read(self, unit_id: int, function_code: int, address: int, count: int) -> ServerReply:

@@ -33,6 +33,9 @@ class SiteSimParams:
     base_load_w: float = 9_000.0  # daily mean of the building load
     base_load_swing: float = 0.35  # relative amplitude of its daily cycle (peak ~14:00)
     base_phase_split: PhaseTriple = (0.40, 0.33, 0.27)
+    # Relative amplitude of a fast, deterministic flicker on each phase's base load (periods of
+    # seconds to a minute), so that successive readings differ as on a real building; 0 = none.
+    base_load_ripple: float = 0.0
     pv_peak_w: float = 25_000.0
     sunrise_h: float = 6.0
     sunset_h: float = 20.0
@@ -120,11 +123,26 @@ def pv_power_w(params: SiteSimParams, now_s: float) -> float:
     return params.pv_peak_w * float(math.sin(math.pi * x) ** 1.5)
 
 
+_RIPPLE_PERIODS_S = (5.3, 13.7, 41.0)  # incommensurate: the sum never repeats within a run
+
+
+def ripple(now_s: float, phase: int) -> float:
+    """A deterministic flicker in [-1, 1]: the mean of three sines, shifted per phase."""
+    return (
+        sum(math.sin(2.0 * math.pi * now_s / period + 2.1 * phase + k) for k, period in enumerate(_RIPPLE_PERIODS_S))
+        / 3.0
+    )
+
+
 def base_load_phase_w(params: SiteSimParams, now_s: float) -> PhaseTriple:
-    """Building load with a daily cosine cycle peaking at 14:00, split over the phases."""
+    """Building load with a daily cosine cycle peaking at 14:00, split over the phases
+    (with ``base_load_ripple``, each phase flickers around its share)."""
     hour = ((now_s / 3600.0) + params.utc_offset_h) % 24.0
     total_w = params.base_load_w * (1.0 + params.base_load_swing * math.cos(2.0 * math.pi * (hour - 14.0) / 24.0))
     a, b, c = (total_w * share for share in params.base_phase_split)
+    if params.base_load_ripple:
+        r = params.base_load_ripple
+        a, b, c = (a * (1.0 + r * ripple(now_s, 0)), b * (1.0 + r * ripple(now_s, 1)), c * (1.0 + r * ripple(now_s, 2)))
     return (a, b, c)
 
 
