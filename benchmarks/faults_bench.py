@@ -68,12 +68,13 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from evdlm.chargers.sim.ev import Car
 from evdlm.chargers.sim.fleet import site_phase_currents
+from evdlm.chargers.sim.station import Misbehaviour
 from evdlm.config import load_site_config
 from evdlm.config.models import SiteConfig
 from evdlm.control import CycleReport
@@ -310,6 +311,66 @@ async def run_scenario(
         return summarize(scenario, observer.samples, injected_at_s)
 
 
+# ------------------------------------------------------------- a station that cannot be limited
+
+UNLIMITABLE_BASE_LOAD_A = 35.0  # with one car at its 32 A on top, the 63 A fuse is overloaded
+UNLIMITABLE = "CP01"
+
+
+async def run_unlimitable_station(
+    *, speed: float = 10.0, settle_s: float = 40.0, run_s: float = 60.0
+) -> dict[str, Any]:
+    """A station without smart charging (SetChargingProfile answered NotImplemented) takes a car.
+
+    The two other stations charge first. Then a car arrives at the unlimitable one and draws its
+    32 A: with the building's 35 A the fuse carries 67 A even with the others paused, so the
+    controller must stop that transaction and keep the station blocked. Figures: how long the
+    fuse really carried more than its rating after the car arrived (``over_fuse_s``), when the
+    station's transaction was stopped (``stopped_after_s``), the highest true current after that
+    as % of the rating, and whether the station stayed blocked to the end.
+    """
+    config = site_config()
+    voltage_v = config.grid.nominal_voltage_v
+    params = replace(sim_params(config), base_load_w=3 * UNLIMITABLE_BASE_LOAD_A * voltage_v)
+    clock = ScaledClock(time.time(), speed)
+    fuse_a = config.grid.phase_current_limit_a
+    misbehaviour = {UNLIMITABLE: Misbehaviour(no_smart_charging=True)}
+    true_a: list[tuple[float, float]] = []
+    async with simulated_site(config, clock, sim_params=params, misbehaviour=misbehaviour) as site:
+
+        def on_cycle(report: CycleReport) -> None:
+            snapshot = site.simulation.advance(clock.now_s())
+            true_a.append((clock.now_s(), max(snapshot.grid_phase_w) / voltage_v))
+
+        site.on_cycle = on_cycle
+        for charger_id in ("CP02", "CP03"):
+            site.fleet.plug_in(charger_id, 1, Car(phases=3, max_current_a=CAR_CURRENT_A))
+        site.start_controller()
+        await clock.sleep(settle_s)
+        arrived_s = clock.now_s()
+        site.fleet.plug_in(UNLIMITABLE, 1, Car(phases=3, max_current_a=CAR_CURRENT_A))
+        station = site.fleet.station(UNLIMITABLE)
+        stopped_s: float | None = None
+        while clock.now_s() - arrived_s < run_s:
+            connector = station.model.connectors[1]
+            if stopped_s is None and connector.transaction_id is None and not connector.operative:
+                stopped_s = clock.now_s()
+            await clock.sleep(0.5)
+        blocked = not station.model.connectors[1].operative
+        await site.stop_controller()
+    after = [(t, a) for t, a in true_a if t >= arrived_s]
+    over_s = sum(1 for _, a in after if a > fuse_a)  # one cycle a second
+    response = [a for t, a in after if stopped_s is not None and t >= stopped_s + 2.0]
+    return {
+        "fault": "station_no_smart_charging",
+        "over_fuse_s": over_s,
+        "stopped_after_s": None if stopped_s is None else round(stopped_s - arrived_s, 1),
+        "max_true_pct_before_stop": _max([100.0 * a / fuse_a for t, a in after if stopped_s is None or t < stopped_s]),
+        "max_true_pct_after_stop": _max([100.0 * a / fuse_a for a in response]),
+        "blocked_at_end": blocked,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
@@ -319,6 +380,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=list(SCENARIOS),
         metavar="FAULT",
         help=f"which faults, each on a fresh site (default all: {', '.join(SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--stations",
+        nargs="*",
+        default=["station_no_smart_charging"],
+        choices=["station_no_smart_charging"],
+        help="charger faults after the meter faults (default: a station without smart charging)",
     )
     parser.add_argument("--speed", type=float, default=10.0, help="simulated seconds per wall second")
     parser.add_argument("--warm-up-s", type=float, default=60.0, help="fault-free charging before the fault")
@@ -342,6 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
         if not args.json:
             print(json.dumps(result), flush=True)
+    if "station_no_smart_charging" in args.stations:
+        unlimitable = asyncio.run(run_unlimitable_station(speed=args.speed))
+        results.append(unlimitable)
+        if not args.json:
+            print(json.dumps(unlimitable), flush=True)
     if not args.no_audit:
         # False alarms: the meter checks over recorded days of healthy meters must find nothing.
         for recording in AUDITED_RECORDINGS:

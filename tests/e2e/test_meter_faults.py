@@ -111,3 +111,17 @@ async def test_drift_20pct_low_over_60s() -> None:
 @pytest.mark.parametrize("name", ["nan", "dead_server"])
 async def test_absurd_or_silent_meter_stays_handled(name: str) -> None:
     assert_promise(await run(name))
+
+
+# ---------------------------------------------------------------- a station that cannot be limited
+
+
+@pytest.mark.timeout(120)
+async def test_a_station_without_smart_charging_is_stopped_and_kept_blocked() -> None:
+    # Its car alone (32 A) on the building's 35 A overloads the 63 A fuse whatever the others do.
+    result = await faults_bench.run_unlimitable_station(speed=SPEED, settle_s=30.0, run_s=40.0)
+    shown = json.dumps(result)
+    assert result["stopped_after_s"] is not None and result["stopped_after_s"] <= 5.0, shown
+    assert result["over_fuse_s"] <= 5, shown
+    assert result["max_true_pct_after_stop"] <= 100.0, shown
+    assert result["blocked_at_end"], shown  # no room for its 32 A: it stays Inoperative
