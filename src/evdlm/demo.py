@@ -59,6 +59,7 @@ class Sample:
     ev_w: float
     limits: dict[str, float]
     grid_fallback: bool = False  # the fallback import limit was in force (grid meter not usable)
+    suspect_readings: int = 0  # readings the meter cross-checks marked SUSPECT this cycle
 
 
 @dataclass
@@ -117,6 +118,13 @@ class DemoResult:
                 changes.append((sample.t_s, previous.import_limit_w, sample.import_limit_w, cause))
             previous = sample
         return changes
+
+    def grid_fallback_cycles(self) -> tuple[int, int]:
+        """Cycles on the grid fallback limit: in all, and during the garage-meter outage."""
+        fallback = [s for s in self.samples if s.grid_fallback]
+        window = self.outage_window
+        during = [s for s in fallback if window is not None and window[0] <= s.t_s < window[1]]
+        return len(fallback), len(during)
 
     def energy_kwh(self) -> float:
         return sum(a.ev_w * (b.t_s - a.t_s) for a, b in zip(self.samples, self.samples[1:], strict=False)) / 3.6e6
@@ -276,6 +284,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
                 ev_w=sum(snapshot.ev_phase_a) * config.grid.nominal_voltage_v,
                 limits={c.charger_id: c.limit for c in decision.plan.commands} if decision else {},
                 grid_fallback=decision.built.grid_fallback if decision else False,
+                suspect_readings=len(report.meters.suspect) if report.meters is not None else 0,
             )
             result.samples.append(sample)
             result.cycle_durations_s.append(report.duration_s)
@@ -384,6 +393,12 @@ def summary_table(result: DemoResult) -> Table:
             for t_s, from_w, to_w, cause in changes
         )
     table.add_row("import-limit changes", text)
+    fallback, during_outage = result.grid_fallback_cycles()
+    table.add_row(
+        "grid meter not usable (fallback limit)",
+        f"{fallback} cycles ({during_outage} during the garage-meter outage)",
+    )
+    table.add_row("SUSPECT meter readings", str(sum(s.suspect_readings for s in result.samples)))
     table.add_row("EV energy delivered", f"{result.energy_kwh():.1f} kWh")
     if result.dr_window is not None:
         table.add_row(
