@@ -10,12 +10,14 @@ piling up.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from evdlm_solvers.chain import SolverName, SolveStatus
@@ -31,6 +33,7 @@ from evdlm.core.types import ChargingCommand, CommandResult, CommandStatus, Evse
 from evdlm.dr.engine import Effective
 from evdlm.observability import Metrics
 from evdlm.recording import RecordingWriter, key_text
+from evdlm.state_files import load_state, write_atomically
 
 log = logging.getLogger("evdlm.control")
 
@@ -87,6 +90,7 @@ class Controller:
         publisher: StatePublisher | None = None,
         solver: SolverChoice = SolverChoice.CHAIN,
         memory: ControlMemory | None = None,
+        restrictions_file: Path | None = None,
     ) -> None:
         self.clock = clock
         self.readings = readings
@@ -103,14 +107,20 @@ class Controller:
         self._inflight: dict[str, asyncio.Task[list[CommandResult]]] = {}
         self._dispatched: dict[str, tuple[tuple[tuple[int, float, str], ...], float]] = {}
         self._deciding: asyncio.Future[Decision] | None = None
-        self._recording_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evdlm-recorder")
+        # One thread writes recordings and state files: off the event loop, in order.
+        self._file_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evdlm-writer")
         self._background: set[asyncio.Task[Any]] = set()
         self._finished_results: list[CommandResult] = []
         self._battery_task: asyncio.Future[None] | None = None
         self._last_limits: dict[EvseKey, float] = {}
         self._command_failures: dict[EvseKey, tuple[CommandStatus, str]] = {}  # last failure logged per EVSE
         self.meter_trust = MeterTrust()
-        self.restricted: dict[EvseKey, str] = {}  # EVSEs stopped and blocked: uncontrollable while over a limit
+        # EVSEs stopped and blocked (uncontrollable while over a limit); kept across restarts, so
+        # a restarted controller releases the stations the last one set Inoperative.
+        self.restrictions_file = restrictions_file
+        self.restricted: dict[EvseKey, str] = (
+            load_restrictions(restrictions_file) if restrictions_file is not None else {}
+        )
         self.apply_config(config)
 
     # ------------------------------------------------------------------ config
@@ -212,6 +222,9 @@ class Controller:
             log.warning("EVSE %s/%d stopped and blocked: %s", key[0], key[1], wanted[key])
         for key in self.restricted.keys() - wanted.keys():
             log.info("EVSE %s/%d released: its rows have room for its maximum again", key[0], key[1])
+        if wanted != self.restricted and self.restrictions_file is not None:
+            # Off the cycle's path, in order with the other files this controller writes.
+            self._file_writer.submit(save_restrictions, self.restrictions_file, dict(wanted))
         self.restricted = wanted
         restrict(wanted)
 
@@ -456,7 +469,7 @@ class Controller:
         }
         # Encoding and compressing a cycle costs tens of ms at 1000 EVSEs: one writer thread keeps
         # it off the event loop and the cycles in order.
-        future = self._recording_executor.submit(
+        future = self._file_writer.submit(
             self.recorder.write_cycle,
             now_s=inputs.now_s,
             cycle=report.cycle,
@@ -509,9 +522,61 @@ class Controller:
                 await self.battery.release()
             except Exception as exc:
                 log.warning("battery not released: %s (its revert timer returns it to its own control)", exc)
-        self._recording_executor.shutdown(wait=True)
+        self._file_writer.shutdown(wait=True)
         if self.recorder is not None:
             self.recorder.close()
+
+
+RESTRICTIONS_FORMAT = 1
+
+
+def save_restrictions(path: Path, restricted: dict[EvseKey, str]) -> None:
+    try:
+        write_atomically(
+            path,
+            json.dumps(
+                {
+                    "format": RESTRICTIONS_FORMAT,
+                    "restricted": [
+                        {"charger": charger_id, "evse": evse_id, "reason": reason}
+                        for (charger_id, evse_id), reason in sorted(restricted.items())
+                    ],
+                },
+                indent=1,
+                allow_nan=False,
+            ),
+        )
+    except OSError as exc:
+        log.error("restricted EVSEs not saved to %s: %s", path, exc)
+
+
+def _parse_restrictions(data: Any) -> dict[EvseKey, str]:
+    if not isinstance(data, dict) or data.get("format") != RESTRICTIONS_FORMAT:
+        raise ValueError(f"not a format {RESTRICTIONS_FORMAT} restrictions file")
+    entries = data.get("restricted")
+    if not isinstance(entries, list):
+        raise ValueError("'restricted' must be a list")
+    out: dict[EvseKey, str] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ValueError(f"entry {entry!r} is not an object")
+        charger_id, evse_id, reason = entry.get("charger"), entry.get("evse"), entry.get("reason", "")
+        if not isinstance(charger_id, str) or isinstance(evse_id, bool) or not isinstance(evse_id, int):
+            raise ValueError(f"entry {entry!r} needs a charger id and an EVSE number")
+        out[(charger_id, evse_id)] = str(reason)
+    return out
+
+
+def load_restrictions(path: Path) -> dict[EvseKey, str]:
+    """The EVSEs a previous run left stopped and blocked (empty when none or unreadable)."""
+    restricted = load_state(path, _parse_restrictions) or {}
+    if restricted:
+        log.warning(
+            "%d EVSE(s) left blocked by the previous run (%s): released once their rows have room",
+            len(restricted),
+            ", ".join(f"{c}/{e}" for c, e in sorted(restricted)),
+        )
+    return restricted
 
 
 def _log_recording_failure(future: Future[None]) -> None:

@@ -40,6 +40,7 @@ from evdlm.recording import RecordingWriter
 
 log = logging.getLogger("evdlm.gateway")
 
+RESTRICTIONS_FILE = "var/restricted-evses.json"
 RESTART_SECTIONS = ("chargers", "devices", "modbus_links", "mqtt", "ocpp", "battery", "demand_response", "recording")
 
 
@@ -174,7 +175,11 @@ class Gateway:
                 recorder=recorder,
                 publisher=MqttStatePublisher(self.mqtt, config.site.id) if self.mqtt is not None else None,
                 solver=self.solver,
+                restrictions_file=self.state_dir / RESTRICTIONS_FILE,
             )
+            # Stations the previous run blocked are known restricted from the start, so they are
+            # released (set Operative) as soon as there is room, not left Inoperative for good.
+            self.ocpp.restrict(self.controller.restricted, inherited=True)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise

@@ -4,8 +4,9 @@ An uncontrolled EVSE (profiles refused or not implemented, or drawing above its 
 past the link's grace time) is counted at its maximum and the controllable cars around it make room.
 When that is not enough, when a node on its path is measured over its limit or the allocation
 cannot fit even with every controllable car paused, its transaction is stopped and it is set
-Inoperative. It stays blocked until the rows on its path have room for its maximum again (it
-would otherwise start, overload the node and be stopped, over and over).
+Inoperative. It stays blocked until the rows on its path have room for its maximum again, as
+trusted meters measure it (it would otherwise start, overload the node and be stopped, over and
+over); while any grid or circuit meter is unusable, nothing is released.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ def restrictions(
             why = built.views[index].reason if index < len(built.views) else "uncontrolled"
             wanted[slot.key] = f"{why}, while {where} is over its limit"
     headroom = built.problem.row_headroom
+    blind = built.grid_fallback or bool(built.stale_devices)
     for key, reason in restricted.items():
         if key in wanted or key not in topology.evse_index:
             continue
         rows = _rows_of(topology, topology.evse_index[key])
-        if any(headroom[row] < load for row, load in rows):
+        # Room is only known where the meters are trusted: a blind row's headroom is a guess.
+        if blind or any(headroom[row] < load for row, load in rows):
             wanted[key] = reason  # no room for it at its maximum yet
     return wanted

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
@@ -21,19 +20,9 @@ from evdlm.config.models import SiteConfig
 from evdlm.core.clock import Clock
 from evdlm.dr.engine import DrEngine, Effective, Response
 from evdlm.mqtt.client import MqttClient, MqttError, MqttMessage
+from evdlm.state_files import write_atomically
 
 log = logging.getLogger("evdlm.dr")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` so a crash leaves the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    with temporary.open("w", encoding="utf-8") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
 
 
 def _tighter(now_w: float | None, soon_w: float | None) -> float | None:

@@ -700,11 +700,14 @@ class ChargerLink:
         LOG.warning("%s: %s refused with Blocked (every EVSE restricted: %s)", self.charger.id, action, reasons[0])
         return True
 
-    def restrict(self, evse_id: int, reason: str) -> None:
+    def restrict(self, evse_id: int, reason: str, *, inherited: bool = False) -> None:
         """Stop the EVSE's transaction and make it unavailable (off the caller's path: a job on
         the session); while restricted, starts on it are refused. A new reason for an EVSE
-        already restricted only replaces the text."""
+        already restricted only replaces the text. ``inherited``: a previous process set it
+        Inoperative, so a release must set it Operative even if this one never told it."""
         evse = self._evses[evse_id]
+        if inherited:
+            evse.inoperative_sent = True
         if evse.restriction is not None:
             evse.restriction = reason
             return

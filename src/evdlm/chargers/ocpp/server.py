@@ -320,7 +320,7 @@ class OcppCentralSystem(StartStop):
 
     # ------------------------------------------------------------------ restrictions
 
-    def restrict(self, wanted: Mapping[EvseKey, str]) -> None:
+    def restrict(self, wanted: Mapping[EvseKey, str], *, inherited: bool = False) -> None:
         """The EVSEs that must be stopped and blocked now, each with its reason; call every cycle.
 
         Non-blocking: it only compares ``wanted`` with the EVSEs restricted so far and hands
@@ -330,6 +330,8 @@ class OcppCentralSystem(StartStop):
         TransactionEvent on it are answered Blocked. An EVSE missing from ``wanted`` is set
         Operative again. A charger that reconnects gets its restrictions again. A changed
         reason for an EVSE already restricted only replaces the text (no calls, no log line).
+        ``inherited``: restrictions a previous process left in force (released with Operative
+        even though this process never sent Inoperative).
         """
         current = self._restricted
         if not wanted and not current:
@@ -348,7 +350,7 @@ class OcppCentralSystem(StartStop):
                     LOG.warning("restriction of unknown EVSE %s/%s ignored (%s)", key[0], key[1], reason)
                 continue
             current[key] = reason
-            link.restrict(key[1], reason)
+            link.restrict(key[1], reason, inherited=inherited)
 
     def restricted(self) -> dict[EvseKey, str]:
         """The EVSEs restricted now (as last passed to :meth:`restrict`) and why; a copy."""
