@@ -42,6 +42,8 @@ from evdlm.devices.scheduling import (
 )
 from evdlm.devices.sim.servers import Fault, ProfileMeterUnit, SimModbusServer, SimUnit, sunspec_meter_unit
 
+from .test_modbus_loopback import SAMPLE
+
 # ---------------------------------------------------------------- pure rules
 
 
@@ -129,17 +131,6 @@ def test_failed_polls_back_off_to_the_cap_and_one_answer_restores_the_period() -
 
 
 # ---------------------------------------------------------------- two units, one link, real servers
-
-
-SAMPLE = Measurement(
-    power_w=4200.0,
-    phase_power_w=(1500.0, 1400.0, 1300.0),
-    phase_current_a=(6.5, 6.1, 5.7),
-    phase_voltage_v=(230.0, 230.0, 230.0),
-    frequency_hz=50.0,
-    import_energy_wh=2_000_000.0,
-    export_energy_wh=1_000.0,
-)
 
 
 def two_meter_site(link: str) -> SiteConfig:

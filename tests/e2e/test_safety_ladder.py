@@ -22,17 +22,10 @@ from evdlm.data import DEMO_SITE_PATH
 from evdlm.devices.sim.servers import Fault
 from evdlm.simsite import simulated_site
 
+from .conftest import until
+
 SPEED = 20.0
 EARLY_MORNING_S = 1_781_589_600.0  # 2026-06-16 06:00 UTC, 07:00 solar time on the demo site
-
-
-async def _until(clock: ScaledClock, condition, timeout_sim_s: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = clock.now_s() + timeout_sim_s
-    while clock.now_s() < deadline:
-        if condition():
-            return True
-        await clock.sleep(1.0)
-    return bool(condition())
 
 
 @pytest.mark.timeout(240)
@@ -50,7 +43,7 @@ async def test_killed_controller_leaves_chargers_on_their_failsafe(tmp_path: Pat
                 (s.model.limit_a(1, clock.now_s()) or 0) > config.ocpp.failsafe_current_a for s in stations.values()
             )
 
-        assert await _until(clock, dynamic_limits_in_force, 120), "the controller never raised the cars"
+        assert await until(clock, dynamic_limits_in_force, 120), "the controller never raised the cars"
         await site.stop_controller(kill=True)
         killed_at = clock.now_s()
         # Before the lease runs out the last limits hold; after it, only the fail-safe profile.

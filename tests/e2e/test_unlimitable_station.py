@@ -15,6 +15,8 @@ from evdlm.chargers.sim.station import Misbehaviour
 from evdlm.core.clock import ScaledClock
 from evdlm.simsite import simulated_site
 
+from .conftest import until
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
@@ -22,15 +24,6 @@ if str(BENCHMARKS) not in sys.path:
 import faults_bench  # type: ignore[import-not-found]  # noqa: E402  # benchmarks/ is not a package
 
 SPEED = 15.0
-
-
-async def _until(clock: ScaledClock, condition, timeout_sim_s: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = clock.now_s() + timeout_sim_s
-    while clock.now_s() < deadline:
-        if condition():
-            return True
-        await clock.sleep(0.5)
-    return bool(condition())
 
 
 @pytest.mark.timeout(180)
@@ -46,13 +39,15 @@ async def test_a_restarted_controller_releases_the_station_its_predecessor_block
         connector = station.model.connectors[1]
         site.start_controller()
         site.fleet.plug_in("CP01", 1, Car(phases=3, max_current_a=32))
-        assert await _until(clock, lambda: not connector.operative and connector.transaction_id is None, 30)
+        assert await until(clock, lambda: not connector.operative and connector.transaction_id is None, 30, step_s=0.5)
         assert (tmp_path / "var" / "restricted-evses.json").exists()
         # A new controller process; the building load then drops by 20 A per phase: room for 32 A.
         await site.restart_controller(downtime_s=5.0)
         assert site.gateway.controller is not None
         assert site.gateway.controller.restricted, "the new controller did not learn what was blocked"
         site.simulation.set_ev_load("building-drop", (-20.0, -20.0, -20.0))
-        assert await _until(clock, lambda: connector.operative, 40), "never released"
-        assert await _until(clock, lambda: connector.transaction_id is not None, 30), "the car never charged again"
+        assert await until(clock, lambda: connector.operative, 40, step_s=0.5), "never released"
+        assert await until(clock, lambda: connector.transaction_id is not None, 30, step_s=0.5), (
+            "the car never charged again"
+        )
         assert not (site.gateway.controller.restricted)

@@ -7,6 +7,7 @@ is the counterfactual.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -24,6 +25,7 @@ from evdlm.core.fleet_kernels import HELD
 from evdlm.core.memory import ControlMemory, EvseMemory
 from evdlm.core.problem_builder import BuildInputs, BuiltProblem, SiteSettings, build_problem
 from evdlm.core.topology import Topology, build_topology
+from evdlm.core.types import EvseState
 
 
 class SolverChoice(StrEnum):
@@ -158,11 +160,21 @@ def defer_raises_until_cuts_land(built: BuiltProblem, result: SolveResult) -> So
     return result
 
 
+def _starting_current_a(state: EvseState) -> float:
+    """Where a restarted controller takes a charging car from: what the charger offers it, or,
+    from chargers that report no offered current, what it measurably draws (whole A, down)."""
+    if state.offered_current_a is not None and state.offered_current_a > 0.0:
+        return float(state.offered_current_a)
+    drawn = [value for value in state.phase_current_a or () if value is not None and math.isfinite(value)]
+    return float(math.floor(max(drawn))) if drawn else 0.0
+
+
 def seed_memory(context: DecisionContext, inputs: BuildInputs) -> BuildInputs:
     """Start from what chargers offer when there is no memory of them (a restarted controller).
 
     Without this, a restart would treat every charging car as starting from 0 A: it would be cut
-    to its minimum and ramped up again, for nothing.
+    to its minimum and ramped up again, for nothing. A charger that reports no offered current
+    gives its measured draw instead.
     """
     if inputs.memory.evses.keys() >= context.topology.slots.key_set:
         missing = {}  # every EVSE has a memory (every cycle after the first)
@@ -174,7 +186,7 @@ def seed_memory(context: DecisionContext, inputs: BuildInputs) -> BuildInputs:
             and not slot.is_dc
             and (state := inputs.evse_states.get(slot.key)) is not None
             and state.charging
-            and (state.offered_current_a or 0.0) > 0.0
+            and _starting_current_a(state) > 0.0
         }
     battery = inputs.battery_reading
     battery_w = inputs.memory.battery_w
@@ -187,7 +199,7 @@ def seed_memory(context: DecisionContext, inputs: BuildInputs) -> BuildInputs:
     evses = dict(inputs.memory.evses)
     for key, state in missing.items():
         evses[key] = EvseMemory(
-            setpoint=float(state.offered_current_a or 0.0),
+            setpoint=_starting_current_a(state),
             transaction_id=state.transaction_id,
             admitted_since_s=inputs.now_s,
             changed_at_s=inputs.now_s,
