@@ -263,6 +263,7 @@ def summarize(scenario: Scenario, samples: Sequence[Sample], injected_at_s: floa
         "suspect_readings_baseline": sum(s.suspect_readings for s in baseline),
         "unused_cycles_baseline": sum(s.meter_used is False for s in baseline),
         "baseline_max_commanded_pct": _max([s.commanded_pct for s in baseline]),
+        "baseline_max_true_pct": _max([s.true_pct for s in baseline]),
         "trusted_cycles_after_detection": 0 if detected_at is None else sum(s.meter_used is True for s in after),
         "last_commanded_pct": _max([faulted[-1].commanded_pct]) if faulted else None,
         "max_true_pct": _max([s.true_pct for s in faulted]),

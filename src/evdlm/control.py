@@ -55,7 +55,8 @@ class BatteryActuator(Protocol):
 
 
 class DemandSource(Protocol):
-    async def step(self) -> Effective: ...
+    # A snapshot: no await, no I/O (the DR service does its I/O in its own tasks).
+    def effective(self, now_s: float) -> Effective: ...
 
 
 class StatePublisher(Protocol):
@@ -134,8 +135,9 @@ class Controller:
         self._meter_checks = checks_for(config)
         self._pv_devices = tuple(d.name for d in config.devices if d.role is DeviceRole.PV)
         self._battery_max_w = config.battery.max_discharge_kw * 1000.0 if config.battery is not None else 0.0
-        # The chargers' measured currents of the last decision, per EVSE of this topology.
-        self._charger_measured_a: Any = None
+        # The chargers' currents at the last decision, per EVSE of this topology: what they surely
+        # drew and what they reported (FleetView.drawn_a, measured_a), for the meter checks.
+        self._chargers_a: tuple[Any, Any] | None = None
 
     # ------------------------------------------------------------------ one cycle
 
@@ -143,7 +145,7 @@ class Controller:
         started = time.perf_counter()
         now_s = self.clock.now_s()
         self.cycle_number += 1
-        effective = await self.demand.step() if self.demand is not None else None
+        effective = self.demand.effective(now_s) if self.demand is not None else None
         limits = DemandLimits(
             import_limit_w=effective.import_limit_w if effective else None,
             export_limit_w=effective.export_limit_w if effective else None,
@@ -175,7 +177,7 @@ class Controller:
         commands_sent = 0
         if decision is not None:
             self.memory = decision.plan.memory
-            self._charger_measured_a = decision.built.fleet.measured_a
+            self._chargers_a = (decision.built.fleet.drawn_a, decision.built.fleet.measured_a)
             commands_sent = self._dispatch(decision.plan.commands, now_s)
             self._log_changes(decision)
             self._restrict(decision)
@@ -232,7 +234,7 @@ class Controller:
         """Cross-check the grid and circuit meters against the chargers below them (SUSPECT)."""
         flows = flows_for(
             self.context.topology,
-            self._charger_measured_a,
+            self._chargers_a,
             readings,
             self._pv_devices,
             self.battery_device,

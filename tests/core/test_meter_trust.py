@@ -45,13 +45,16 @@ def run(
     state: MeterTrust | None = None,
     start_s: float = 0.0,
     generation_a: float = 0.0,
+    reported_a=None,
 ) -> list[Assessment]:  # type: ignore[no-untyped-def]
-    """One assessment per second; ``meter_a`` and ``chargers_a`` are functions of t."""
+    """One assessment per second; ``meter_a``, ``chargers_a`` (what they surely draw) and
+    ``reported_a`` (their samples; default: the same) are functions of t."""
     out = []
     state = state or MeterTrust()
     for step in range(seconds):
         t = start_s + step
-        flows = {"grid": NodeFlow(chargers_a(t), generation_a)}
+        drawn = chargers_a(t)
+        flows = {"grid": NodeFlow(drawn, generation_a, sum(reported_a(t) if reported_a else drawn))}
         result = assess(state, {"grid_meter": grid_reading(t, meter_a(t))}, METERS, flows, t, CHECKS, V)
         state = result.state
         out.append(result)
@@ -167,3 +170,15 @@ def test_charger_currents_are_summed_onto_every_metered_node_above_them() -> Non
     sums = node_charger_current_a(topology, measured)
     assert sums["grid"][0] == 10.0 * topology.slots.size
     assert set(sums) == {node.id for node in topology.nodes.values() if node.meter is not None}
+
+
+def test_limits_moving_under_a_steady_meter_are_no_sign_of_a_frozen_one() -> None:
+    # The cars draw a steady 57 A; their limits (and so what they surely draw) move with DR,
+    # their samples do not: a noise-free meter that stays put is right.
+    results = run(
+        90,
+        lambda t: (60.0, 60.0, 60.0),
+        lambda t: (57.0 if t < 30 else 40.0, 57.0, 57.0),
+        reported_a=lambda t: (57.0, 57.0, 57.0),
+    )
+    assert all(r.readings["grid_meter"].quality is Quality.OK for r in results)

@@ -41,7 +41,12 @@ def assert_promise(result: dict[str, Any], detection_s: float = DETECTION_S) -> 
     assert result["cycles"]["baseline"] >= WARM_UP_S * 0.8, shown
     assert result["suspect_readings_baseline"] == 0, f"false alarm in the fault-free warm-up: {shown}"
     assert result["unused_cycles_baseline"] == 0, f"grid meter unused in the fault-free warm-up: {shown}"
-    assert result["baseline_max_commanded_pct"] <= 100.0, shown
+    # Fault-free, the fuse never carries more than its rating. The commands themselves may pass
+    # it by a little: the closed loop subtracts charger samples up to one sample interval old
+    # from a live meter, and on a loaded machine (a compressed clock) that lag outgrows the 2 A
+    # margin by an amp or two, while the cars draw less than those samples say.
+    assert result["baseline_max_true_pct"] <= 100.0, shown
+    assert result["baseline_max_commanded_pct"] <= 105.0, shown
     detected = result["detected_after_s"]
     assert detected is not None, (
         f"{result['fault']}: the grid meter was never distrusted; the commands let up to "

@@ -91,12 +91,14 @@ def view_kernel(
     phase_drawing_a: float,
     phase_idle_a: float,
 ) -> tuple[np.ndarray, ...]:
-    """Each EVSE's mode, reason, phases used, measured and assumed current, and the per-node sums."""
+    """Each EVSE's mode, reason, phases used, measured, drawn and assumed current, and the per-node sums."""
     size = is_dc.shape[0]
     mode = np.zeros(size, np.int8)
     reason = np.zeros(size, np.int8)
     phases_used = np.zeros(size, np.int64)
     measured = np.zeros((size, 3))
+    drawn = np.zeros((size, 3))
+    drawn_power_w = np.zeros(size)
     assumed = np.zeros((size, 3))
     measured_power_w = np.zeros(size)
     for e in range(size):
@@ -141,6 +143,15 @@ def view_kernel(
         else:
             measured_power_w[e] = (measured[e, 0] + measured[e, 1] + measured[e, 2]) * voltage_v
         measured_max_a = _max_a(measured, e)
+        # A lower bound of what it draws now: its last sample, but never more than the limit this
+        # session holds (a sample up to one interval old may predate a cut). Subtracting this
+        # from a meter, a slow sample interval delays raises only, never hides load.
+        limit_a = math.inf
+        if same_session[e] and not math.isnan(setpoint):
+            limit_a = previous_a
+        for p in range(3):
+            drawn[e, p] = min(measured[e, p], limit_a)
+        drawn_power_w[e] = min(measured_power_w[e], limit_a * voltage_v * phases)
 
         # Mode and reason, in order of precedence, and the floor of what it may draw.
         floor_a = -1.0  # none
@@ -194,8 +205,8 @@ def view_kernel(
         node, e = pair_node[pair], pair_evse[pair]
         if mode[e] == ACTIVE:
             for p in range(3):
-                active_a[node, p] += measured[e, p]
-            active_w[node] += measured_power_w[e]
+                active_a[node, p] += drawn[e, p]
+            active_w[node] += drawn_power_w[e]
         else:
             extra_w = 0.0
             for p in range(3):
@@ -210,6 +221,7 @@ def view_kernel(
         reason,
         phases_used,
         measured,
+        drawn,
         assumed,
         measured_power_w,
         active_a,

@@ -67,12 +67,16 @@ def _has_phases(reading: Reading) -> bool:
 class NodeFlow:
     """What evdlm knows flows below one metered node this cycle, per site phase (A).
 
-    ``chargers_a``: the chargers' own reported draw (a lower bound: unreported phases count 0);
-    ``generation_a``: the most that PV and batteries below the node may feed in (inf: unknown).
+    ``chargers_a``: what the chargers surely draw (their samples, capped by their limits;
+    unreported phases count 0): the lower bound a meter cannot read below;
+    ``generation_a``: the most that PV and batteries below the node may feed in (inf: unknown);
+    ``reported_sum_a``: the chargers' samples as reported, summed over the phases: a change in
+    them is a physical change a live meter shows too (their limits may move without one).
     """
 
     chargers_a: PhaseTriple
     generation_a: float = 0.0
+    reported_sum_a: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -135,15 +139,17 @@ class Assessment:
         return {name: r.reason or "" for name, r in self.readings.items() if r.quality is Quality.SUSPECT}
 
 
-def node_charger_current_a(topology: Topology, measured_a: np.ndarray) -> dict[str, PhaseTriple]:
-    """Per metered node: the chargers' measured draw per site phase, summed over the EVSEs below.
+def node_charger_current_a(topology: Topology, drawn_a: np.ndarray) -> dict[str, PhaseTriple]:
+    """Per metered node: the chargers' currents per site phase, summed over the EVSEs below.
 
-    ``measured_a`` is (EVSEs, 3) in topology order (:attr:`FleetView.measured_a`).
+    ``drawn_a`` is (EVSEs, 3) in topology order, e.g. :attr:`FleetView.drawn_a` (each EVSE's
+    last sample capped by its session's limit: a sample that predates a cut counts no more than
+    the car may draw now) or :attr:`FleetView.measured_a`.
     """
     slots = topology.slots
     sums = np.zeros((len(slots.node_ids), 3))
-    if len(measured_a) == slots.size and slots.size:
-        np.add.at(sums, slots.pair_node, measured_a[slots.pair_evse])
+    if len(drawn_a) == slots.size and slots.size:
+        np.add.at(sums, slots.pair_node, drawn_a[slots.pair_evse])
     out: dict[str, PhaseTriple] = {}
     for position in slots.metered_nodes:
         a1, a2, a3 = sums[position].tolist()
@@ -236,7 +242,7 @@ def _assess_one(
                 f"(allowance {gap.allowance_a:.1f} A) for {now_s - since_s:.0f} s"
             )
             check = DOWNSTREAM
-    chargers_sum_a = sum(flow.chargers_a)
+    chargers_sum_a = flow.reported_sum_a
     values = (reading.power_w, reading.phase_power_w, reading.phase_current_a)
     if values != trust.values:
         return (
@@ -356,15 +362,23 @@ def metered_nodes(topology: Topology) -> dict[str, str]:
 
 def flows_for(
     topology: Topology,
-    measured_a: np.ndarray | None,
+    chargers: tuple[np.ndarray, np.ndarray] | None,
     readings: Mapping[str, Reading],
     pv_devices: tuple[str, ...],
     battery_device: str | None,
     battery_max_w: float,
 ) -> dict[str, NodeFlow]:
-    """What flows below each metered node, from the chargers' measured currents (None: unknown)."""
-    if measured_a is None:
+    """What flows below each metered node (empty when the chargers are not known yet).
+
+    ``chargers`` is (:attr:`FleetView.drawn_a`, :attr:`FleetView.measured_a`) of a decision.
+    """
+    if chargers is None:
         return {}
-    chargers = node_charger_current_a(topology, measured_a)
+    drawn_a, measured_a = chargers
+    drawn = node_charger_current_a(topology, drawn_a)
+    reported = node_charger_current_a(topology, measured_a)
     grid_generation_a = generation_a(readings, pv_devices, battery_device, battery_max_w, topology.nominal_voltage_v)
-    return {node: NodeFlow(value, grid_generation_a if node == GRID_NODE else 0.0) for node, value in chargers.items()}
+    return {
+        node: NodeFlow(value, grid_generation_a if node == GRID_NODE else 0.0, sum(reported[node]))
+        for node, value in drawn.items()
+    }

@@ -151,6 +151,7 @@ class FleetView:
     reason: np.ndarray  # Reason
     phases_used: np.ndarray  # phases the car uses (1 or 3)
     measured_a: np.ndarray  # (EVSEs, 3) measured current per site phase
+    drawn_a: np.ndarray  # (EVSEs, 3) what it surely draws now: measured, capped by the session's limit
     assumed_a: np.ndarray  # (EVSEs, 3) what it may draw, per site phase
     measured_power_w: np.ndarray
     cut_from: np.ndarray  # the remembered setpoint before the last cut (NaN = none), for the reason text
@@ -231,6 +232,7 @@ def view_fleet(
         reason,
         phases_used,
         measured,
+        drawn,
         assumed,
         measured_power_w,
         *node_sums,
@@ -254,7 +256,15 @@ def view_fleet(
         PHASE_IDLE_A,
     )
     fleet = FleetView(
-        mode, reason, phases_used, measured, assumed, measured_power_w, memory.values[:, M_CUT_FROM], same_session
+        mode,
+        reason,
+        phases_used,
+        measured,
+        drawn,
+        assumed,
+        measured_power_w,
+        memory.values[:, M_CUT_FROM],
+        same_session,
     )
     return fleet, _NodeSums(*node_sums)
 

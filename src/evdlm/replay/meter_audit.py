@@ -46,11 +46,11 @@ def audit_meters(path: Path) -> MeterAudit:
     audit = MeterAudit()
     config_text = ""
     state = MeterTrust()
-    measured_a: Any = None
+    chargers: Any = None
     parsed: dict[str, SiteConfig] = {}
 
     def on_decision(record: CycleInputsRecord, decision: Decision) -> None:
-        nonlocal state, measured_a, config_text
+        nonlocal state, chargers, config_text
         if record.header is not None:
             config_text = str(record.header["config_yaml"])
         config = parsed.get(config_text)
@@ -60,7 +60,7 @@ def audit_meters(path: Path) -> MeterAudit:
         battery = config.battery
         flows = flows_for(
             topology,
-            measured_a,
+            chargers,
             record.readings,
             tuple(d.name for d in config.devices if d.role is DeviceRole.PV),
             battery.device if battery is not None else None,
@@ -71,7 +71,7 @@ def audit_meters(path: Path) -> MeterAudit:
             state, record.readings, meters, flows, record.now_s, checks_for(config), topology.nominal_voltage_v
         )
         state = result.state
-        measured_a = decision.built.fleet.measured_a
+        chargers = (decision.built.fleet.drawn_a, decision.built.fleet.measured_a)
         audit.cycles += 1
         for device in meters.values():
             reading = result.readings.get(device)
