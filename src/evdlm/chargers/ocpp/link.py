@@ -133,6 +133,10 @@ class _Evse:
     inoperative_sent: bool = False  # told Inoperative (and not yet Operative) by this process
     told_inoperative: bool = False  # ... on this connection (a reconnect tells it again)
     stops_unheeded: int = 0  # accepted or Blocked, yet the transaction ran on: backoff of stop requests
+    # The EVSE's command sequence: moves on with every session that starts and every limit the
+    # charger accepts. A clear queued for an ended session carries the number it was queued at
+    # and is dropped if it has moved on: a stale clear never removes a newer limit.
+    sequence: int = 0
 
 
 @dataclass(frozen=True)
@@ -256,6 +260,7 @@ class ChargerLink:
         self._update(evse_id, connected=True, charging=True, transaction_id=transaction_id)
         if evse is None:
             return
+        evse.sequence += 1
         if not evse.state.controllable and not evse.smart_charging_absent:
             # A transaction id opens the TxProfile way: worth asking at the next command.
             now_s = self.clock.now_s()
@@ -273,6 +278,7 @@ class ChargerLink:
         evse = self._evses.get(evse_id)
         if evse is None:
             return
+        evse.sequence += 1
         self._update(evse_id, connected=True, charging=True, transaction_id=transaction_id or evse.state.transaction_id)
         if evse.restriction is not None:
             self._stop_restricted(evse_id, evse)
@@ -282,13 +288,17 @@ class ChargerLink:
         return evse is not None and evse.state.charging
 
     def transaction_ended(self, transaction_id: str | None, evse_id: int | None = None) -> int | None:
-        """Mark the session over; returns the EVSE whose dynamic profile should be cleared."""
+        """Mark the session over; returns the EVSE whose dynamic profile should be cleared, or
+        None when there is nothing to clear: no session ran there and no limit of ours is held
+        (a 1.6 StatusNotification Available at boot, or after the StopTransaction that ended it).
+        """
         for candidate_id, evse in self._evses.items():
             if (evse_id is not None and candidate_id == evse_id) or (
                 transaction_id is not None and evse.state.transaction_id == transaction_id
             ):
+                ended = _in_transaction(evse) or evse.lease is not None
                 self._update(candidate_id, charging=False, transaction_id=None, phase_current_a=None, power_w=None)
-                return candidate_id
+                return candidate_id if ended else None
         return None
 
     def evse_of_transaction(self, transaction_id: str) -> int | None:
@@ -444,11 +454,27 @@ class ChargerLink:
             raise ChargerOffline(f"{self.charger.id} is not connected")
         return await transport.set_profile(spec)
 
-    async def clear_session(self, evse_id: int) -> None:
-        """ClearChargingProfile of the EVSE's dynamic profile after its session ended."""
+    def clear_after_session(self, evse_id: int) -> Job:
+        """The job (for the session's queue) that clears the EVSE's dynamic profile after its
+        session ended, bound to the EVSE's command sequence as it is now: by the time it runs,
+        a new session may have started there or a newer limit been accepted (the controller's
+        cycle does not wait for the queue), and then it does nothing."""
+        sequence = self._evses[evse_id].sequence
+        return lambda: self.clear_session(evse_id, sequence)
+
+    async def clear_session(self, evse_id: int, sequence: int | None = None) -> None:
+        """ClearChargingProfile of the EVSE's dynamic profile after its session ended; with
+        ``sequence``, only if nothing happened on the EVSE since (see :meth:`clear_after_session`)."""
         async with self.lock:
             evse = self._evses[evse_id]
             transport = self.transport
+            if sequence is not None and sequence != evse.sequence:
+                LOG.debug(
+                    "%s/%s: clear for the ended session dropped: a session or a limit came since",
+                    self.charger.id,
+                    evse_id,
+                )
+                return
             if evse.lease is None or transport is None:
                 return
             profile_id = evse.lease.profile_id if evse.lease.profile_id is not None else dynamic_profile_id(evse_id)
@@ -643,6 +669,7 @@ class ChargerLink:
                 else "",
             )
         assert spec.valid_to_s is not None
+        evse.sequence += 1  # a clear queued before this limit must not remove it
         previous = self._current_lease(evse)
         evse.lease = Lease(
             limit=spec.limit,

@@ -6,11 +6,14 @@ No transport here: these functions are tested on captured messages.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from itertools import accumulate
+from typing import Any, Literal
 
 from evdlm.chargers.planning import ProfilePurpose, ProfileSpec, parse_rate_units
 from evdlm.core.types import RateUnitLiteral
@@ -57,17 +60,61 @@ class MeterSample:
     power_w: float | None = None
     energy_wh: float | None = None
     soc_pct: float | None = None
+    # Values left out because they were not finite numbers ("NaN", "inf", 1e308 kW), each with why.
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """No value at all (the time alone says nothing about the EVSE)."""
+        return all(
+            value is None
+            for value in (
+                self.phase_current_a,
+                self.unphased_current_a,
+                self.offered_current_a,
+                self.power_w,
+                self.energy_wh,
+                self.soc_pct,
+            )
+        )
 
 
 _SCALE_16 = {"W": 1.0, "kW": 1000.0, "Wh": 1.0, "kWh": 1000.0, "A": 1.0, "Percent": 1.0}
 
 
-def _value(raw: Any) -> float | None:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
+# How much of an offending value a reason quotes (the rest of a long string is noise).
+MAX_REASON_VALUE_CHARS = 40
+
+
+def _float(raw: Any) -> float | None:
+    """A number from a 1.6 string or a 2.0.1 number, finite or not; None when it is not one."""
+    if isinstance(raw, bool):
         return None
-    return value if math.isfinite(value) else None
+    try:
+        return float(raw)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _value(raw: Any) -> float | None:
+    value = _float(raw)
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _scaled(value: float, sampled: Mapping[str, Any], version: str) -> float:
+    """``value`` in W, Wh, A or %; inf when the unit or multiplier takes it beyond a double."""
+    try:
+        if version == "1.6":
+            return value * _SCALE_16.get(sampled.get("unit", ""), 1.0)
+        unit_of_measure = sampled.get("unit_of_measure") or {}
+        value *= 10.0 ** int(unit_of_measure.get("multiplier", 0))
+        if unit_of_measure.get("unit") in ("kW", "kWh"):
+            value *= 1000.0
+    except OverflowError:  # 10.0 ** 400
+        return math.inf
+    except (TypeError, ValueError):  # a multiplier that is not an integer (the schema says it is)
+        return math.nan
+    return value
 
 
 def parse_meter_values(meter_values: Sequence[Mapping[str, Any]], version: str) -> MeterSample:
@@ -83,21 +130,23 @@ def parse_meter_values(meter_values: Sequence[Mapping[str, Any]], version: str) 
     power_phases: list[float | None] = [None, None, None]
     energy: float | None = None
     soc: float | None = None
+    dropped: list[str] = []
     for meter_value in meter_values:
         taken_at_s = parse_iso_s(meter_value.get("timestamp")) or taken_at_s
         for sampled in meter_value.get("sampled_value", []):
-            value = _value(sampled.get("value"))
+            raw = sampled.get("value")
+            value = _float(raw)
             if value is None:
-                continue
-            if version == "1.6":
-                value *= _SCALE_16.get(sampled.get("unit", ""), 1.0)
-            else:
-                unit_of_measure = sampled.get("unit_of_measure") or {}
-                value *= 10.0 ** int(unit_of_measure.get("multiplier", 0))
-                if unit_of_measure.get("unit") in ("kW", "kWh"):
-                    value *= 1000.0
+                continue  # not a number at all (1.6 SignedData): nothing to say about it
             # Both versions default the measurand to the energy register.
             measurand = sampled.get("measurand", "Energy.Active.Import.Register")
+            value = _scaled(value, sampled, version)
+            if not math.isfinite(value):
+                # 1.6 values are strings, so "NaN" / "Infinity" pass the schema; a finite value
+                # times its unit or multiplier can overflow too. Not a reading: left out, and said so.
+                where = f"{measurand} {sampled['phase']}" if sampled.get("phase") else measurand
+                dropped.append(f"{where}: {str(raw)[:MAX_REASON_VALUE_CHARS]!r} is not a finite number")
+                continue
             phase = PHASE_INDEX.get(sampled.get("phase", ""))
             if measurand == "Current.Import":
                 if phase is None:
@@ -126,6 +175,7 @@ def parse_meter_values(meter_values: Sequence[Mapping[str, Any]], version: str) 
         power_w=power_total,
         energy_wh=energy,
         soc_pct=soc,
+        dropped=tuple(dropped),
     )
 
 
@@ -261,3 +311,127 @@ def profile_payload_201(spec: ProfileSpec) -> dict[str, Any]:
     if spec.valid_to_s is not None:
         profile["valid_to"] = iso_utc(spec.valid_to_s)
     return profile
+
+
+# ---------------------------------------------------------------------------- frames
+
+# OCPP payloads are shallow: the deepest legitimate message (2.0.1 ReportChargingProfilesRequest)
+# nests 13 levels inside the frame's own array; customData may add a few. Python's json parser,
+# the library's case conversion and schema validation all recurse once per level, so a frame
+# nested thousands deep ends in RecursionError (which closed the session with 1011).
+MAX_FRAME_DEPTH = 64
+# int64 has 19 digits and OCPP integers are int32. Python converts longer digit strings in
+# quadratic time and refuses more than 4300 digits with a ValueError json does not translate.
+MAX_INTEGER_DIGITS = 20
+
+FrameFault = Literal["unreadable", "too_deep", "non_finite", "out_of_range"]
+
+
+class FrameRejected(ValueError):
+    """A frame refused before any OCPP decoding, with what could be read of its head.
+
+    ``fault``: "unreadable" (not UTF-8 or not JSON), "too_deep", "non_finite" (the NaN /
+    Infinity tokens, which RFC 8259 does not allow though Python's json reads them) or
+    "out_of_range" (a number no double or int64 holds: 1e999, 10^40).
+    """
+
+    def __init__(
+        self, fault: FrameFault, reason: str, message_type_id: int | None = None, unique_id: str | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.fault: FrameFault = fault
+        self.reason = reason
+        self.message_type_id = message_type_id
+        self.unique_id = unique_id
+
+
+# A JSON string, or an unterminated one up to the end of the text: with the closing quote
+# required, a failed match would be retried from every later quote (quadratic on '"\"\"\"…').
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+# '[<type>, "<unique id>"' at the start of a frame too deep to parse (ids are ≤ 36 characters).
+_HEAD = re.compile(r'\s*\[\s*(\d{1,3})\s*,\s*("(?:[^"\\]|\\.){0,128}")')
+
+
+def nesting_depth(text: str) -> int:
+    """How deep ``[`` / ``{`` nest in JSON text that has not been parsed; brackets inside
+    strings do not count.
+
+    Linear and without recursion: the regex engine removes strings and everything but
+    brackets, and the running depth is a C-level accumulate (no Python loop per character).
+    Unbalanced text counts its unclosed brackets (the parser would recurse into them too).
+    """
+    structure = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(0, max(accumulate(map(_DEPTH_STEP.__getitem__, structure)), default=0))
+
+
+def _head_of(text: str) -> tuple[int | None, str | None]:
+    match = _HEAD.match(text)
+    if match is None:
+        return None, None
+    try:
+        unique_id = json.loads(match.group(2))
+    except ValueError:
+        unique_id = None
+    return int(match.group(1)), unique_id if isinstance(unique_id, str) else None
+
+
+def _ids_of(frame: Any) -> tuple[int | None, str | None]:
+    if not isinstance(frame, list) or not frame:
+        return None, None
+    message_type_id = frame[0] if isinstance(frame[0], int) and not isinstance(frame[0], bool) else None
+    unique_id = frame[1] if len(frame) >= 2 and isinstance(frame[1], str) else None
+    return message_type_id, unique_id
+
+
+def load_frame(raw: str | bytes, max_depth: int = MAX_FRAME_DEPTH) -> Any:
+    """The JSON value of one OCPP-J frame, refusing what Python's json would let through.
+
+    The depth is checked on the raw text before parsing; numbers are checked as they are parsed
+    (NaN, Infinity, 1e999, 30-digit integers), so nothing non-finite reaches a handler.
+
+    Raises
+    ------
+    FrameRejected
+        With the message type and unique id when they could be read (to answer a CALL with a
+        CALLERROR, or fail the call a CALLRESULT answers).
+    """
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise FrameRejected("unreadable", f"not UTF-8 ({exc.reason})") from exc
+    else:
+        text = raw
+    # A frame cannot nest deeper than it has brackets: the usual small frame skips the scan.
+    if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
+        message_type_id, unique_id = _head_of(text)
+        raise FrameRejected("too_deep", f"nested deeper than {max_depth} levels", message_type_id, unique_id)
+    faults: list[tuple[FrameFault, str]] = []
+
+    def constant(token: str) -> None:
+        faults.append(("non_finite", f"{token} is not a JSON number"))
+        return None
+
+    def floating(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):
+            faults.append(("out_of_range", f"{token[:MAX_REASON_VALUE_CHARS]} is beyond a double"))
+        return value
+
+    def integer(token: str) -> int:
+        if len(token.lstrip("-")) > MAX_INTEGER_DIGITS:
+            faults.append(("out_of_range", f"an integer of {len(token.lstrip('-'))} digits"))
+            return 0
+        return int(token)
+
+    try:
+        frame = json.loads(text, parse_constant=constant, parse_float=floating, parse_int=integer)
+    except ValueError as exc:  # JSONDecodeError is one
+        raise FrameRejected("unreadable", f"not valid JSON ({exc})") from exc
+    if faults:
+        message_type_id, unique_id = _ids_of(frame)
+        fault, reason = faults[0]
+        raise FrameRejected(fault, reason, message_type_id, unique_id)
+    return frame

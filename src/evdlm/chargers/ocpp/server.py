@@ -7,7 +7,8 @@
 
 Chargers connect to ``ws(s)://host:port/<charge point id>`` with subprotocol ``ocpp1.6`` or
 ``ocpp2.0.1`` (the one configured for them). Unknown ids, a wrong subprotocol, wrong Basic-auth
-credentials or a client certificate naming another charger are refused before the upgrade.
+credentials or a client certificate naming another charger are refused before the upgrade;
+under Basic auth, failed logins are backed off per id and address (:class:`LoginGuard`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import base64
 import binascii
 import hmac
 import logging
+import math
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
@@ -30,6 +32,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from evdlm.chargers.ocpp.link import ChargerLink, EvseKey
+from evdlm.chargers.ocpp.login_guard import LoginGuard, source_address
 from evdlm.chargers.ocpp.v16 import V16Session
 from evdlm.chargers.ocpp.v201 import V201Session
 from evdlm.chargers.planning import ChargerCapabilities, LinkSettings
@@ -42,6 +45,10 @@ from evdlm.core.types import ChargingCommand, CommandResult, CommandStatus, Evse
 LOG = logging.getLogger("evdlm.chargers.ocpp.server")
 
 SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+
+# The largest frame a charger may send (websockets closes the connection with 1009 beyond it):
+# the biggest legitimate OCPP message, a 2.0.1 NotifyReport or a 1.6 SendLocalList, is far smaller.
+MAX_FRAME_BYTES = 2**20
 
 
 def link_settings(config: SiteConfig) -> LinkSettings:
@@ -100,6 +107,7 @@ class OcppCentralSystem(StartStop):
         self._server: Server | None = None
         self._restricted: dict[EvseKey, str] = {}
         self._unknown_restrictions: set[EvseKey] = set()  # warned about once
+        self._logins = LoginGuard(clock)
 
     def _resolve_passwords(self) -> dict[str, str]:
         passwords: dict[str, str] = {}
@@ -129,6 +137,7 @@ class OcppCentralSystem(StartStop):
             ssl=self._ssl_context(),
             # Per-message deflate costs ~100 kB per connection; OCPP frames are small.
             compression=None,
+            max_size=MAX_FRAME_BYTES,
             logger=logging.getLogger("evdlm.chargers.ocpp.websockets"),
         )
         LOG.info(
@@ -172,11 +181,31 @@ class OcppCentralSystem(StartStop):
     # ------------------------------------------------------------------ handshake
 
     def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Refuse the upgrade (an HTTP answer) or let it go on (None).
+
+        Under Basic auth (profiles 1 and 2) every refused login — wrong credentials, an unknown
+        id — counts for :class:`LoginGuard`, and an id or address it holds off is answered 429
+        with ``Retry-After`` before its credentials are looked at (see LoginGuard for what an
+        operator can expect). Profile 3 needs no guard: the TLS handshake already checked a
+        client certificate.
+        """
         charger_id = charger_id_from_path(request.path)
         charger = self._chargers.get(charger_id)
         peer = connection.remote_address
+        source = source_address(peer)
+        profile = self.config.ocpp.security_profile
+        basic_auth = profile in (1, 2)
+        if basic_auth:
+            hold_s = self._logins.hold_s(charger_id if charger is not None else None, source)
+            if hold_s > 0:
+                response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many failed logins\n")
+                response.headers["Retry-After"] = str(max(1, math.ceil(hold_s)))
+                return response
         if charger is None:
-            LOG.warning("refused unknown charge point id %r from %s", charger_id, peer)
+            if basic_auth:
+                self._logins.failed(None, source, f"unknown charge point id {charger_id[:64]!r}")
+            else:
+                LOG.warning("refused unknown charge point id %r from %s", charger_id[:64], peer)
             return connection.respond(HTTPStatus.NOT_FOUND, "unknown charge point\n")
         expected = SUBPROTOCOLS[charger.ocpp_version]
         if expected not in requested_subprotocols(request.headers):
@@ -187,8 +216,7 @@ class OcppCentralSystem(StartStop):
                 requested_subprotocols(request.headers),
             )
             return connection.respond(HTTPStatus.BAD_REQUEST, f"subprotocol {expected} required\n")
-        profile = self.config.ocpp.security_profile
-        if profile in (1, 2):
+        if basic_auth:
             credentials = basic_auth_credentials(request.headers)
             password = self._passwords.get(charger_id)
             if (
@@ -197,10 +225,11 @@ class OcppCentralSystem(StartStop):
                 or credentials[0] != charger_id
                 or not hmac.compare_digest(credentials[1].encode(), password.encode())
             ):
-                LOG.warning("%s: refused, wrong or missing Basic auth credentials from %s", charger_id, peer)
+                self._logins.failed(charger_id, source, "wrong or missing Basic auth credentials")
                 response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication required\n")
                 response.headers["WWW-Authenticate"] = 'Basic realm="ocpp"'
                 return response
+            self._logins.succeeded(charger_id, source)
         if profile == 3 and self._client_certificate_name(connection) != charger_id:
             LOG.warning("%s: refused, client certificate is not issued to this charge point", charger_id)
             return connection.respond(HTTPStatus.FORBIDDEN, "client certificate does not match\n")

@@ -13,7 +13,6 @@ from evdlm.chargers.ocpp.parse import (
     SAMPLED_MEASURANDS,
     iso_utc,
     parse_configuration_16,
-    parse_meter_values,
     profile_payload_16,
 )
 from evdlm.chargers.ocpp.session import WIRE_LOG, SessionBase, after_route, route
@@ -91,6 +90,8 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
         if connector_id and status in TRANSACTION_STATUSES and not self.link.charging(connector_id):
             self.link.transaction_resumed(connector_id, None)
         if status == "Available":
+            # Ends a session only if one ran (or a limit of ours is held): the Available a charger
+            # sends at boot queues no clear, which used to run after the first limit and remove it.
             self.session_ended(self.link.transaction_ended(None, connector_id) if connector_id else None)
         return call_result.StatusNotification()
 
@@ -101,7 +102,7 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
         if connector_id and transaction_id is not None and self.link.evse_of_transaction(str(transaction_id)) is None:
             self.link.transaction_resumed(connector_id, str(transaction_id))
         if connector_id:
-            self.link.meter_sample(connector_id, parse_meter_values(meter_value, "1.6"))
+            self.meter_sample(connector_id, meter_value)
         return call_result.MeterValues()
 
     @route("Authorize")
@@ -128,7 +129,7 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
         evse_id = self.link.evse_of_transaction(str(transaction_id))
         transaction_data = kwargs.get("transaction_data")
         if evse_id is not None and transaction_data:
-            self.link.meter_sample(evse_id, parse_meter_values(transaction_data, "1.6"))
+            self.meter_sample(evse_id, transaction_data)
         self.session_ended(self.link.transaction_ended(str(transaction_id)))
         return call_result.StopTransaction(id_tag_info={"status": "Accepted"})
 

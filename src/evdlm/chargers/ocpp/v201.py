@@ -13,7 +13,6 @@ from evdlm.chargers.ocpp.parse import (
     SAMPLED_MEASURANDS,
     iso_utc,
     parse_charging_needs,
-    parse_meter_values,
     parse_variables_201,
     profile_payload_201,
 )
@@ -90,7 +89,7 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
     @route("MeterValues")
     def on_meter_values(self, evse_id: int, meter_value: list[dict[str, Any]], **_: Any) -> Any:
         if evse_id:
-            self.link.meter_sample(evse_id, parse_meter_values(meter_value, "2.0.1"))
+            self.meter_sample(evse_id, meter_value)
         return call_result.MeterValues()
 
     @route("Authorize")
@@ -127,7 +126,7 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
             self.link.refused(evse_id, refused_by)
         meter_value = kwargs.get("meter_value")
         if evse_id is not None and meter_value:
-            self.link.meter_sample(evse_id, parse_meter_values(meter_value, "2.0.1"))
+            self.meter_sample(evse_id, meter_value)
         if event_type == "Ended":
             self.session_ended(self.link.transaction_ended(transaction_id, evse_id))
         if has_token:
