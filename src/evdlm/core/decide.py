@@ -8,6 +8,7 @@ is the counterfactual.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -20,9 +21,9 @@ from evdlm_solvers.problem import paused
 
 from evdlm.config.models import DeviceRole, SiteConfig
 from evdlm.core.dispatch import Plan, plan_commands
-from evdlm.core.fleet import FleetCache
+from evdlm.core.fleet import FleetCache, MemoryMapping
 from evdlm.core.fleet_kernels import HELD
-from evdlm.core.memory import ControlMemory, EvseMemory
+from evdlm.core.memory import ControlMemory, EvseKey, EvseMemory
 from evdlm.core.problem_builder import BuildInputs, BuiltProblem, SiteSettings, build_problem
 from evdlm.core.topology import Topology, build_topology
 from evdlm.core.types import EvseState
@@ -169,25 +170,36 @@ def _starting_current_a(state: EvseState) -> float:
     return float(math.floor(max(drawn))) if drawn else 0.0
 
 
+def _session_of(memory: Mapping[EvseKey, EvseMemory], key: EvseKey) -> str | None:
+    if isinstance(memory, MemoryMapping):
+        return memory.transaction_of(key)  # no memory object made: every cycle after a restart asks
+    return memory[key].transaction_id
+
+
 def seed_memory(context: DecisionContext, inputs: BuildInputs) -> BuildInputs:
     """Start from what chargers offer when there is no memory of them (a restarted controller).
 
     Without this, a restart would treat every charging car as starting from 0 A: it would be cut
     to its minimum and ramped up again, for nothing. A charger that reports no offered current
-    gives its measured draw instead.
+    gives its measured draw instead. The same holds for a session this process did not see
+    start (``EvseState.resumed``: a charger that reconnects after the first cycle) while its
+    memory still belongs to another session.
     """
-    if inputs.memory.evses.keys() >= context.topology.slots.key_set:
-        missing = {}  # every EVSE has a memory (every cycle after the first)
-    else:
-        missing = {
-            slot.key: state
-            for slot in context.topology.evses
-            if slot.key not in inputs.memory.evses
-            and not slot.is_dc
-            and (state := inputs.evse_states.get(slot.key)) is not None
-            and state.charging
-            and _starting_current_a(state) > 0.0
-        }
+    known = inputs.memory.evses
+    every_evse_known = known.keys() >= context.topology.slots.key_set
+    missing = {
+        key: state
+        for key, state in inputs.evse_states.items()
+        if (state.resumed or not every_evse_known)
+        and state.charging
+        and (
+            key not in known
+            or (state.resumed and state.transaction_id is not None and _session_of(known, key) != state.transaction_id)
+        )
+        and key in context.topology.slots.key_set
+        and not context.topology.evses[context.topology.evse_index[key]].is_dc
+        and _starting_current_a(state) > 0.0
+    }
     battery = inputs.battery_reading
     battery_w = inputs.memory.battery_w
     if not inputs.memory.evses and battery is not None and battery.usable and battery.power_w is not None:

@@ -338,6 +338,11 @@ class MemoryMapping(Mapping[EvseKey, EvseMemory]):
     def __getitem__(self, key: EvseKey) -> EvseMemory:
         return self.columns.object(self.table.key_index[key])
 
+    def transaction_of(self, key: EvseKey) -> str | None:
+        """The session ``key``'s memory belongs to, without making the memory object."""
+        value = self.columns.transaction_id[self.table.key_index[key]]
+        return None if value is None else str(value)
+
     def __contains__(self, key: object) -> bool:
         return key in self.table.key_index
 

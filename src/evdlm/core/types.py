@@ -97,6 +97,9 @@ class EvseState:
     # not known apart from ``updated_at_s``, which any message moves (a status, an accepted
     # profile), so it cannot tell a sample taken after a cut from one taken before it.
     sampled_at_s: float | None = None
+    # The session began before this process (or this connection) learnt of it: a status or meter
+    # values named it, not its start. A restarted controller takes such a car from where it is.
+    resumed: bool = False
 
 
 @dataclass(frozen=True)

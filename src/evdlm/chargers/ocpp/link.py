@@ -257,7 +257,7 @@ class ChargerLink:
     def transaction_started(self, evse_id: int, transaction_id: str, *, refused_by: str | None = None) -> None:
         """A new transaction; ``refused_by`` names the message we answered Blocked (restricted EVSE)."""
         evse = self._evses.get(evse_id)
-        self._update(evse_id, connected=True, charging=True, transaction_id=transaction_id)
+        self._update(evse_id, connected=True, charging=True, transaction_id=transaction_id, resumed=False)
         if evse is None:
             return
         evse.sequence += 1
@@ -279,7 +279,13 @@ class ChargerLink:
         if evse is None:
             return
         evse.sequence += 1
-        self._update(evse_id, connected=True, charging=True, transaction_id=transaction_id or evse.state.transaction_id)
+        self._update(
+            evse_id,
+            connected=True,
+            charging=True,
+            transaction_id=transaction_id or evse.state.transaction_id,
+            resumed=True,
+        )
         if evse.restriction is not None:
             self._stop_restricted(evse_id, evse)
 
