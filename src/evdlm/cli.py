@@ -126,6 +126,7 @@ BENCH_SCRIPTS = {
     "ocpp": "ocpp_scale_bench.py",
     "modbus": "modbus_poll_bench.py",
     "faults": "faults_bench.py",
+    "channels": "channels_bench.py",
 }
 
 

@@ -426,7 +426,8 @@ class Controller:
         m.grid_import_w.set(grid.power_w if grid is not None and grid.usable and grid.power_w is not None else math.nan)
         if report.dr is not None:
             m.dr_import_limit_w.set(report.dr.import_limit_w if report.dr.import_limit_w is not None else math.nan)
-            m.dr_failsafe.set(1.0 if report.dr.mode.value == "FAILSAFE" else 0.0)
+            # STARTING (the DR state not known yet after a start) runs on the failsafe limits too.
+            m.dr_failsafe.set(1.0 if report.dr.mode.value in ("FAILSAFE", "STARTING") else 0.0)
         decision = report.decision
         if decision is None:
             return

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 from pathlib import Path
@@ -34,7 +35,7 @@ from evdlm.core.fleet_kernels import warm_up as warm_up_fleet_kernels
 from evdlm.devices.hub import DeviceHub
 from evdlm.devices.sim.site import SiteSimulation
 from evdlm.dr.service import DrService
-from evdlm.mqtt.client import MqttClient, MqttError, MqttWill
+from evdlm.mqtt.client import MqttClient, MqttWill, unique_client_id
 from evdlm.observability import Metrics
 from evdlm.recording import RecordingWriter
 
@@ -55,8 +56,31 @@ def sd_notify(message: str) -> None:
         sock.sendto(message.encode(), address)
 
 
+def _finite(document: Any) -> Any:
+    """``document`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(document, float):
+        return document if math.isfinite(document) else None
+    if isinstance(document, dict):
+        return {key: _finite(value) for key, value in document.items()}
+    if isinstance(document, list | tuple):
+        return [_finite(value) for value in document]
+    return document
+
+
+def strict_json(document: Any) -> str:
+    """JSON without NaN or Infinity tokens (invalid JSON that most consumers reject)."""
+    try:
+        return json.dumps(document, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(document), allow_nan=False)
+
+
 class MqttStatePublisher:
-    """Retained site state and per-EVSE limits on ``dlm/{site}/…`` (changes only)."""
+    """Retained site state and per-EVSE limits on ``dlm/{site}/…`` (changes only).
+
+    Never waits on the broker: messages go to the client's telemetry queue (the latest per
+    topic; the oldest dropped and counted when the broker is stuck) and out while connected.
+    """
 
     def __init__(self, client: MqttClient, site_id: str, every_cycles: int = 5) -> None:
         self.client = client
@@ -65,21 +89,15 @@ class MqttStatePublisher:
         self._limits: dict[str, Any] = {}
 
     async def publish_cycle(self, report: CycleReport) -> None:
-        if not self.client.connected:
-            return
-        try:
-            state = state_message(report, self.site_id)
-            for key, limit in state.get("limits", {}).items():
-                if self._limits.get(key) != limit:
-                    topic = f"dlm/{self.site_id}/evse/{key}/limit"
-                    await self.client.publish(
-                        topic, json.dumps({"limit": limit[0], "unit": limit[1]}), qos=1, retain=True
-                    )
-                    self._limits[key] = limit
-            if report.cycle % self.every_cycles == 1 or self.every_cycles == 1:
-                await self.client.publish(f"dlm/{self.site_id}/state", json.dumps(state), qos=1, retain=True)
-        except MqttError as exc:
-            log.debug("state not published: %s", exc)
+        # ``async`` for the StatePublisher protocol; nothing here awaits.
+        state = state_message(report, self.site_id)
+        for key, limit in state.get("limits", {}).items():
+            if self._limits.get(key) != limit:
+                topic = f"dlm/{self.site_id}/evse/{key}/limit"
+                self.client.publish_nowait(topic, strict_json({"limit": limit[0], "unit": limit[1]}), retain=True)
+                self._limits[key] = limit
+        if report.cycle % self.every_cycles == 1 or self.every_cycles == 1:
+            self.client.publish_nowait(f"dlm/{self.site_id}/state", strict_json(state), retain=True)
 
 
 class Gateway:
@@ -125,22 +143,32 @@ class Gateway:
                 broker = config.mqtt
                 password = resolve_secret(broker.password, self.base_dir) if broker.password is not None else None
                 status_topic = f"dlm/{config.site.id}/status"
+                client_id = broker.client_id or f"evdlm-{config.site.id}"
+
+                def local(path: str | None) -> str | None:
+                    return None if path is None else str(self.base_dir / path)
+
                 self.mqtt = MqttClient(
                     broker.host,
                     broker.port,
-                    client_id=broker.client_id or f"evdlm-{config.site.id}",
+                    client_id=client_id if broker.pin_client_id else unique_client_id(client_id),
                     clock=self.clock,
                     keepalive_s=broker.keepalive_s,
                     username=broker.username,
                     password=password,
                     tls=broker.tls,
-                    ca_file=broker.ca_file,
+                    ca_file=local(broker.ca_file),
+                    cert_file=local(broker.cert_file),
+                    key_file=local(broker.key_file),
+                    # The will says offline when the connection dies; the client says online after
+                    # every (re)connect, and offline itself on a clean exit.
                     will=MqttWill(status_topic, json.dumps({"state": "offline"})),
+                    birth=MqttWill(status_topic, json.dumps({"state": "online"})),
                 )
                 await stack.enter_async_context(self.mqtt)
-                if await self.mqtt.wait_connected(5.0):
-                    await self.mqtt.publish(status_topic, json.dumps({"state": "online"}), qos=1, retain=True)
-                else:
+                # Not needed for the first cycle (it runs on DR's start-up limits until the DR state
+                # is known); waiting briefly lets MQTT devices and DR start from the broker's state.
+                if not await self.mqtt.wait_connected(5.0):
                     log.warning(
                         "MQTT broker %s:%d not reachable yet; retrying in the background", broker.host, broker.port
                     )
@@ -149,8 +177,9 @@ class Gateway:
                 DeviceHub(config, self.clock, base_dir=self.base_dir, simulation=self.simulation, mqtt_client=self.mqtt)
             )
             if config.demand_response is not None and config.demand_response.enabled and self.mqtt is not None:
-                self.dr = DrService(config, self.mqtt, self.clock, self.state_dir / config.demand_response.state_file)
-                await self.dr.start()
+                self.dr = await stack.enter_async_context(
+                    DrService(config, self.mqtt, self.clock, self.state_dir / config.demand_response.state_file)
+                )
             observability = config.observability
             if observability.metrics_port is not None:
                 self.metrics_port = self.metrics.serve(observability.metrics_host, observability.metrics_port)
@@ -193,11 +222,8 @@ class Gateway:
         self._closed = True
         if self.controller is not None:
             await self.controller.close()
-        if self.mqtt is not None and self.mqtt.connected:
-            with contextlib.suppress(MqttError, TimeoutError):
-                await self.mqtt.publish(
-                    f"dlm/{self.config.site.id}/status", json.dumps({"state": "offline"}), qos=1, retain=True
-                )
+        # The stack closes the DR service (its last state written) and then the MQTT client, which
+        # sends what is queued within a bounded time and says offline on the status topic.
         await self._stack.__aexit__(exc_type, exc, tb)
 
     def reload(self) -> bool:

@@ -71,4 +71,3 @@ def load_state(path: Path, parse: Callable[[Any], T]) -> T | None:
     except (ValueError, TypeError, KeyError) as exc:
         set_aside(path, str(exc) or type(exc).__name__)
         return None
-

@@ -66,28 +66,38 @@ async def test_dr_round_trip_and_restart(tmp_path: Path) -> None:
             assert await utility.wait_connected(5) and await gateway.wait_connected(5)
             await utility.subscribe("dr/site1/responses/+", on_response)
             await utility.subscribe("dlm/site1/dr/effective", lambda m: effective.append(json.loads(m.payload)))
-            service = DrService(config, gateway, SystemClock(), state_file)
-            await service.start()
-            await utility.publish("dr/site1/bridge/heartbeat", json.dumps({"at": "now"}), qos=0)
-            await utility.publish("dr/site1/events/evt-7", json.dumps(notification(60.0)), qos=1, retain=True)
-            await _wait_for(lambda: "evt-7" in responses)
-            assert responses["evt-7"]["status"] == "ACTIVE"
-            assert (await service.step()).import_limit_w == 60_000
-            await _wait_for(lambda: bool(effective))
-            assert effective[-1]["importLimitKW"] == 60.0
+            async with DrService(config, gateway, SystemClock(), state_file) as service:
+                await utility.publish("dr/site1/bridge/heartbeat", json.dumps({"at": "now"}), qos=0)
+                await utility.publish("dr/site1/events/evt-7", json.dumps(notification(60.0)), qos=1, retain=True)
+                await _wait_for(lambda: "evt-7" in responses)
+                assert responses["evt-7"]["status"] == "ACTIVE"
+                await _wait_for(lambda: service.known)
+                assert service.effective(time.time()).import_limit_w == 60_000
+                await _wait_for(lambda: bool(effective) and effective[-1]["mode"] == "NORMAL")
+                assert effective[-1]["importLimitKW"] == 60.0
 
-            # A malformed update is answered and changes nothing.
-            await utility.publish("dr/site1/events/evt-7", b'{"objectType": "EVENT", "object": {"id": "evt-7"}}', qos=1)
-            await _wait_for(lambda: responses["evt-7"]["status"] == "REJECTED")
-            assert responses["evt-7"]["reason"] == "SCHEMA_INVALID"
-            assert (await service.step()).import_limit_w == 60_000
+                # A malformed update is answered and changes nothing.
+                await utility.publish(
+                    "dr/site1/events/evt-7", b'{"objectType": "EVENT", "object": {"id": "evt-7"}}', qos=1
+                )
+                await _wait_for(lambda: responses["evt-7"]["status"] == "REJECTED")
+                assert responses["evt-7"]["reason"] == "SCHEMA_INVALID"
+                assert service.effective(time.time()).import_limit_w == 60_000
 
         assert json.loads(state_file.read_text())["events"][0]["raw"]["object"]["id"] == "evt-7"
         # Restart: the event applies straight from disk, before any broker traffic.
         async with MqttClient(host, port, client_id="gateway-2") as gateway:
             restarted = DrService(config, gateway, SystemClock(), state_file)
             await restarted.start()
-            assert restarted.engine.effective(time.time()).import_limit_w == 60_000
+            try:
+                assert restarted.engine.effective(time.time()).import_limit_w == 60_000
+                # Until the retained events are handled it also holds the failsafe limit (40 kW).
+                assert restarted.effective(time.time()).import_limit_w == 40_000
+                await _wait_for(lambda: restarted.known)
+                await asyncio.sleep(0.3)  # one tick
+                assert restarted.effective(time.time()).import_limit_w == 60_000
+            finally:
+                await restarted.stop()
 
 
 async def test_a_coming_limit_applies_one_settle_time_early(tmp_path: Path) -> None:
@@ -98,7 +108,8 @@ async def test_a_coming_limit_applies_one_settle_time_early(tmp_path: Path) -> N
     async with mqtt_broker() as (host, port), MqttClient(host, port, client_id="gw-lead") as gateway:
         assert await gateway.wait_connected(5)
         service = DrService(config, gateway, SystemClock(), tmp_path / "dr.json")
+        service.known = True
         service.engine.heartbeat(now)
         service.engine.receive("evt-7", json.dumps(event).encode(), now)
         assert service.engine.effective(now).import_limit_w is None  # not in force yet...
-        assert (await service.step()).import_limit_w == 40_000  # ...but already applied
+        assert service.effective(now).import_limit_w == 40_000  # ...but already applied

@@ -26,6 +26,10 @@ ChargePointId = Annotated[
     Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-:]*$"),
 ]
 
+# A user name of the MQTT broker: no whitespace (mosquitto's ACL file splits on it) and no ':'
+# (its password file separates user and hash with it).
+BrokerUsername = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s:]+$")]
+
 # Bounds that catch typos (a kW value typed in W, a limit typed in mA) without constraining any
 # real site: the largest grid connections evdlm is meant for are tens of MW.
 MAX_POWER_KW = 100_000.0
@@ -348,9 +352,32 @@ class MqttBroker(StrictModel):
     username: str | None = Field(default=None, description="User name.")
     password: SecretRef | None = Field(default=None, description="Password ({env: NAME} or {file: path}).")
     tls: bool = Field(default=False, description="Connect with TLS.")
-    ca_file: str | None = Field(default=None, description="CA bundle for TLS.")
-    client_id: str | None = Field(default=None, description="Client id (default evdlm-{site}).")
+    ca_file: str | None = Field(default=None, description="CA bundle for TLS (relative: to the config's folder).")
+    cert_file: str | None = Field(
+        default=None, description="Client certificate for TLS (PEM; mosquitto's require_certificate)."
+    )
+    key_file: str | None = Field(
+        default=None, description="Private key of cert_file (PEM; omit when cert_file holds it)."
+    )
+    client_id: str | None = Field(
+        default=None,
+        description="Client id (default evdlm-{site}); the host name and process id are appended unless "
+        "pin_client_id, so no other client can take the connection over.",
+    )
+    pin_client_id: bool = Field(
+        default=False,
+        description="Use client_id exactly as given (a broker ACL on the id); another client with the same "
+        "id then takes the connection over, which evdlm logs as a warning.",
+    )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive.")
+
+    @model_validator(mode="after")
+    def _client_certificate(self) -> MqttBroker:
+        if (self.cert_file is not None or self.key_file is not None) and not self.tls:
+            raise ValueError("cert_file and key_file need tls: true")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file")
+        return self
 
 
 class DemandResponse(StrictModel):
@@ -359,6 +386,13 @@ class DemandResponse(StrictModel):
         default_factory=list, description="Programs the site takes part in (events of other programs are not applied)."
     )
     state_file: str = Field(default="var/dr-state.json", description="Accepted events persist here across restarts.")
+    publishers: list[BrokerUsername] = Field(
+        default_factory=list,
+        description="Broker users of the utility's DR bridge: the only clients that may publish on "
+        "dr/{site}/events/# and dr/{site}/bridge/#. MQTT does not tell evdlm who published a message, so "
+        "the broker's ACL enforces this (deploy/mosquitto/acl); the list documents it and lets validate "
+        "check it. Per site, not per program: every program shares the topics. Empty: validate warns.",
+    )
 
 
 class OcppServer(StrictModel):

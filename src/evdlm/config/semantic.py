@@ -8,6 +8,7 @@ flagged as warnings.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -170,6 +171,114 @@ def _tariff_findings(config: SiteConfig) -> list[Finding]:
     return findings
 
 
+BROKER_GUIDE = "deploy/mosquitto/ and docs/dr-mqtt.md, Broker security"
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine reaches (127.0.0.0/8, ::1, localhost).
+
+    A wildcard address (0.0.0.0, ::) listens on every interface, so it is not loopback.
+    """
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name: assume the network
+
+
+def _mqtt_exposure(config: SiteConfig) -> str:
+    """What a client allowed to publish on the broker can do to this site, for the warnings."""
+    site = config.site.id
+    harms = []
+    dr = config.demand_response
+    if dr is not None and dr.enabled:
+        harms.append(f"inject and cancel DR events, force FAILSAFE with a forged dr/{site}/bridge/status")
+    if any(device.mqtt is not None for device in config.devices):
+        harms.append("feed false readings to the MQTT devices")
+    harms.append(f"take over evdlm's client id and overwrite dlm/{site}/status")
+    return ", ".join(harms)
+
+
+def security_findings(config: SiteConfig) -> list[Finding]:
+    """Warnings about the site's exposure: who can reach the broker and the OCPP listener.
+
+    evdlm cannot see what the broker enforces; these are about what the config makes possible.
+    A loopback broker without users is said to be lab-only once, not once per consequence.
+    """
+    findings: list[Finding] = []
+    broker = config.mqtt
+    dr = config.demand_response
+    dr_on = dr is not None and dr.enabled
+    if broker is not None:
+        where = f"{broker.host}:{broker.port}"
+        local = is_loopback(broker.host)
+        # A client certificate authenticates too (mosquitto's use_identity_as_username).
+        if broker.username is None and broker.cert_file is None:
+            # evdlm cannot know where else the broker listens: loopback here is a lower bound.
+            if local:
+                who = "any client of the broker, every process on this machine at least,"
+                advice = f"lab only (for a real site: {BROKER_GUIDE})"
+            else:
+                who = f"any client that reaches {where}"
+                advice = f"give the broker users and an ACL, then set username and password ({BROKER_GUIDE})"
+            findings.append(
+                Finding(
+                    ("mqtt", "username"),
+                    f"no username: evdlm connects anonymously, so the broker admits anonymous clients and {who} "
+                    f"can {_mqtt_exposure(config)}; {advice}",
+                    "warning",
+                )
+            )
+        if not broker.tls and not local:
+            carried = "evdlm's password, DR events and limits" if broker.username else "DR events and limits"
+            findings.append(
+                Finding(
+                    ("mqtt", "tls"),
+                    f"plain-text MQTT to {where}: {carried} cross the network readable and changeable by anyone "
+                    f"on the path; set tls: true (and ca_file) and use the broker's TLS listener ({BROKER_GUIDE})",
+                    "warning",
+                )
+            )
+        if dr is not None and dr_on and (broker.username is not None or broker.cert_file is not None):
+            site = config.site.id
+            if not dr.publishers:
+                findings.append(
+                    Finding(
+                        ("demand_response", "publishers"),
+                        f"no DR publishers named: evdlm applies every valid event on dr/{site}/events/# and cannot "
+                        "tell who sent it; name the broker user of the utility's bridge here and give only that "
+                        f"user write access to dr/{site}/events/# and dr/{site}/bridge/# in the broker ACL "
+                        f"({BROKER_GUIDE})",
+                        "warning",
+                    )
+                )
+            for index, publisher in enumerate(dr.publishers):
+                if publisher == broker.username:
+                    findings.append(
+                        Finding(
+                            ("demand_response", "publishers", index),
+                            f"{publisher!r} is evdlm's own broker user: whoever holds evdlm's password could "
+                            "publish DR events; give the bridge a user of its own",
+                            "warning",
+                        )
+                    )
+    ocpp = config.ocpp
+    if ocpp.security_profile == 0 and not is_loopback(ocpp.host):
+        findings.append(
+            Finding(
+                ("ocpp", "security_profile"),
+                f"chargers connect to {ocpp.host}:{ocpp.port} without authentication (security profile 0): "
+                "anyone who reaches the port can connect as any charger id (it is only the URL path), report "
+                "false sessions and meter values and take its limits; use security_profile 1 with a password "
+                "per charger on a closed charger network, or 2 or 3 (TLS)",
+                "warning",
+            )
+        )
+    return findings
+
+
 def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
     """Every cross-reference error and warning of ``config``; empty when all is well."""
     findings: list[Finding] = []
@@ -299,4 +408,5 @@ def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
         findings += _secret_findings(config.mqtt.password, ("mqtt", "password"), base_dir)
 
     findings += _tariff_findings(config)
+    findings += security_findings(config)
     return findings

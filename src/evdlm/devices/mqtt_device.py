@@ -5,14 +5,22 @@ dotted path (``power.total``; list items by index, ``phases.0``). The value foun
 (the total) or a list of three numbers (per site phase L1..L3). Units: ``W`` and ``kW`` give
 power (a per-phase list also gives the total as its sum), ``A`` gives phase currents (a bare
 number is the current of L1).
+
+Payloads are hostile input: decoded within a size and nesting cap, and a number that is NaN,
+infinite or out of range (``NaN``, ``1e999``, ``"inf"``) is refused with a reason like any other
+unusable payload: the hub turns every ``ValueError`` into an INVALID reading, never a crash.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from typing import Any, Literal
 
 from evdlm.devices.codec import Measurement
+from evdlm.mqtt.payload import PayloadError, decode_json
+
+MAX_PAYLOAD_BYTES = 16 * 1024  # a meter's telemetry is a few hundred bytes
+MAX_DEPTH = 16
 
 MqttUnit = Literal["W", "kW", "A"]
 
@@ -20,11 +28,22 @@ MqttUnit = Literal["W", "kW", "A"]
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"not a number: {value!r}")
+    if isinstance(value, str) and len(value) > 64:
+        raise ValueError(f"not a number: {value[:40]!r}…")
     try:
         # Numeric strings ("1234.5") are common in home-automation payloads.
-        return float(value)
-    except ValueError as exc:
+        number = float(value)
+    except (ValueError, OverflowError) as exc:
         raise ValueError(f"not a number: {value!r}") from exc
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
+
+
+def _finite(number: float) -> float:
+    if not math.isfinite(number):  # 1e308 kW is finite; in W it is not
+        raise ValueError(f"{number} out of range")
+    return number
 
 
 def extract_json_path(document: Any, json_path: str | None) -> Any:
@@ -44,20 +63,20 @@ def extract_json_path(document: Any, json_path: str | None) -> Any:
 def parse_mqtt_payload(payload: bytes, json_path: str | None, unit: MqttUnit) -> Measurement:
     """Decode one telemetry message (pure); ``ValueError`` when it is not what the config says."""
     try:
-        document = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"payload is not JSON: {payload[:40]!r}") from exc
+        document = decode_json(payload, max_bytes=MAX_PAYLOAD_BYTES, max_depth=MAX_DEPTH)
+    except PayloadError as exc:
+        raise ValueError(f"payload unusable: {exc} ({payload[:40]!r})") from None
     value = extract_json_path(document, json_path)
     scale = 1000.0 if unit == "kW" else 1.0
     if isinstance(value, list):
         if len(value) != 3:
             raise ValueError(f"expected 3 phase values, got {len(value)}")
-        a, b, c = (_number(item) * scale for item in value)
+        a, b, c = (_finite(_number(item) * scale) for item in value)
         if unit == "A":
             return Measurement(phase_current_a=(a, b, c))
         total = a + b + c
         return Measurement(power_w=total, phase_power_w=(a, b, c))
-    number = _number(value) * scale
+    number = _finite(_number(value) * scale)
     if unit == "A":
         return Measurement(phase_current_a=(number, None, None))
     return Measurement(power_w=number)

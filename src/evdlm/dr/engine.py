@@ -4,8 +4,15 @@ Rules from specs/dr-mqtt.md, numbered as there: (1) validate first, never apply 
 (2) targeting; (3) versions by modificationDateTime; (4) import/export limits combine by
 minimum, priority decides only price and SIMPLE; (5) floors; (6) expiry; (7) stale channel →
 FAILSAFE; (8) grid-critical events cannot be opted out; (9) persistence (``to_state`` /
-``from_state``); (10) one randomized start offset per (event id, version), stable across
+``restore``); (10) one randomized start offset per (event id, version), stable across
 restarts (derived from a hash, so nothing extra must be stored); (11) clock skew.
+
+Bounds: messages are decoded within a size and depth cap with finite numbers only
+(:func:`evdlm.dr.messages.parse_notification`); the store holds at most
+``max_events_per_program`` events per program and ``max_events_total`` in all: room is made
+by evicting events that are over (or opted out), oldest end first, and a new event beyond the
+caps is REJECTED with ``TOO_MANY_EVENTS``. Every change to the store is noted in
+:attr:`DrEngine.changed`, so its owner persists only what changed.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,17 +44,23 @@ from evdlm.dr.messages import (
     parse_notification,
     rfc3339,
 )
+from evdlm.mqtt.payload import PayloadError, decode_json
 
 log = logging.getLogger("evdlm.dr")
 
 HEARTBEAT_MISSES = 3  # rule 7: no heartbeat for 3 × its interval → FAILSAFE
 DEFAULT_HEARTBEAT_INTERVAL_S = 60.0
 APPLIED_STATUSES = (Status.OPT_IN, Status.ACTIVE)
+MAX_EVENTS_TOTAL = 256
+MAX_EVENTS_PER_PROGRAM = 64
+MAX_DETAIL_CHARS = 300  # a rejection's detail echoes input: kept short in the response
+STATE_VERSION = 1
 
 
 class ChannelMode(StrEnum):
     NORMAL = "NORMAL"
     FAILSAFE = "FAILSAFE"
+    STARTING = "STARTING"  # the DR state is not known yet (start-up): failsafe limits, see effective()
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,46 @@ class DrStats:
     accepted: int = 0
     rejected: int = 0
     expired: int = 0
+    evicted: int = 0
+
+
+@dataclass
+class LogBudget:
+    """At most ``per_window`` lines per ``window_s`` at their own level, the rest at DEBUG.
+
+    A flood of bad or surplus DR messages would otherwise be a flood of log lines (synchronous
+    writes on the event loop). What was held back is counted in one line when the window ends.
+    """
+
+    per_window: int = 20
+    window_s: float = 10.0
+    _window_start_s: float = -math.inf
+    _used: int = 0
+    _held_back: int = 0
+
+    def log(self, level: int, message: str, *args: Any) -> None:
+        now_s = time.monotonic()
+        if now_s - self._window_start_s >= self.window_s:
+            if self._held_back:
+                log.warning(
+                    "DR: %d more message(s) like the above not logged in %.0f s", self._held_back, self.window_s
+                )
+            self._window_start_s, self._used, self._held_back = now_s, 0, 0
+        if self._used < self.per_window:
+            self._used += 1
+            log.log(level, message, *args)
+        else:
+            self._held_back += 1
+            log.debug(message, *args)
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A persisted state, validated whole (see :meth:`DrEngine.parse_state`)."""
+
+    events: dict[str, StoredEvent]
+    failsafe_since_s: float | None
+    last_open_ended_import_w: dict[str, float]
 
 
 @dataclass
@@ -155,6 +210,13 @@ class DrEngine:
     failsafe_since_s: float | None = None
     last_open_ended_import_w: dict[str, float] = field(default_factory=dict)  # per program
     stats: DrStats = field(default_factory=DrStats)
+    max_events_total: int = MAX_EVENTS_TOTAL
+    max_events_per_program: int = MAX_EVENTS_PER_PROGRAM
+    # Ids of events added, changed or removed since the owner last took them (persistence), and
+    # whether the channel fields did; see take_changes().
+    changed: set[str] = field(default_factory=set)
+    meta_changed: bool = False
+    log_budget: LogBudget = field(default_factory=LogBudget)
 
     # ------------------------------------------------------------------ inbound
 
@@ -167,7 +229,13 @@ class DrEngine:
         parsed = parse_notification(payload)
         if isinstance(parsed, Invalid):
             self.stats.rejected += 1
-            log.warning("DR message on %s rejected: %s at %r", topic_event_id, parsed.message, parsed.pointer)
+            self.log_budget.log(
+                logging.WARNING,
+                "DR message on %s rejected: %s at %r",
+                topic_event_id,
+                parsed.message,
+                parsed.pointer,
+            )
             event_id = parsed.event_id or topic_event_id
             return [
                 self._answer_rejected(
@@ -180,7 +248,7 @@ class DrEngine:
                     detail=parsed.message,
                 )
             ]
-        event = parsed.object
+        event = parsed.notification.object
         if event.id != topic_event_id:
             self.stats.rejected += 1
             return [
@@ -194,7 +262,7 @@ class DrEngine:
                     detail="object.id differs from the topic's event id",
                 )
             ]
-        if parsed.operation == "DELETE":
+        if parsed.notification.operation == "DELETE":
             return self._cancel(event.id, now, "DELETE")
 
         stored = self.events.get(event.id)
@@ -216,10 +284,14 @@ class DrEngine:
                     )
                 ]
         try:
-            candidate = self._admit(parsed, json.loads(payload), now_s)
+            candidate = self._admit(parsed.notification, parsed.raw, now_s)
+            if stored is None:
+                self._make_room(event.programID, now)
         except Rejection as rejection:
             self.stats.rejected += 1
-            log.warning("DR event %s rejected: %s (%s)", event.id, rejection.reason.value, rejection.detail)
+            self.log_budget.log(
+                logging.WARNING, "DR event %s rejected: %s (%s)", event.id, rejection.reason.value, rejection.detail
+            )
             return [
                 self._answer_rejected(
                     event.id,
@@ -232,30 +304,57 @@ class DrEngine:
             ]
         self.stats.accepted += 1
         self.events[event.id] = candidate
+        self.changed.add(event.id)
         last_import = candidate.slots[-1].payloads.get(PayloadType.IMPORT_CAPACITY_LIMIT)
         if candidate.open_ended and last_import is not None:
             # Rule 7: a failsafe limit is never higher than the last open-ended one received.
             program = self.programs.get(event.programID)
             self.last_open_ended_import_w[event.programID] = self._floored(last_import, program)
-        log.info("DR event %s v%s accepted: %s", event.id, rfc3339(event.modificationDateTime), candidate.status.value)
+            self.meta_changed = True
+        self.log_budget.log(
+            logging.INFO,
+            "DR event %s v%s accepted: %s",
+            event.id,
+            rfc3339(event.modificationDateTime),
+            candidate.status.value,
+        )
         return [self._respond(candidate, now)]
+
+    def refuse(self, topic_event_id: str, detail: str, now_s: float) -> list[Response]:
+        """Answer a message the service would not even parse (too large): REJECTED, nothing changed."""
+        self.stats.received += 1
+        self.stats.rejected += 1
+        self.log_budget.log(logging.WARNING, "DR message on %s rejected: %s", topic_event_id, detail)
+        return [
+            self._answer_rejected(
+                topic_event_id, None, None, Reason.SCHEMA_INVALID, from_epoch(now_s), pointer="", detail=detail
+            )
+        ]
 
     def heartbeat(self, now_s: float) -> None:
         self.last_heartbeat_s = now_s
 
     def bridge_status(self, payload: bytes, now_s: float) -> None:
         try:
-            data = json.loads(payload.decode("utf-8"))
+            data = decode_json(payload, max_bytes=4096, max_depth=4)
             state = data["state"]
-            interval = float(data.get("heartbeatIntervalS", self.heartbeat_interval_s))
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
-            log.warning("bridge status message ignored: not {'state': ..., 'heartbeatIntervalS': ...}")
+            interval = data.get("heartbeatIntervalS", self.heartbeat_interval_s)
+        except (PayloadError, KeyError, TypeError, AttributeError):
+            self.log_budget.log(
+                logging.WARNING, "bridge status message ignored: not {'state': ..., 'heartbeatIntervalS': ...}"
+            )
             return
-        if state not in ("online", "offline") or interval <= 0:
-            log.warning("bridge status message ignored: state %r interval %r", state, interval)
+        # A NaN interval would make every staleness test false: the channel never stale.
+        valid_interval = (
+            not isinstance(interval, bool) and isinstance(interval, int | float) and 1.0 <= interval <= 86400.0
+        )
+        if state not in ("online", "offline") or not valid_interval:
+            self.log_budget.log(
+                logging.WARNING, "bridge status message ignored: state %.40r interval %.40r", state, interval
+            )
             return
         self.bridge_online = state == "online"
-        self.heartbeat_interval_s = interval
+        self.heartbeat_interval_s = float(interval)
         if self.bridge_online:
             self.last_heartbeat_s = now_s
 
@@ -266,6 +365,7 @@ class DrEngine:
         if self._grid_critical(stored):
             raise OptOutRefused(f"event {event_id} is grid-critical and cannot be opted out")
         stored.status, stored.reason = Status.OPT_OUT, Reason.OPERATOR_OVERRIDE
+        self.changed.add(event_id)
         return self._respond(stored, from_epoch(now_s))
 
     # ------------------------------------------------------------------ time
@@ -277,6 +377,10 @@ class DrEngine:
         for event_id in list(self.events):
             stored = self.events[event_id]
             if stored.status not in APPLIED_STATUSES:
+                if _over(stored, now):
+                    # Opted out and now over: nothing to answer, only room to give back.
+                    del self.events[event_id]
+                    self.changed.add(event_id)
                 continue
             expires_at = stored.notification.x_dlm.expiresAt
             if (expires_at is not None and now >= expires_at) or now >= stored.end:
@@ -288,9 +392,11 @@ class DrEngine:
                 responses.append(self._respond(stored, now))
                 log.info("DR event %s completed", event_id)
                 del self.events[event_id]
+                self.changed.add(event_id)
             elif stored.status is Status.OPT_IN and now >= stored.start:
                 stored.status = Status.ACTIVE
                 responses.append(self._respond(stored, now))
+                self.changed.add(event_id)
         self._update_channel(now_s)
         return responses
 
@@ -304,9 +410,11 @@ class DrEngine:
         stale = self.channel_stale(now_s)
         if stale and self.failsafe_since_s is None and self.programs:
             self.failsafe_since_s = now_s
+            self.meta_changed = True
             log.warning("DR channel stale: FAILSAFE")
         elif not stale and self.failsafe_since_s is not None and now_s >= self._failsafe_until(self.failsafe_since_s):
             self.failsafe_since_s = None
+            self.meta_changed = True
             log.info("DR channel healthy again: NORMAL")
 
     def _failsafe_until(self, since_s: float) -> float:
@@ -314,9 +422,23 @@ class DrEngine:
 
     # ------------------------------------------------------------------ effective limits
 
-    def effective(self, now_s: float) -> Effective:
+    def effective(self, now_s: float, *, starting_fallback_w: float | None = None) -> Effective:
+        """The limits in force at ``now_s`` (pure: reads the store, changes nothing).
+
+        Parameters
+        ----------
+        now_s : float
+            Time, s since the epoch.
+        starting_fallback_w : float, optional
+            Given while the DR state is not known yet (start-up, before the broker's retained
+            events have been handled): every program is taken as in FAILSAFE (rule 7: open-ended
+            limits give way to its failsafe limit, which applies, never above the last one
+            received), and a program with no failsafe limit, or a site with no programs, is
+            capped at this (the site's fallback import limit), W. Mode ``STARTING``.
+        """
         now = from_epoch(now_s)
-        failsafe = self.failsafe_since_s is not None
+        starting = starting_fallback_w is not None
+        failsafe = self.failsafe_since_s is not None or starting
         import_caps: list[float] = []
         export_caps: list[float] = []
         in_force: list[StoredEvent] = []
@@ -339,10 +461,14 @@ class DrEngine:
         if failsafe:
             for program_id, program in self.programs.items():
                 if program.failsafe_import_limit_kw is None:
+                    if starting_fallback_w is not None:
+                        import_caps.append(starting_fallback_w)
                     continue
                 cap = program.failsafe_import_limit_kw * 1000.0
                 last = self.last_open_ended_import_w.get(program_id)
                 import_caps.append(min(cap, last) if last is not None else cap)
+            if starting_fallback_w is not None and not self.programs:
+                import_caps.append(starting_fallback_w)
 
         def chosen(kind: PayloadType) -> float | None:
             offers = [(s, slot) for s in in_force if (slot := s.slot_at(now)) is not None and kind in slot.payloads]
@@ -356,7 +482,7 @@ class DrEngine:
 
         simple = chosen(PayloadType.SIMPLE)
         return Effective(
-            mode=ChannelMode.FAILSAFE if failsafe else ChannelMode.NORMAL,
+            mode=ChannelMode.STARTING if starting else ChannelMode.FAILSAFE if failsafe else ChannelMode.NORMAL,
             import_limit_w=min(import_caps) if import_caps else None,
             export_limit_w=min(export_caps) if export_caps else None,
             price_per_kwh=chosen(PayloadType.PRICE),
@@ -368,32 +494,91 @@ class DrEngine:
     # ------------------------------------------------------------------ persistence (rule 9)
 
     def to_state(self) -> dict[str, Any]:
+        """The whole persisted state (JSON-ready; see :func:`event_state` for one event)."""
         return {
-            "version": 1,
-            "events": [
-                {
-                    "raw": s.raw,
-                    "status": s.status.value,
-                    "reason": s.reason.value if s.reason else None,
-                    "lastResponse": s.last_response,
-                }
-                for s in self.events.values()
-            ],
-            "failsafeSinceS": self.failsafe_since_s,
-            "lastOpenEndedImportW": self.last_open_ended_import_w,
+            "version": STATE_VERSION,
+            "events": [event_state(s) for s in self.events.values()],
+            **self.meta_state(),
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Re-apply persisted events at once (before the broker redelivers anything)."""
-        for item in state.get("events", []):
+    def meta_state(self) -> dict[str, Any]:
+        """The persisted fields other than the events."""
+        return {"failsafeSinceS": self.failsafe_since_s, "lastOpenEndedImportW": dict(self.last_open_ended_import_w)}
+
+    def take_changes(self) -> tuple[set[str], bool]:
+        """Event ids changed since the last call (removed ones included) and whether the rest did."""
+        changed, meta = self.changed, self.meta_changed
+        self.changed, self.meta_changed = set(), False
+        return changed, meta
+
+    def parse_state(self, state: Any) -> Restored:
+        """Validate a persisted state whole; ``ValueError`` for any shape or value it cannot use.
+
+        Pure: builds the events without touching this engine, so a bad file changes nothing.
+        """
+        try:
+            return self._parse_state(state)
+        except ValueError:
+            raise
+        except (TypeError, AttributeError, KeyError, OverflowError) as exc:
+            raise ValueError(f"DR state: {type(exc).__name__}: {exc}") from None
+        except Rejection as exc:
+            raise ValueError(f"DR state: an event cannot be applied: {exc.detail}") from None
+
+    def _parse_state(self, state: Any) -> Restored:
+        if not isinstance(state, dict):
+            raise ValueError(f"DR state is a {type(state).__name__}, not an object")
+        if state.get("version", STATE_VERSION) != STATE_VERSION:
+            raise ValueError(f"DR state version {state.get('version')!r} is not {STATE_VERSION}")
+        items = state.get("events", [])
+        if not isinstance(items, list):
+            raise ValueError(f"DR state: events is a {type(items).__name__}, not a list")
+        if len(items) > self.max_events_total:
+            raise ValueError(f"DR state: {len(items)} events, more than the {self.max_events_total} kept")
+        events: dict[str, StoredEvent] = {}
+        for index, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("raw"), dict):
+                raise ValueError(f"DR state: /events/{index} is not an object with a raw event")
+            # Strict JSON reads 1e999 as infinity: nothing non-finite is taken back in.
+            json.dumps(item, allow_nan=False)
             notification = Notification.model_validate(item["raw"])
             stored = self._stored(notification, item["raw"])
             stored.status = Status(item["status"])
-            stored.reason = Reason(item["reason"]) if item.get("reason") else None
-            stored.last_response = item.get("lastResponse")
-            self.events[notification.object.id] = stored
-        self.failsafe_since_s = state.get("failsafeSinceS")
-        self.last_open_ended_import_w = {str(k): float(v) for k, v in state.get("lastOpenEndedImportW", {}).items()}
+            reason = item.get("reason")
+            stored.reason = Reason(reason) if reason else None
+            last_response = item.get("lastResponse")
+            if last_response is not None and not isinstance(last_response, dict):
+                raise ValueError(f"DR state: /events/{index}/lastResponse is not an object")
+            stored.last_response = last_response
+            events[notification.object.id] = stored
+        since = state.get("failsafeSinceS")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)):
+            raise ValueError("DR state: failsafeSinceS is not a number")
+        last = state.get("lastOpenEndedImportW", {})
+        if not isinstance(last, dict):
+            raise ValueError("DR state: lastOpenEndedImportW is not an object")
+        last_w = {str(key): _finite_w(value, f"lastOpenEndedImportW/{key}") for key, value in last.items()}
+        return Restored(
+            events=events,
+            failsafe_since_s=None if since is None else _finite_w(since, "failsafeSinceS"),
+            last_open_ended_import_w=last_w,
+        )
+
+    def restore(self, state: Any) -> int:
+        """Re-apply persisted events at once (before the broker redelivers anything).
+
+        All or nothing: ``ValueError`` (nothing applied) when any part of ``state`` is unusable.
+        Returns the number of events restored.
+        """
+        restored = self.parse_state(state)
+        self.apply_restored(restored)
+        return len(restored.events)
+
+    def apply_restored(self, restored: Restored) -> None:
+        """Replace the store with a state :meth:`parse_state` validated."""
+        self.events = dict(restored.events)
+        self.failsafe_since_s = restored.failsafe_since_s
+        self.last_open_ended_import_w = dict(restored.last_open_ended_import_w)
 
     # ------------------------------------------------------------------ internals
 
@@ -410,6 +595,42 @@ class DrEngine:
     def _floored(self, cap_w: float, program: DrProgram | None) -> float:
         floor_w = program.import_floor_kw * 1000.0 if program is not None else 0.0
         return max(cap_w, floor_w)
+
+    def _make_room(self, program_id: str, now: datetime) -> None:
+        """Keep the store within its caps for one more event of ``program_id``.
+
+        Events that are over (past their end or expiry, not yet ticked away) or opted out go
+        first, the earliest end first; if that is not enough the new event is refused.
+        """
+
+        def evictable(of_program: str | None) -> list[StoredEvent]:
+            out = [
+                stored
+                for stored in self.events.values()
+                if (of_program is None or stored.event.programID == of_program)
+                and (stored.status not in APPLIED_STATUSES or _over(stored, now))
+            ]
+            return sorted(out, key=lambda stored: stored.end)
+
+        for of_program, cap in ((program_id, self.max_events_per_program), (None, self.max_events_total)):
+            count = sum(
+                1 for stored in self.events.values() if of_program is None or stored.event.programID == of_program
+            )
+            if count < cap:
+                continue
+            candidates = evictable(of_program)[: count - cap + 1]
+            if count - len(candidates) >= cap:
+                scope = f"program {program_id}" if of_program is not None else "the site"
+                raise Rejection(
+                    Reason.TOO_MANY_EVENTS, f"{count} events stored for {scope} (at most {cap}), none of them over"
+                )
+            for stored in candidates:
+                self.log_budget.log(
+                    logging.INFO, "DR event %s evicted to make room (over or opted out)", stored.event.id
+                )
+                del self.events[stored.event.id]
+                self.changed.add(stored.event.id)
+                self.stats.evicted += 1
 
     def _admit(self, notification: Notification, raw: dict[str, Any], now_s: float) -> StoredEvent:
         event = notification.object
@@ -461,6 +682,7 @@ class DrEngine:
         stored = self.events.pop(event_id, None)
         if stored is None:
             return []
+        self.changed.add(event_id)
         log.info("DR event %s cancelled (%s)", event_id, why)
         stored.status, stored.reason = Status.CANCELLED, None
         return [self._respond(stored, now)]
@@ -502,6 +724,7 @@ class DrEngine:
         if stored.reason is not None:
             payload["reason"] = stored.reason.value
         stored.last_response = payload
+        self.changed.add(event.id)
         if stored.notification.x_dlm.responseRequired == "never":
             return Response(event.id, {})
         return Response(event.id, payload)
@@ -522,12 +745,33 @@ class DrEngine:
             "modificationDateTime": rfc3339(version) if version else None,
             "status": Status.REJECTED.value,
             "reason": reason.value,
-            "detail": detail,
+            "detail": detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 1] + "…",
             "at": rfc3339(now),
         }
         if pointer is not None:
             payload["pointer"] = pointer
         return Response(event_id, payload)
+
+
+def event_state(stored: StoredEvent) -> dict[str, Any]:
+    """One event as persisted (the raw notification, its status and its last response)."""
+    return {
+        "raw": stored.raw,
+        "status": stored.status.value,
+        "reason": stored.reason.value if stored.reason else None,
+        "lastResponse": stored.last_response,
+    }
+
+
+def _over(stored: StoredEvent, now: datetime) -> bool:
+    expires_at = stored.notification.x_dlm.expiresAt
+    return now >= stored.end or (expires_at is not None and now >= expires_at)
+
+
+def _finite_w(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"DR state: {where} is {value!r}, not a finite number ≥ 0")
+    return float(value)
 
 
 def _priority(stored: StoredEvent) -> int:
@@ -577,7 +821,13 @@ def _payloads(values_maps: Iterable[Any], units: dict[str, str]) -> dict[Payload
         value = values_map.values[0]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise Rejection(Reason.SCHEMA_INVALID, f"{kind.value} value {value!r} is not a number")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            # decode_json lets none through; a state file written by hand or another version might.
+            raise Rejection(Reason.SCHEMA_INVALID, f"{kind.value} value {value!r} is not finite")
         if kind in CAPACITY_TYPES:
             if number < 0:
                 raise Rejection(Reason.SCHEMA_INVALID, f"{kind.value} {number} is negative")

@@ -3,12 +3,13 @@
 The notification keeps OpenADR 3's own field names so a server with an MQTT binding, or a
 bridge, feeds evdlm without translation. Unknown OpenADR fields are tolerated (the standard
 has more than evdlm uses); the fields evdlm acts on are strictly typed, and timestamps must
-carry a time zone.
+carry a time zone. Payloads are decoded within bounds (:func:`evdlm.mqtt.payload.decode_json`:
+size, nesting depth, finite numbers), so no message can exhaust memory or the stack, and no
+NaN or infinity reaches a limit.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,11 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from evdlm.mqtt.payload import PayloadError, decode_json, pointer_of
+
+MAX_MESSAGE_BYTES = 64 * 1024  # an OpenADR event with a day of 5-minute intervals is ~20 kB
+MAX_DEPTH = 16  # a notification nests 7 levels deep (/object/intervals/0/payloads/0/values/0)
 
 OPEN_ENDED = timedelta.max
 _DURATION = re.compile(
@@ -72,6 +78,7 @@ class Reason(StrEnum):
     OPERATOR_OVERRIDE = "OPERATOR_OVERRIDE"
     CLAMPED_TO_FLOOR = "CLAMPED_TO_FLOOR"
     CLOCK_SKEW = "CLOCK_SKEW"  # not in the base list: created too far in the future (rule 11)
+    TOO_MANY_EVENTS = "TOO_MANY_EVENTS"  # not in the base list: the bounded event store is full
 
 
 class _Tolerant(BaseModel):
@@ -146,24 +153,53 @@ class Invalid:
     program_id: str | None
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """A valid notification and the JSON document it came from (stored and persisted as is)."""
+
+    notification: Notification
+    raw: dict[str, Any]
+
+
 def _pointer(loc: tuple[Any, ...]) -> str:
-    return "/" + "/".join(str(part).replace("~", "~0").replace("/", "~1") for part in loc) if loc else ""
+    return pointer_of(list(loc))
 
 
-def parse_notification(payload: bytes) -> Notification | Invalid:
-    """Validate a notification; never raises on bad input."""
+def parse_notification(
+    payload: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES, max_depth: int = MAX_DEPTH
+) -> Parsed | Invalid:
+    """Validate a notification; never raises on bad input.
+
+    Parameters
+    ----------
+    payload : bytes
+        The message body.
+    max_bytes, max_depth : int
+        Bounds of the JSON decoding (:func:`evdlm.mqtt.payload.decode_json`).
+
+    Returns
+    -------
+    Parsed | Invalid
+        The notification, or why not with the JSON pointer of the first error (NaN, infinity
+        and out-of-range numbers included).
+    """
     try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return Invalid("", f"not JSON: {exc}", None, None)
+        data = decode_json(payload, max_bytes=max_bytes, max_depth=max_depth)
+    except PayloadError as exc:
+        return Invalid(exc.pointer, exc.message, None, None)
     event = data.get("object") if isinstance(data, dict) else None
     event_id = event.get("id") if isinstance(event, dict) and isinstance(event.get("id"), str) else None
     program_id = event.get("programID") if isinstance(event, dict) and isinstance(event.get("programID"), str) else None
+    if event_id is not None and len(event_id) > 128:
+        event_id = None  # answered on the topic's id instead; never echoed at any length
+    if program_id is not None and len(program_id) > 128:
+        program_id = None
     try:
-        return Notification.model_validate(data)
+        notification = Notification.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         return Invalid(_pointer(tuple(first["loc"])), str(first["msg"]), event_id, program_id)
+    return Parsed(notification, data)
 
 
 def rfc3339(moment: datetime) -> str:
