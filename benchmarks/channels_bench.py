@@ -69,22 +69,12 @@ SCENARIOS = (
 def dr_event(
     event_id: str, limit_kw: float, start_s: float, duration_s: float, now_s: float, program: str = "dso"
 ) -> dict[str, Any]:
-    from evdlm.dr.messages import from_epoch, rfc3339
+    """The simulated utility's event, modified 5 s ago, answered only as the program says."""
+    from evdlm.simsite import dr_event as utility_event
 
-    return {
-        "objectType": "EVENT",
-        "operation": "CREATE",
-        "object": {
-            "id": event_id,
-            "programID": program,
-            "modificationDateTime": rfc3339(from_epoch(now_s - 5)),
-            "targets": [SITE_ID],
-            "payloadDescriptors": [{"payloadType": "IMPORT_CAPACITY_LIMIT", "units": "KW"}],
-            "intervalPeriod": {"start": rfc3339(from_epoch(start_s)), "duration": f"PT{int(duration_s)}S"},
-            "intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [limit_kw]}]}],
-        },
-        "x-dlm": {"schemaVersion": 1},
-    }
+    event = utility_event(SITE_ID, program, event_id, start_s, duration_s, limit_kw, now_s - 5)
+    event["x-dlm"] = {"schemaVersion": 1}
+    return event
 
 
 def attack_payload(kind: str, index: int, now_s: float) -> tuple[str, bytes]:
@@ -518,7 +508,7 @@ async def _broker_frozen(bench: Bench, args: argparse.Namespace) -> dict[str, An
     async def body() -> dict[str, Any]:
         now_s = time.time()
         event = dr_event("frozen-1", 25.0 * args.chargers, now_s + 3, 600, now_s)
-        await bench.utility_publish(event)
+        await utility_publish(bench, event)
         await wait_until(lambda: bench.responses.get("frozen-1", {}).get("status") == "OPT_IN", 5)
         bench.broker.freeze()
         try:
@@ -652,16 +642,13 @@ SCENARIO_BODIES: dict[str, Callable[[Bench, argparse.Namespace], Any]] = {
 }
 
 
-async def _utility_publish(self: Bench, event: dict[str, Any]) -> None:
+async def utility_publish(bench: Bench, event: dict[str, Any]) -> None:
     """Publish one DR event from a short-lived utility client (retained, as a bridge does)."""
     from evdlm.mqtt.client import MqttClient
 
-    async with MqttClient(self.broker.host, self.broker.port, client_id="utility-once") as client:
+    async with MqttClient(bench.broker.host, bench.broker.port, client_id="utility-once") as client:
         await client.wait_connected(5)
         await client.publish(f"dr/{SITE_ID}/events/{event['object']['id']}", json.dumps(event), retain=True)
-
-
-Bench.utility_publish = _utility_publish  # type: ignore[attr-defined]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

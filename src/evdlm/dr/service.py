@@ -48,11 +48,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from evdlm.config.models import SiteConfig
 from evdlm.core.clock import Clock
+from evdlm.core.lifetime import StartStop
 from evdlm.dr.engine import DrEngine, Effective, Response, event_state
 from evdlm.dr.messages import MAX_MESSAGE_BYTES
 from evdlm.mqtt.client import MqttClient, MqttMessage
@@ -113,7 +113,7 @@ def _write_state(path: Path, head: str, fragments: Sequence[str], tail: str) -> 
     write_atomically(path, head + ",\n".join(fragments) + tail)
 
 
-class DrService:
+class DrService(StartStop):
     """The DR engine behind MQTT; ``async with`` runs its tasks. See the module docstring."""
 
     def __init__(
@@ -162,16 +162,7 @@ class DrService:
         self._tasks: list[asyncio.Task[None]] = []
         self._started_mono_s = time.monotonic()
 
-    # ------------------------------------------------------------------ lifetime
-
-    async def __aenter__(self) -> DrService:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
+    # ------------------------------------------------------------------ lifetime (``async with``: StartStop)
 
     async def start(self) -> None:
         """Restore persisted events, then run the tasks (subscriptions included) in the background."""
