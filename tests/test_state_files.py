@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from evdlm import strict_json
 from evdlm.control import load_restrictions, save_restrictions
-from evdlm.state_files import load_state, strict_json, write_atomically
+from evdlm.state_files import load_state, write_atomically
 
 
 def _dict_of_ints(data: Any) -> dict[str, int]:
@@ -42,9 +43,11 @@ def test_odd_content_is_set_aside_with_one_warning(
     assert len(caplog.records) == 1 and "kept aside" in caplog.records[0].getMessage()
 
 
-def test_strict_json_refuses_non_finite_numbers() -> None:
+def test_strict_json_refuses_non_finite_numbers_and_never_writes_them() -> None:
     with pytest.raises(ValueError, match="non-finite"):
-        strict_json('{"x": -Infinity}')
+        strict_json.loads('{"x": -Infinity}')
+    assert strict_json.dumps({"a": [1.5, float("nan")], "b": float("inf")}) == '{"a": [1.5, null], "b": null}'
+    assert strict_json.loads(strict_json.dumps({"a": 1.0})) == {"a": 1.0}
 
 
 def test_restrictions_survive_a_restart_and_odd_files_do_not_stop_it(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import socket
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from evdlm_solvers.heuristic import warm_up
 
+from evdlm import strict_json
 from evdlm.chargers.ocpp.server import OcppCentralSystem
 from evdlm.config import ConfigError, load_site_config, resolve_secret
 from evdlm.config.models import SiteConfig
@@ -56,25 +56,6 @@ def sd_notify(message: str) -> None:
         sock.sendto(message.encode(), address)
 
 
-def _finite(document: Any) -> Any:
-    """``document`` with every non-finite float replaced by None (JSON has no NaN)."""
-    if isinstance(document, float):
-        return document if math.isfinite(document) else None
-    if isinstance(document, dict):
-        return {key: _finite(value) for key, value in document.items()}
-    if isinstance(document, list | tuple):
-        return [_finite(value) for value in document]
-    return document
-
-
-def strict_json(document: Any) -> str:
-    """JSON without NaN or Infinity tokens (invalid JSON that most consumers reject)."""
-    try:
-        return json.dumps(document, allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite(document), allow_nan=False)
-
-
 class MqttStatePublisher:
     """Retained site state and per-EVSE limits on ``dlm/{site}/…`` (changes only).
 
@@ -94,10 +75,10 @@ class MqttStatePublisher:
         for key, limit in state.get("limits", {}).items():
             if self._limits.get(key) != limit:
                 topic = f"dlm/{self.site_id}/evse/{key}/limit"
-                self.client.publish_nowait(topic, strict_json({"limit": limit[0], "unit": limit[1]}), retain=True)
+                self.client.publish_nowait(topic, strict_json.dumps({"limit": limit[0], "unit": limit[1]}), retain=True)
                 self._limits[key] = limit
         if report.cycle % self.every_cycles == 1 or self.every_cycles == 1:
-            self.client.publish_nowait(f"dlm/{self.site_id}/state", strict_json(state), retain=True)
+            self.client.publish_nowait(f"dlm/{self.site_id}/state", strict_json.dumps(state), retain=True)
 
 
 class Gateway:

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from evdlm import strict_json
 from evdlm.core.clock import Clock
 from evdlm.core.memory import ControlMemory, EvseMemory
 from evdlm.core.types import EvseState, Quality, Reading
@@ -176,7 +177,8 @@ class RecordingWriter:
 
     def _write_line(self, record: dict[str, Any]) -> None:
         assert self._raw is not None
-        self._raw.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
+        # Strict JSON: an implausible reading's NaN is kept as null (its reason says what it was).
+        self._raw.write((strict_json.dumps(record, separators=(",", ":")) + "\n").encode())
 
     def write_cycle(
         self,
@@ -240,7 +242,7 @@ def _parse(line: bytes) -> dict[str, Any]:
     try:
         parsed: dict[str, Any] = orjson.loads(line)  # 2.5x the standard parser on cycle lines
     except orjson.JSONDecodeError:
-        parsed = json.loads(line)  # NaN and Infinity, which json.dumps writes and orjson refuses
+        parsed = json.loads(line)  # NaN and Infinity, which recordings before 2026-12 hold and orjson refuses
     return parsed
 
 

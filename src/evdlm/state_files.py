@@ -8,13 +8,14 @@ parse, or whose shape the caller's ``parse`` rejects, is set aside as ``<name>.c
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from evdlm import strict_json
 
 log = logging.getLogger("evdlm.state")
 
@@ -30,15 +31,6 @@ def write_atomically(path: Path, text: str) -> None:
         stream.flush()
         os.fsync(stream.fileno())
     os.replace(temporary, path)
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-finite number {name} in a state file")
-
-
-def strict_json(text: str) -> Any:
-    """JSON without NaN / Infinity tokens (Python's parser accepts them by default)."""
-    return json.loads(text, parse_constant=_reject_constant)
 
 
 def set_aside(path: Path, why: str) -> Path:
@@ -67,7 +59,7 @@ def load_state(path: Path, parse: Callable[[Any], T]) -> T | None:
         set_aside(path, f"unreadable: {exc}")
         return None
     try:
-        return parse(strict_json(text))
+        return parse(strict_json.loads(text))
     except (ValueError, TypeError, KeyError) as exc:
         set_aside(path, str(exc) or type(exc).__name__)
         return None

@@ -47,6 +47,14 @@ class Case:
 
 CASES = [
     Case("unknown key", "circuit: main}", "circuit: main, colour: red}  #!", "chargers[0].colour", "unknown field"),
+    Case("NaN limit", "import_limit_kw: 50", "import_limit_kw: .nan  #!", "grid.import_limit_kw", "finite number"),
+    Case(
+        "infinite fallback",
+        "fallback_import_limit_kw: 20",
+        "fallback_import_limit_kw: .inf  #!",
+        "control.fallback_import_limit_kw",
+        "finite number",
+    ),
     Case("wrong type", "import_limit_kw: 50", "import_limit_kw: fifty  #!", "grid.import_limit_kw", "valid number"),
     Case(
         "negative limit",

@@ -9,8 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from evdlm.core.clock import FakeClock
+from evdlm.core.memory import ControlMemory
 from evdlm.core.types import EvseState, Quality, Reading
-from evdlm.recording import decode_evse, decode_reading, encode_evse, encode_reading, read_recording
+from evdlm.recording import (
+    RecordingWriter,
+    decode_evse,
+    decode_reading,
+    encode_evse,
+    encode_reading,
+    read_recording,
+)
 
 FULL = EvseState(
     charger_id="CP01",
@@ -81,3 +90,25 @@ def test_lines_with_nan_still_read(tmp_path: Path) -> None:
     (record,) = list(read_recording(path))
     power_w = record.readings["m"].power_w
     assert power_w is not None and power_w != power_w
+
+
+def test_recordings_are_strict_json_even_with_an_implausible_reading(tmp_path: Path) -> None:
+    nan_reading = Reading("gm", 10.0, Quality.INVALID, power_w=float("nan"), reason="power nan W implausible")
+    writer = RecordingWriter(tmp_path, "s", "site: {id: s}", FakeClock(10.0))
+    writer.write_cycle(
+        now_s=10.0,
+        cycle=1,
+        memory_before=ControlMemory(),
+        readings={"gm": nan_reading},
+        evse_states={},
+        dr={"import_limit_w": None},
+        commands={},
+        outcome={"status": "ok"},
+    )
+    writer.close()
+    (path,) = tmp_path.glob("*.jsonl.gz")
+    text = gzip.decompress(path.read_bytes()).decode()
+    assert "NaN" not in text and "Infinity" not in text
+    (record,) = list(read_recording(path))
+    kept = record.readings["gm"]
+    assert kept.quality is Quality.INVALID and kept.power_w is None and kept.reason == "power nan W implausible"

@@ -37,7 +37,8 @@ MAX_CURRENT_A = 10_000.0
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # NaN and infinity are typos or attacks, never a limit (YAML spells them .nan and .inf).
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class SecretRef(StrictModel):
