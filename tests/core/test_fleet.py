@@ -148,3 +148,17 @@ def test_empty_and_tiny_state_maps(count: int) -> None:
     # Only EVSEs that are online get a command; the others are offline, with nothing to send.
     assert [(c.charger_id, c.evse_id) for c in decision.plan.commands] == [k for k, s in states.items() if s.online]
     assert decision.built.mode_counts().get("offline", 0) == len(context.topology.evses) - len(decision.plan.commands)
+
+
+def test_a_site_without_chargers_decides() -> None:
+    from evdlm.config import parse_site_config
+    from evdlm.core.decide import DecisionContext, decide
+    from evdlm.core.memory import ControlMemory
+    from evdlm.core.problem_builder import BuildInputs, DemandLimits
+
+    config = parse_site_config(
+        "site: {id: empty}\ngrid: {import_limit_kw: 50, phase_current_limit_a: 80}\n"
+        "circuits: [{id: main, phase_current_limit_a: 80}]\ncontrol: {fallback_import_limit_kw: 20}\n"
+    ).config
+    decision = decide(DecisionContext.from_config(config), BuildInputs(0.0, {}, {}, ControlMemory(), DemandLimits()))
+    assert decision.plan.commands == ()

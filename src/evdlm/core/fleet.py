@@ -254,6 +254,8 @@ class StateColumns:
                 return previous
             values, transaction = previous.values.copy(), previous.transaction_id.copy()
         read = [sources[index] for index in changed]
+        if not read:  # a site without chargers (yet): nothing to fill in
+            return StateColumns(sources, values, transaction)
         indexes = np.fromiter(changed, dtype=np.int64, count=len(read))
         values[indexes] = [_ABSENT_STATE if state is None else _state_row(state) for state in read]
         transaction[indexes] = [None if state is None else state.transaction_id for state in read]
