@@ -26,7 +26,7 @@ from evdlm_solvers.heuristic import warm_up
 
 from evdlm import strict_json
 from evdlm.chargers.ocpp.server import OcppCentralSystem
-from evdlm.config import ConfigError, load_site_config, resolve_secret
+from evdlm.config import ConfigError, load_site_config
 from evdlm.config.models import SiteConfig
 from evdlm.control import Controller, CycleReport, state_message
 from evdlm.core.clock import Clock
@@ -35,7 +35,7 @@ from evdlm.core.fleet_kernels import warm_up as warm_up_fleet_kernels
 from evdlm.devices.hub import DeviceHub
 from evdlm.devices.sim.site import SiteSimulation
 from evdlm.dr.service import DrService
-from evdlm.mqtt.client import MqttClient, MqttWill, unique_client_id
+from evdlm.mqtt.client import MqttClient, MqttWill
 from evdlm.observability import Metrics
 from evdlm.recording import RecordingWriter
 
@@ -122,25 +122,12 @@ class Gateway:
             log.info("solver and fleet kernels ready in %.2f s", compile_s)
             if config.mqtt is not None:
                 broker = config.mqtt
-                password = resolve_secret(broker.password, self.base_dir) if broker.password is not None else None
                 status_topic = f"dlm/{config.site.id}/status"
-                client_id = broker.client_id or f"evdlm-{config.site.id}"
-
-                def local(path: str | None) -> str | None:
-                    return None if path is None else str(self.base_dir / path)
-
-                self.mqtt = MqttClient(
-                    broker.host,
-                    broker.port,
-                    client_id=client_id if broker.pin_client_id else unique_client_id(client_id),
-                    clock=self.clock,
-                    keepalive_s=broker.keepalive_s,
-                    username=broker.username,
-                    password=password,
-                    tls=broker.tls,
-                    ca_file=local(broker.ca_file),
-                    cert_file=local(broker.cert_file),
-                    key_file=local(broker.key_file),
+                self.mqtt = MqttClient.from_config(
+                    broker,
+                    self.clock,
+                    self.base_dir,
+                    f"evdlm-{config.site.id}",
                     # The will says offline when the connection dies; the client says online after
                     # every (re)connect, and offline itself on a clean exit.
                     will=MqttWill(status_topic, json.dumps({"state": "offline"})),

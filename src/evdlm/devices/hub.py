@@ -32,7 +32,6 @@ from pathlib import Path
 from types import TracebackType
 
 from evdlm.config.models import BatteryControlMode, Device, DeviceRole, SiteConfig
-from evdlm.config.secrets import resolve_secret
 from evdlm.core.clock import Clock
 from evdlm.core.types import Quality, Reading
 from evdlm.devices.battery import BatteryControl, SunSpecBatteryControl
@@ -135,18 +134,7 @@ class DeviceHub:
             broker = config.mqtt
             if broker is None:
                 raise ValueError("devices with an mqtt source need the config's mqtt section")
-            password = None if broker.password is None else resolve_secret(broker.password, base_dir or Path("."))
-            self.mqtt = MqttClient(
-                broker.host,
-                broker.port,
-                client_id=broker.client_id or f"evdlm-{config.site.id}-devices",
-                clock=clock,
-                keepalive_s=broker.keepalive_s,
-                username=broker.username,
-                password=password,
-                tls=broker.tls,
-                ca_file=broker.ca_file,
-            )
+            self.mqtt = MqttClient.from_config(broker, clock, base_dir or Path("."), f"evdlm-{config.site.id}-devices")
         self._battery: SunSpecBatteryControl | None = None
         battery = config.battery
         if battery is not None and battery.control is not BatteryControlMode.NONE:

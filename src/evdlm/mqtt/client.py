@@ -47,6 +47,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -55,6 +56,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from evdlm.config.models import MqttBroker
+from evdlm.config.secrets import resolve_secret
 from evdlm.core.clock import Clock, SystemClock
 
 logger = logging.getLogger("evdlm.mqtt")
@@ -164,6 +167,41 @@ def describe_connect_error(exc: BaseException) -> str:
 
 class MqttClient:
     """A long-lived MQTT connection for the whole process (devices, DR, state publisher)."""
+
+    @classmethod
+    def from_config(
+        cls,
+        broker: MqttBroker,
+        clock: Clock,
+        base_dir: Path,
+        default_client_id: str,
+        *,
+        will: MqttWill | None = None,
+        birth: MqttWill | None = None,
+    ) -> MqttClient:
+        """The client a site config describes: its secret resolved, its certificate paths against
+        the config's folder, and a client id nobody takes over (unless the config pins it)."""
+        password = resolve_secret(broker.password, base_dir) if broker.password is not None else None
+        client_id = broker.client_id or default_client_id
+
+        def local(path: str | None) -> str | None:
+            return None if path is None else str(base_dir / path)
+
+        return cls(
+            broker.host,
+            broker.port,
+            client_id=client_id if broker.pin_client_id else unique_client_id(client_id),
+            clock=clock,
+            keepalive_s=broker.keepalive_s,
+            username=broker.username,
+            password=password,
+            tls=broker.tls,
+            ca_file=local(broker.ca_file),
+            cert_file=local(broker.cert_file),
+            key_file=local(broker.key_file),
+            will=will,
+            birth=birth,
+        )
 
     def __init__(
         self,
