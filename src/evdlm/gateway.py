@@ -103,6 +103,16 @@ class Gateway:
         self.simulation = simulation
         self.solver = solver
         self.metrics = Metrics(config.site.id)
+        self.metrics.expose_counters(
+            "evdlm_dr_intake",
+            "DR messages by what the intake did with them, and state file writes",
+            lambda: self.dr.stats if self.dr is not None else None,
+        )
+        self.metrics.expose_counters(
+            "evdlm_mqtt_outbox",
+            "MQTT publishes and what the bounded queues dropped",
+            lambda: self.mqtt.stats if self.mqtt is not None else None,
+        )
         self.metrics_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
         self.mqtt: MqttClient | None = None

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import fields
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 CYCLE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -104,10 +108,33 @@ class Metrics:
         ).labels(**labels)
         self.site = site_id
 
+    def expose_counters(self, metric: str, documentation: str, source: Callable[[], Any]) -> None:
+        """Publish a component's counter dataclass as ``metric{site, what}``, read at scrape time.
+
+        ``source`` returns the dataclass (or None while the component is not running); its integer
+        fields are the counts. Nothing is paid per cycle: the component keeps plain integers.
+        """
+        self.registry.register(_CountersCollector(metric, documentation, self.site, source))
+
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics; returns the bound port (0 picks one)."""
         server, _ = start_http_server(port, addr=host, registry=self.registry)
         return int(server.server_port)
+
+
+class _CountersCollector(Collector):
+    def __init__(self, metric: str, documentation: str, site: str, source: Callable[[], Any]) -> None:
+        self.metric, self.documentation, self.site, self.source = metric, documentation, site, source
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        counters = self.source()
+        family = CounterMetricFamily(self.metric, self.documentation, labels=["site", "what"])
+        if counters is not None:
+            for item in fields(counters):
+                value = getattr(counters, item.name)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    family.add_metric([self.site, item.name], float(value))
+        yield family
 
 
 class JsonFormatter(logging.Formatter):

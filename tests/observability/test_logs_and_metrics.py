@@ -28,3 +28,22 @@ def test_metrics_are_per_instance_and_exposed() -> None:
     assert first.registry.get_sample_value("evdlm_cycles_total", {"site": "a"}) == 1.0
     assert first.registry.get_sample_value("evdlm_commands_total", {"site": "a", "status": "accepted"}) == 3.0
     assert second.registry.get_sample_value("evdlm_cycles_total", {"site": "b"}) == 0.0
+
+
+def test_component_counters_are_read_at_scrape_time() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Counts:
+        received: int = 0
+        dropped: int = 0
+        ratio: float = 0.5  # not a count: left out
+
+    counts: Counts | None = None
+    metrics = Metrics("s")
+    metrics.expose_counters("evdlm_test_intake", "test counters", lambda: counts)
+    assert metrics.registry.get_sample_value("evdlm_test_intake_total", {"site": "s", "what": "received"}) is None
+    counts = Counts(received=3, dropped=1)
+    assert metrics.registry.get_sample_value("evdlm_test_intake_total", {"site": "s", "what": "received"}) == 3.0
+    assert metrics.registry.get_sample_value("evdlm_test_intake_total", {"site": "s", "what": "dropped"}) == 1.0
+    assert metrics.registry.get_sample_value("evdlm_test_intake_total", {"site": "s", "what": "ratio"}) is None
