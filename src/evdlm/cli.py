@@ -127,6 +127,7 @@ BENCH_SCRIPTS = {
     "modbus": "modbus_poll_bench.py",
     "faults": "faults_bench.py",
     "channels": "channels_bench.py",
+    "quality": "quality_bench.py",
 }
 
 

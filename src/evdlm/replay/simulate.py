@@ -18,7 +18,7 @@ The model, deliberately simple:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 from evdlm.config import parse_site_config
 from evdlm.config.models import DeviceRole, SiteConfig
 from evdlm.core.clock import FakeClock
-from evdlm.core.decide import DecisionContext, SolverChoice, decide
+from evdlm.core.decide import Decision, DecisionContext, SolverChoice, decide
 from evdlm.core.memory import ControlMemory
 from evdlm.core.problem_builder import BuildInputs, DemandLimits
 from evdlm.core.topology import GRID_NODE, build_topology
@@ -49,6 +49,9 @@ class Session:
     phases: int = 3  # phases the car charges on (1 or 3)
     announces_needs: bool = False  # ISO 15118: departure time and energy sent to the charger
     transaction_id: str = ""
+    # The departure the car announces, when it differs from when it really leaves (a driver's
+    # estimate); None: the true departure.
+    announced_departure_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,26 @@ class _Car:
     sampled: EvseState | None = None
 
 
+SimCar = _Car  # what an observer reads (read only)
+
+
+@dataclass(frozen=True)
+class CycleView:
+    """One simulated cycle as an observer sees it, after the decision (read only).
+
+    ``cars`` are the plugged-in cars; their ``draw_a`` and ``delivered_wh`` are what they drew
+    and got during the cycle that ended at ``now_s`` + ``period_s`` (the physics of this cycle
+    ran before the decision), ``told_a`` the limit just decided. ``node_phase_a`` is the true
+    current of the cars per circuit node and site phase during this cycle.
+    """
+
+    now_s: float
+    period_s: float
+    cars: Mapping[EvseKey, _Car]
+    node_phase_a: Mapping[str, list[float]]
+    decision: Decision
+
+
 def _devices(config: SiteConfig, role: DeviceRole) -> list[str]:
     return [device.name for device in config.devices if device.role is role]
 
@@ -100,8 +123,18 @@ def _phase_tuple(values: Sequence[float], digits: int) -> tuple[float | None, fl
     return (round(values[0], digits), round(values[1], digits), round(values[2], digits))
 
 
-def simulate(spec: SimulationSpec, out_dir: Path, *, solver: SolverChoice = SolverChoice.CHAIN) -> int:
-    """Run the simulation and write its recording to ``out_dir``; returns the cycle count."""
+def simulate(
+    spec: SimulationSpec,
+    out_dir: Path | None,
+    *,
+    solver: SolverChoice = SolverChoice.CHAIN,
+    observer: Callable[[CycleView], None] | None = None,
+) -> int:
+    """Run the simulation and write its recording to ``out_dir``; returns the cycle count.
+
+    ``out_dir`` None: write no recording (benchmarks). ``observer`` is called after every
+    cycle's decision with a :class:`CycleView`.
+    """
     config = parse_site_config(spec.config_text, "<simulated site>").config
     topology = build_topology(config)
     context = DecisionContext.from_config(config, solver)
@@ -118,13 +151,17 @@ def simulate(spec: SimulationSpec, out_dir: Path, *, solver: SolverChoice = Solv
         sessions_by_evse.setdefault((session.charger_id, session.evse_id), []).append(session)
     failsafe_a = config.ocpp.failsafe_current_a
 
-    writer = RecordingWriter(
-        out_dir,
-        config.site.id,
-        spec.config_text,
-        FakeClock(spec.start_s),
-        rotate_after_s=config.recording.rotate_after_s,
-        max_disk_bytes=float("inf"),
+    writer = (
+        RecordingWriter(
+            out_dir,
+            config.site.id,
+            spec.config_text,
+            FakeClock(spec.start_s),
+            rotate_after_s=config.recording.rotate_after_s,
+            max_disk_bytes=float("inf"),
+        )
+        if out_dir is not None
+        else None
     )
     memory = ControlMemory()
     cars: dict[EvseKey, _Car] = {}
@@ -195,7 +232,15 @@ def simulate(spec: SimulationSpec, out_dir: Path, *, solver: SolverChoice = Solv
                         power_w=round(draw * voltage_v * phases, 0),
                         offered_current_a=car.told_a,
                         energy_wh=round(car.delivered_wh, 0),
-                        departure_at_s=session.departure_s if session.announces_needs else None,
+                        departure_at_s=(
+                            (
+                                session.departure_s
+                                if session.announced_departure_s is None
+                                else session.announced_departure_s
+                            )
+                            if session.announces_needs
+                            else None
+                        ),
                         energy_needed_wh=(
                             round(max(0.0, session.energy_needed_kwh * 1000.0 - car.delivered_wh), 0)
                             if session.announces_needs
@@ -257,6 +302,11 @@ def simulate(spec: SimulationSpec, out_dir: Path, *, solver: SolverChoice = Solv
                 if key in cars:
                     cars[key].told_a = limit
             result = decision.result
+            if observer is not None:
+                observer(CycleView(now_s, period_s, cars, site_phase_a, decision))
+            if writer is None:
+                memory = decision.plan.memory
+                continue
             writer.write_cycle(
                 now_s=now_s,
                 cycle=cycle,
@@ -278,5 +328,6 @@ def simulate(spec: SimulationSpec, out_dir: Path, *, solver: SolverChoice = Solv
             )
             memory = decision.plan.memory
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     return cycles
