@@ -21,6 +21,7 @@ from evdlm_solvers import (
 )
 from evdlm_solvers.synthetic import SiteShape, random_site
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from .conftest import random_sites
 
@@ -129,9 +130,12 @@ def test_jitted_admission_and_fill_equal_their_python_functions(problem: Problem
 
 def test_water_filling_shares_in_proportion_to_urgency() -> None:
     problem = one_feeder(60.0, urgency=[1.0, 2.0, 1.0])
-    allocation = solve_heuristic(problem)
-    # 18 A of minimums, 42 A shared 1:2:1 above them.
-    np.testing.assert_allclose(allocation.setpoint, [6 + 10.5, 6 + 21.0, 6 + 10.5])
+    allocation = solve_heuristic(problem, defer_by_share=False)
+    # Without pass A: 18 A of minimums, 42 A shared 1:2:1 above them (16.5, 27, 16.5 A);
+    # floored to whole amps, the freed amp goes to the most urgent car.
+    np.testing.assert_allclose(allocation.setpoint, [16.0, 28.0, 16.0])
+    # With pass A everyone's share starts from 0 A: 60 A shared 1:2:1.
+    np.testing.assert_allclose(solve_heuristic(problem, defer_by_share=True).setpoint, [15.0, 30.0, 15.0])
 
 
 def test_water_filling_stops_each_car_at_its_maximum_and_ramp() -> None:
@@ -158,7 +162,10 @@ def test_charging_car_keeps_its_place_against_a_more_urgent_newcomer() -> None:
 
 def test_newcomers_are_admitted_by_priority_then_urgency() -> None:
     problem = one_feeder(12.0, priority=[1, 1, 0], urgency=[1.0, 2.0, 0.1])
-    np.testing.assert_array_equal(solve_heuristic(problem).admitted, [False, True, True])
+    np.testing.assert_array_equal(solve_heuristic(problem, defer_by_share=False).admitted, [False, True, True])
+    # With pass A classes are strict for the share too: the class-0 car's share (all 12 A)
+    # comes before a class-1 car's minimum.
+    np.testing.assert_array_equal(solve_heuristic(problem, defer_by_share=True).admitted, [False, False, True])
 
 
 def test_overdue_car_displaces_the_longest_running_car_of_its_class_or_lower() -> None:
@@ -260,3 +267,92 @@ def test_every_kernel_and_helper_equals_pure_python() -> None:
         np.testing.assert_array_equal(allocation.setpoint, setpoint)
         assert allocation.battery_w == battery_w
         np.testing.assert_array_equal(allocation.admitted, admitted)
+
+
+@settings(max_examples=500, deadline=None)
+@given(SITES, st.booleans())
+def test_setpoints_are_whole_amps_within_bounds_and_pass_the_checker(problem: Problem, defer: bool) -> None:
+    allocation = solve_heuristic(problem, defer_by_share=defer)
+    report = check(problem, allocation)
+    assert report.ok or report.only_uncontrolled_excess, report.summary()
+    setpoint = allocation.setpoint
+    running = setpoint > 0
+    assert np.all(setpoint >= 0.0)
+    assert np.all(setpoint[running] >= problem.setpoint_min[running] - 1e-9)
+    assert np.all(setpoint[running] <= problem.setpoint_upper[running] + 1e-9)
+    ac = problem.evse_unit == UNIT_CURRENT_A
+    np.testing.assert_array_equal(setpoint[ac], np.floor(setpoint[ac]))
+    np.testing.assert_array_equal(setpoint[~allocation.admitted], 0.0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(SITES)
+def test_jitted_admission_by_fill_equals_its_python_function(problem: Problem) -> None:
+    arguments = heuristic.kernel_arguments(problem, defer_by_share=True)
+    jitted = heuristic._allocate_kernel(*arguments)
+    python = heuristic._allocate_kernel.py_func(*arguments)
+    for jitted_part, python_part in zip(jitted, python, strict=True):
+        np.testing.assert_array_equal(jitted_part, python_part)
+
+
+def test_admission_by_fill_defers_the_car_with_slack() -> None:
+    # 20 A for three cars at 6 A minimums: all three minimums fit, but the urgent car's
+    # share from 0 A leaves the two relaxed ones below their minimum.
+    problem = one_feeder(20.0, urgency=[10.0, 0.1, 0.1])
+    assert solve_heuristic(problem, defer_by_share=False).admitted.all()
+    allocation = solve_heuristic(problem, defer_by_share=True)
+    np.testing.assert_array_equal(allocation.admitted, [True, False, False])
+    np.testing.assert_allclose(allocation.setpoint, [20.0, 0.0, 0.0])
+
+
+@settings(max_examples=150, deadline=None)
+@given(SITES)
+def test_jitted_whole_amps_and_keep_equal_their_python_functions(problem: Problem) -> None:
+    capacity, _ = heuristic._capacity_kernel(
+        problem.row_headroom,
+        problem.battery_coef_row,
+        problem.battery_coef_value,
+        problem.battery_discharge_max_w,
+        problem.battery_charge_max_w,
+    )
+    share = solve_heuristic(problem, defer_by_share=False).setpoint * 0.7
+    keep_arguments = (
+        share,
+        problem.setpoint_min,
+        problem.setpoint_upper,
+        problem.charging,
+        problem.waiting_s,
+        problem.on_time_s,
+        problem.rotation_period_s,
+        problem.min_on_time_s,
+    )
+    keep = heuristic._keep_kernel(*keep_arguments)
+    np.testing.assert_array_equal(keep, heuristic._keep_kernel.py_func(*keep_arguments))
+    # Fractional setpoints that fit: 0.7 of a feasible allocation (those still at their minimum).
+    start = np.where(share >= problem.setpoint_min, share, 0.0)
+    order = np.argsort(-problem.urgency, kind="mergesort")
+    results = []
+    for kernel in (heuristic._whole_amps_kernel, heuristic._whole_amps_kernel.py_func):
+        setpoint, admitted = start.copy(), start > 0
+        kernel(
+            problem.coef_indptr,
+            problem.coef_row,
+            problem.coef_value,
+            capacity,
+            problem.evse_unit,
+            setpoint,
+            problem.setpoint_min,
+            problem.setpoint_upper,
+            admitted,
+            ~keep,
+            order,
+        )
+        results.append((setpoint, admitted))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    setpoint = results[0][0]
+    ac = problem.evse_unit == UNIT_CURRENT_A
+    np.testing.assert_array_equal(setpoint[ac], np.floor(setpoint[ac]))
+    running = setpoint > 0
+    assert np.all(setpoint[running] >= problem.setpoint_min[running] - 1e-9)
+    assert np.all(setpoint[running] <= problem.setpoint_upper[running] + 1e-9)

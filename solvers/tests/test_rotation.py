@@ -35,11 +35,41 @@ def test_everyone_charges_every_cycle_when_the_minimums_fit(n_evse: int, seed: i
         # Headroom moves every cycle but always leaves room for every minimum.
         headroom = np.maximum(problem.row_headroom, load_at_min * rng.uniform(1.0, jitter))
         problem = problem.with_headroom(headroom)
-        allocation = solve_heuristic(problem)
+        allocation = solve_heuristic(problem, defer_by_share=False)
         assert check(problem, allocation).ok
         assert allocation.admitted.all()
         problem = next_cycle(problem, allocation, CYCLE_S)
     assert not problem.waiting_s.any()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n_evse=st.integers(1, 30),
+    seed=st.integers(0, 2**32 - 1),
+    jitter=st.floats(1.0, 1.5),
+)
+def test_a_deferred_car_waits_only_for_room_others_use(n_evse: int, seed: int, jitter: float) -> None:
+    """Admission by fill (pass A) may defer a car whose minimum fits, but only while its
+    room goes to cars with less slack: started at its minimum beside the allocation, it would
+    break a row. And no car waits past the maximum wait plus a minimum on-time."""
+    problem = random_site(n_evse, seed, SiteShape(tightness=1.0, battery_probability=0.0))
+    rng = np.random.default_rng(seed)
+    load_at_min = row_load(problem, problem.setpoint_min, 0.0)
+    for _ in range(40):
+        headroom = np.maximum(problem.row_headroom, load_at_min * rng.uniform(1.0, jitter))
+        problem = problem.with_headroom(headroom)
+        allocation = solve_heuristic(problem, defer_by_share=True)
+        assert check(problem, allocation).ok
+        upper = problem.setpoint_upper
+        for j in np.flatnonzero(~allocation.admitted & (upper >= problem.setpoint_min) & (upper > 0)):
+            started = allocation.setpoint.copy()
+            started[j] = problem.setpoint_min[j]
+            admitted = allocation.admitted.copy()
+            admitted[j] = True
+            tried = dataclasses.replace(allocation, setpoint=started, admitted=admitted)
+            assert not check(problem, tried).ok, f"car {j} paused beside room for its minimum"
+        problem = next_cycle(problem, allocation, CYCLE_S)
+        assert problem.waiting_s.max(initial=0.0) <= problem.rotation_period_s + problem.min_on_time_s + CYCLE_S
 
 
 @pytest.mark.parametrize("seed", range(60))

@@ -2,8 +2,9 @@
 
 Same rows, bounds and admitted set as the heuristic; maximises priority/urgency-weighted
 delivered power (:func:`~evdlm_solvers.problem.objective_weight`). The 0-or-at-least-min
-semantics are handled by fixing the admitted set (the heuristic's admission step by
-default): admitted EVSEs are bounded to ``[min, upper]``, the others to 0. A MILP would
+semantics are handled by fixing the admitted set (the heuristic's admitted set by
+default, so both solvers run the same cars; weights are the problem's laxity-based
+urgency): admitted EVSEs are bounded to ``[min, upper]``, the others to 0. A MILP would
 re-decide admission every cycle, which is a policy (no flapping, rotation, priority order)
 rather than a throughput question, and its solve time has no useful bound (measured at
 30-55x this LP up to 1000 EVSEs; benchmarks/README.md).
@@ -89,7 +90,7 @@ def solve_lp(
     problem : Problem
         The cycle's problem.
     admitted : ndarray of bool, optional
-        EVSEs allowed to run, shape (n_evse,); the heuristic's admission step by default.
+        EVSEs allowed to run, shape (n_evse,); the heuristic's admitted set by default.
         An admitted EVSE is bounded to ``[setpoint_min, setpoint_upper]``.
     time_limit_s : float
         HiGHS time limit, s.
@@ -123,9 +124,7 @@ def solve_lp(
     model.sense_ = highspy.ObjSense.kMaximize
     model.col_cost_ = np.concatenate([weight, [-battery_cost, -battery_cost]]) / scale
     model.col_lower_ = np.concatenate([col_lower, [0.0, 0.0]])
-    model.col_upper_ = np.concatenate(
-        [col_upper, [problem.battery_discharge_max_w, problem.battery_charge_max_w]]
-    )
+    model.col_upper_ = np.concatenate([col_upper, [problem.battery_discharge_max_w, problem.battery_charge_max_w]])
     model.row_lower_ = np.full(problem.n_rows, -highspy.kHighsInf)
     model.row_upper_ = row_upper_bounds(problem)
     nnz = problem.coef_indptr[-1]
@@ -133,16 +132,12 @@ def solve_lp(
     matrix.format_ = highspy.MatrixFormat.kColwise
     matrix.num_col_ = n_evse + 2
     matrix.num_row_ = problem.n_rows
-    matrix.start_ = np.concatenate(
-        [problem.coef_indptr, [nnz + battery_nnz, nnz + 2 * battery_nnz]]
-    ).astype(np.int32)
-    matrix.index_ = np.concatenate(
-        [problem.coef_row, problem.battery_coef_row, problem.battery_coef_row]
-    ).astype(np.int32)
-    # Discharge column carries the battery coefficients, the charge column their negation.
-    matrix.value_ = np.concatenate(
-        [problem.coef_value, problem.battery_coef_value, -problem.battery_coef_value]
+    matrix.start_ = np.concatenate([problem.coef_indptr, [nnz + battery_nnz, nnz + 2 * battery_nnz]]).astype(np.int32)
+    matrix.index_ = np.concatenate([problem.coef_row, problem.battery_coef_row, problem.battery_coef_row]).astype(
+        np.int32
     )
+    # Discharge column carries the battery coefficients, the charge column their negation.
+    matrix.value_ = np.concatenate([problem.coef_value, problem.battery_coef_value, -problem.battery_coef_value])
 
     highs = highspy.Highs()  # type: ignore[no-untyped-call]
     highs.setOptionValue("output_flag", False)

@@ -86,7 +86,9 @@ class Problem:
     priority : ndarray of int64, shape (n_evse,)
         Priority class 0 (highest) to 9; classes are strict.
     urgency : ndarray, shape (n_evse,)
-        Weight > 0 for fair sharing (energy needed / time left, normalised by the builder).
+        Weight > 0 for sharing within a class, larger for a car with less slack. The gateway
+        derives it from laxity (time to departure minus time needed at the car's maximum
+        power; ``evdlm.core.fleet_kernels._laxity_weight``), ranging 0.1 to 10.
     waiting_s : ndarray, shape (n_evse,)
         How long the car has wanted power while paused, s (0 when admitted).
     on_time_s : ndarray, shape (n_evse,)
@@ -186,9 +188,7 @@ class Problem:
             raise ValueError("coef_row holds a row index out of range")
         if self.battery_coef_row.shape != self.battery_coef_value.shape:
             raise ValueError("battery_coef_row and battery_coef_value differ in shape")
-        if self.battery_coef_row.size and (
-            self.battery_coef_row.min() < 0 or self.battery_coef_row.max() >= n_rows
-        ):
+        if self.battery_coef_row.size and (self.battery_coef_row.min() < 0 or self.battery_coef_row.max() >= n_rows):
             raise ValueError("battery_coef_row holds a row index out of range")
         # A NaN would compare false everywhere and slip through sizing and checking alike.
         for name in ("row_headroom", "setpoint_max", "ramp_up_max"):

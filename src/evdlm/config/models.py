@@ -486,6 +486,15 @@ class Control(StrictModel):
         default=15.0, ge=0, le=600, description="Time a charger and car take to follow a new limit."
     )
     deadband_a: float = Field(default=1.0, ge=0, le=100, description="Smaller changes are not re-sent.")
+    raise_step_a: float = Field(
+        default=2.0,
+        ge=0,
+        le=100,
+        description="A smaller raise waits until the limit has stood raise_wait_s (cuts always go out at once).",
+    )
+    raise_wait_s: float = Field(
+        default=60.0, ge=0, le=3600, description="How long a limit stands before a raise below raise_step_a is sent."
+    )
     fallback_import_limit_kw: float = Field(
         gt=0, le=MAX_POWER_KW, description="Site limit while the grid meter is stale."
     )

@@ -246,5 +246,7 @@ def _decide(context: DecisionContext, inputs: BuildInputs, cache: FleetCache | N
         inputs.now_s,
         context.settings.control.settle_time_s,
         cache,
+        raise_step_a=context.settings.control.raise_step_a,
+        raise_wait_s=context.settings.control.raise_wait_s,
     )
     return Decision(built=built, result=result, plan=plan)

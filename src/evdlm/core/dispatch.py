@@ -18,6 +18,7 @@ import numpy as np
 from evdlm_solvers.problem import Allocation
 
 from evdlm.core.fleet import (
+    M_CHANGED,
     M_SETPOINT,
     S_CHARGING,
     S_PRESENT,
@@ -145,10 +146,17 @@ def plan_commands(
     now_s: float,
     settle_time_s: float,
     cache: FleetCache | None = None,
+    *,
+    raise_step_a: float = 0.0,
+    raise_wait_s: float = 0.0,
 ) -> Plan:
     """Commands for every reachable EVSE and the memory the next cycle starts from.
 
     ``memory`` is the memory ``built`` was built from; ``cache`` the one it was built with.
+    A raise smaller than ``raise_step_a`` (per phase; DC: its power on three phases) waits
+    until the EVSE's limit has stood for ``raise_wait_s``: every change is a message, often a
+    flash write in the charger and a ramp in the car, and a limit flapping by 1 A every few
+    cycles buys nothing. Cuts, starts and pauses always go out.
     """
     slots = topology.slots
     fleet = built.fleet
@@ -163,6 +171,11 @@ def plan_commands(
     else:
         emergency = np.zeros(slots.size, dtype=np.bool_)
     remembered = built.memory.values[:, M_SETPOINT]
+    if raise_step_a > 0.0 and raise_wait_s > 0.0:
+        step = np.where(slots.is_dc, raise_step_a * 3.0 * slots.voltage_v, raise_step_a)
+        recent = ~(now_s - built.memory.values[:, M_CHANGED] >= raise_wait_s)  # NaN (never changed): recent
+        small_raise = (remembered > 0) & (rounded > remembered) & (rounded - remembered < step - 1e-9) & recent
+        rounded = np.where(small_raise & fleet.same_session, remembered, rounded)
     target = first_match([mode == ACTIVE, mode == IDLE, emergency], [rounded, 0.0, 0.0], remembered)
     reason = first_match(
         [(mode == ACTIVE) & (target > 0), mode == ACTIVE, emergency],

@@ -233,6 +233,45 @@ def view_kernel(
     )
 
 
+DEFAULT_DWELL_S = 8.0 * 3600.0
+"""Time left assumed for a car whose departure is unknown, s (a workplace day)."""
+DEFAULT_ENERGY_WH = 20_000.0
+"""Energy assumed still needed by a car that does not report it, Wh."""
+LAXITY_REFERENCE_H = 1.0
+"""Laxity that weighs 1: the weight is ``LAXITY_REFERENCE_H / laxity_h``, clipped."""
+
+
+@njit(cache=True)
+def _laxity_weight(
+    needed_wh: float,
+    departure_at_s: float,
+    max_power_w: float,
+    now_s: float,
+    urgency_min: float,
+    urgency_max: float,
+) -> float:
+    """Sharing weight from laxity: time left minus the time needed at the car's maximum power.
+
+    ``LAXITY_REFERENCE_H / laxity_h`` clipped to ``[urgency_min, urgency_max]``: 1 h of slack
+    weighs 1, 6 min or less (or a car that can no longer finish) ``urgency_max``, 10 h or more
+    ``urgency_min`` (with the defaults 0.1 and 10). A car that needs nothing more weighs
+    ``urgency_min``. An unknown departure is ``DEFAULT_DWELL_S`` from now and an unknown
+    energy ``DEFAULT_ENERGY_WH``, so a site without session data shares by maximum power
+    alone, nearly evenly, as before. A car that cannot take power (maximum 0) weighs 1.
+    """
+    if max_power_w <= 0.0:
+        return 1.0
+    if math.isnan(needed_wh):
+        needed_wh = DEFAULT_ENERGY_WH
+    if needed_wh <= 0.0:
+        return urgency_min
+    hours_left = (DEFAULT_DWELL_S if math.isnan(departure_at_s) else departure_at_s - now_s) / 3600.0
+    laxity_h = hours_left - needed_wh / max_power_w
+    if laxity_h * urgency_max <= LAXITY_REFERENCE_H:
+        return urgency_max
+    return min(urgency_max, max(urgency_min, LAXITY_REFERENCE_H / laxity_h))
+
+
 @njit(cache=True)
 def columns_kernel(
     columns: np.ndarray,
@@ -256,7 +295,11 @@ def columns_kernel(
     urgency_max: float,
 ) -> tuple[np.ndarray, ...]:
     """Per problem column: power per unit, bounds, previous setpoint, ramp, urgency, waiting and
-    on-time, and the demand cap (NaN: none)."""
+    on-time, and the demand cap (NaN: none).
+
+    The urgency is laxity-based (see ``_laxity_weight``): the less slack a car has before its
+    departure at its maximum power, the larger its share.
+    """
     n = columns.shape[0]
     power_per_unit_w = np.zeros(n)
     lowest = np.zeros(n)
@@ -301,15 +344,10 @@ def columns_kernel(
         lowest[c], highest[c], previous[c] = low, high, setpoint
         ramp[c] = ramp_a * 3.0 * voltage_v if dc else ramp_a
 
-        needed_wh, departure_at_s = state[e, S_ENERGY_NEEDED], state[e, S_DEPARTURE]
-        max_power_w = high * power_per_unit_w[c]
-        if not math.isnan(needed_wh) and not math.isnan(departure_at_s) and max_power_w > 0:
-            hours_left = (departure_at_s - now_s) / 3600.0
-            if hours_left <= 0:
-                urgency[c] = urgency_max
-            else:
-                needed_w = max(0.0, needed_wh) / hours_left
-                urgency[c] = min(urgency_max, max(urgency_min, needed_w / max_power_w))
+        urgency[c] = _laxity_weight(
+            state[e, S_ENERGY_NEEDED], state[e, S_DEPARTURE], high * power_per_unit_w[c], now_s,
+            urgency_min, urgency_max,
+        )  # fmt: skip
         wanting_since_s, admitted_since_s = memory[e, M_WANTING], memory[e, M_ADMITTED]
         waiting_s[c] = 0.0 if math.isnan(wanting_since_s) else now_s - wanting_since_s
         on_time_s[c] = 0.0 if math.isnan(admitted_since_s) else now_s - admitted_since_s

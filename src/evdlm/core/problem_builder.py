@@ -52,6 +52,8 @@ PHASE_DRAWING_A = 2.0
 # A car drawing this much below its limit for a settle time is capped near what it draws,
 # so the unused current goes to other cars; the cap creeps up by the same step.
 DEMAND_SLACK_A = 2.0
+# Range of the laxity-based sharing weight (fleet_kernels._laxity_weight): 10 h of slack or more
+# weighs URGENCY_MIN, 6 min or less URGENCY_MAX; the 100x spread matches PRIORITY_WEIGHT_BASE.
 URGENCY_MIN, URGENCY_MAX = 0.1, 10.0
 # A paused car starts only when it fits this much above its minimum, so the lag of the next
 # charger sample behind the meters (the car ramping up) cannot push it straight back out.
