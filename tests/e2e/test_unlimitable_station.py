@@ -40,7 +40,8 @@ async def test_a_restarted_controller_releases_the_station_its_predecessor_block
         site.start_controller()
         site.fleet.plug_in("CP01", 1, Car(phases=3, max_current_a=32))
         assert await until(clock, lambda: not connector.operative and connector.transaction_id is None, 30, step_s=0.5)
-        assert (tmp_path / "var" / "restricted-evses.json").exists()
+        saved = tmp_path / "var" / "restricted-evses.json"  # written off the cycle, by the writer thread
+        assert await until(clock, saved.exists, 10, step_s=0.5)
         # A new controller process; the building load then drops by 20 A per phase: room for 32 A.
         await site.restart_controller(downtime_s=5.0)
         assert site.gateway.controller is not None
