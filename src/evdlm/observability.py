@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import fields
@@ -12,6 +13,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+
+from evdlm.core.clock import Clock
 
 CYCLE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -135,6 +138,35 @@ class _CountersCollector(Collector):
                 if isinstance(value, int) and not isinstance(value, bool):
                     family.add_metric([self.site, item.name], float(value))
         yield family
+
+
+class LogThrottle:
+    """At most one log line per ``every_s`` (of ``clock``) for each key; the line that ends a
+    quiet spell says how many were left out. Keys are a fixed, small set (bounded memory).
+
+    For input a hostile or broken peer can repeat at will (frames, DR messages): a flood stays
+    visible without becoming a flood of synchronous writes on the event loop."""
+
+    def __init__(self, logger: logging.Logger, clock: Clock, every_s: float) -> None:
+        self._logger = logger
+        self._clock = clock
+        self._every_s = every_s
+        self._next_s: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> bool:
+        """Log ``msg`` unless ``key`` logged less than ``every_s`` ago; True when it did."""
+        now_s = self._clock.now_s()
+        if now_s < self._next_s.get(key, -math.inf):
+            self._left_out[key] = self._left_out.get(key, 0) + 1
+            return False
+        self._next_s[key] = now_s + self._every_s
+        left_out = self._left_out.pop(key, 0)
+        if left_out:
+            msg += " (and %d more like it since the last such line)"
+            args = (*args, left_out)
+        self._logger.warning(msg, *args)
+        return True
 
 
 class JsonFormatter(logging.Formatter):

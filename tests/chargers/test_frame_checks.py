@@ -16,8 +16,8 @@ from evdlm.chargers.ocpp.parse import (
     nesting_depth,
     parse_meter_values,
 )
-from evdlm.chargers.ocpp.session import LogThrottle
 from evdlm.core.clock import FakeClock
+from evdlm.observability import LogThrottle
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,7 @@ from evdlm.core.lifetime import StartStop
 from evdlm.dr.engine import DrEngine, Effective, Response, event_state
 from evdlm.dr.messages import MAX_MESSAGE_BYTES
 from evdlm.mqtt.client import MqttClient, MqttMessage
+from evdlm.observability import LogThrottle
 from evdlm.state_files import load_state, write_atomically
 
 log = logging.getLogger("evdlm.dr")
@@ -156,7 +157,8 @@ class DrService(StartStop):
         self._snapshot: tuple[float, Effective] | None = None
         self._last_effective: dict[str, Any] | None = None
         self._last_arrival_s = 0.0  # monotonic time of the last event message
-        self._warned_at_s: dict[str, float] = {}
+        # One warning per kind per 10 s: a flood is visible without flooding the log.
+        self._warnings = LogThrottle(log, clock, 10.0)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"evdlm-dr-{self.site_id}")
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -262,11 +264,13 @@ class DrService(StartStop):
         event_id = message.topic.rsplit("/", 1)[-1]
         if not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
             self.stats.bad_topic += 1
-            self._warn("bad_topic", "DR message on %.160s dropped: no usable event id in the topic", message.topic)
+            self._warnings.warning(
+                "bad_topic", "DR message on %.160s dropped: no usable event id in the topic", message.topic
+            )
             return
         if not self._allowed(message.topic, now_s):
             self.stats.rate_limited += 1
-            self._warn(
+            self._warnings.warning(
                 "rate",
                 "DR messages on %s beyond %.0f at once / %.1f per s dropped (%d so far)",
                 message.topic,
@@ -283,7 +287,7 @@ class DrService(StartStop):
             or self._intake_bytes + kept > self.bounds.intake_max_bytes
         ):
             self.stats.queue_full += 1
-            self._warn(
+            self._warnings.warning(
                 "queue",
                 "DR intake full (%d messages, %d bytes): message on %s dropped (%d so far)",
                 len(self._intake),
@@ -315,13 +319,6 @@ class DrService(StartStop):
 
     def _on_heartbeat(self, message: MqttMessage) -> None:
         self.engine.heartbeat(self.clock.now_s())
-
-    def _warn(self, kind: str, text: str, *args: Any) -> None:
-        """One warning per kind per 10 s: a flood is visible without flooding the log."""
-        now_s = time.monotonic()
-        if now_s - self._warned_at_s.get(kind, -1e9) >= 10.0:
-            self._warned_at_s[kind] = now_s
-            log.warning(text, *args)
 
     # ------------------------------------------------------------------ the DR task
 
@@ -439,6 +436,6 @@ class DrService(StartStop):
             self.stats.persisted += 1
         except OSError as exc:
             self.stats.persist_failures += 1
-            self._warn("persist", "DR state not persisted to %s: %s (retrying)", self.state_file, exc)
+            self._warnings.warning("persist", "DR state not persisted to %s: %s (retrying)", self.state_file, exc)
             self.engine.meta_changed = True  # try again next interval; the fragments are current
             self._persist_due.set()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
@@ -34,6 +33,7 @@ from evdlm.chargers.ocpp.link import ChargerLink, Job
 from evdlm.chargers.ocpp.parse import FrameRejected, load_frame, parse_meter_values
 from evdlm.chargers.planning import LinkSettings, ProfileSpec
 from evdlm.core.clock import Clock
+from evdlm.observability import LogThrottle
 
 LOG = logging.getLogger("evdlm.chargers.ocpp")
 
@@ -77,32 +77,6 @@ HOSTILE_LOG_EVERY_S = 60.0
 
 # OCPP-J: the unique id of a frame whose id cannot be read (2.0.1 §4.2.3).
 UNREADABLE_ID = "-1"
-
-
-class LogThrottle:
-    """At most one log line per ``every_s`` (of ``clock``) for each key; the line that ends a
-    quiet spell says how many were left out. Keys are a fixed, small set (bounded memory)."""
-
-    def __init__(self, logger: logging.Logger, clock: Clock, every_s: float) -> None:
-        self._logger = logger
-        self._clock = clock
-        self._every_s = every_s
-        self._next_s: dict[str, float] = {}
-        self._left_out: dict[str, int] = {}
-
-    def warning(self, key: str, msg: str, *args: object) -> bool:
-        """Log ``msg`` unless ``key`` logged less than ``every_s`` ago; True when it did."""
-        now_s = self._clock.now_s()
-        if now_s < self._next_s.get(key, -math.inf):
-            self._left_out[key] = self._left_out.get(key, 0) + 1
-            return False
-        self._next_s[key] = now_s + self._every_s
-        left_out = self._left_out.pop(key, 0)
-        if left_out:
-            msg += " (and %d more like it since the last such line)"
-            args = (*args, left_out)
-        self._logger.warning(msg, *args)
-        return True
 
 
 def _frame_of(decoded: Any) -> Call | CallResult | CallError:
