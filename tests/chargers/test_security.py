@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -46,76 +44,6 @@ async def test_basic_auth_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
             await wait_for(lambda: other.station("NOBODY").last_refusal == 404, "unknown id refused")
             await wait_for(lambda: other.station("CP1").last_refusal == 400, "wrong subprotocol refused")
         assert r.central.online("CP1")
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def _issue(cwd: Path, name: str, common_name: str, extension: str | None = None) -> None:
-    _openssl(
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        "-subj",
-        f"/CN={common_name}",
-        cwd=cwd,
-    )
-    args = [
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        f"{name}.crt",
-        "-days",
-        "1",
-    ]
-    if extension is not None:
-        (cwd / f"{name}.ext").write_text(extension)
-        args += ["-extfile", f"{name}.ext"]
-    _openssl(*args, cwd=cwd)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throwaway CA, a server certificate for 127.0.0.1 and client certificates."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not available")
-    cwd = tmp_path_factory.mktemp("pki")
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=evdlm test CA",
-        cwd=cwd,
-    )
-    _issue(cwd, "server", "127.0.0.1", "subjectAltName=IP:127.0.0.1\n")
-    _issue(cwd, "CP1", "CP1")
-    return cwd
 
 
 def client_context(pki: Path, certificate: str | None = None) -> ssl.SSLContext:

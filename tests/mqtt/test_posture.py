@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -166,74 +165,9 @@ async def test_subscribe_never_raises_and_is_retried(caplog: pytest.LogCaptureFi
 # ---------------------------------------------------------------------------- TLS
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def _key_and_csr(cwd: Path, name: str, common_name: str) -> None:
-    _openssl(
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        "-subj",
-        f"/CN={common_name}",
-        cwd=cwd,
-    )
-
-
-def _ca(cwd: Path, name: str) -> None:
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.crt",
-        "-days",
-        "1",
-        "-subj",
-        f"/CN={name}",
-        cwd=cwd,
-    )
-
-
-def _sign(cwd: Path, name: str, ca: str, extension: str | None = None) -> None:
-    args = ["x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial"]
-    args += ["-out", f"{name}.crt", "-days", "1"]
-    if extension is not None:
-        (cwd / f"{name}.ext").write_text(extension)
-        args += ["-extfile", f"{name}.ext"]
-    _openssl(*args, cwd=cwd)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for 127.0.0.1, a client certificate, and an unrelated CA."""
-    if shutil.which("openssl") is None or shutil.which("mosquitto") is None:
-        pytest.skip("needs the openssl CLI and mosquitto")
-    cwd = tmp_path_factory.mktemp("mqtt-pki")
-    _ca(cwd, "ca")
-    _ca(cwd, "other-ca")
-    _key_and_csr(cwd, "server", "127.0.0.1")
-    _sign(cwd, "server", "ca", "subjectAltName=IP:127.0.0.1\n")
-    _key_and_csr(cwd, "gateway", "evdlm-gateway")
-    _sign(cwd, "gateway", "ca")
-    return cwd
-
-
 def tls_broker(pki: Path) -> LocalBroker:
+    if shutil.which("mosquitto") is None:
+        pytest.skip("needs mosquitto (the embedded broker has no TLS listener)")
     files = BrokerTls(str(pki / "ca.crt"), str(pki / "server.crt"), str(pki / "server.key"), require_certificate=True)
     return LocalBroker(kind="mosquitto", tls=files)
 
