@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from evdlm import strict_json
-from evdlm.control import load_restrictions, save_restrictions
+from evdlm.restricted_file import load_restrictions, save_restrictions
 from evdlm.state_files import load_state, write_atomically
 
 
