@@ -58,6 +58,7 @@ TARGETS = {
     "violations": "0",
     "stops_per_session": "<= 2",
     "heuristic_p99_ms": "<= 1 at N = 1000",
+    "raises_per_car_hour": "<= 30 (changes per car per hour, cuts excepted)",
 }
 
 
@@ -250,6 +251,11 @@ def run_evdlm(site: Site, visits: list[Visit], scenario: str, hours_start: float
     wait_now = np.zeros(count)
     wait_max = np.zeros(count)
     previous_draw = np.zeros(count)
+    # Limit changes sent to each car (a new value on the wire; lease refreshes are not changes).
+    last_limit = np.full(count, np.nan)
+    raises = np.zeros(count, dtype=int)
+    cuts = np.zeros(count, dtype=int)
+    plugged_s = np.zeros(count)
     heuristic_s: list[float] = []
     chain_s: list[float] = []
     violations = 0
@@ -262,8 +268,17 @@ def run_evdlm(site: Site, visits: list[Visit], scenario: str, hours_start: float
 
     def observe(view: CycleView) -> None:
         nonlocal violations, worst
-        for car in view.cars.values():
+        limits = view.decision.plan.limits
+        for key, car in view.cars.items():
             i = index_of[car.session.transaction_id]
+            plugged_s[i] += view.period_s
+            told = limits.get(key)
+            if told is not None:
+                if not math.isnan(last_limit[i]) and told > last_limit[i] + 1e-9:
+                    raises[i] += 1
+                elif not math.isnan(last_limit[i]) and told < last_limit[i] - 1e-9:
+                    cuts[i] += 1
+                last_limit[i] = told
             delivered[i] = car.delivered_wh / 1000.0
             remaining_wh = car.session.energy_needed_kwh * 1000.0 - car.delivered_wh
             drew = car.draw_a > 0.0
@@ -307,7 +322,21 @@ def run_evdlm(site: Site, visits: list[Visit], scenario: str, hours_start: float
             "wall_s": round(time.perf_counter() - started, 2),
         }
     )
+    summary.update(_changes_per_hour(raises, cuts, plugged_s))
     return summary
+
+
+def _changes_per_hour(raises: np.ndarray, cuts: np.ndarray, plugged_s: np.ndarray) -> dict[str, float]:
+    """Limit changes per car per plugged-in hour: all, cuts excepted (the issue's measure: a
+    cut always goes out), and the worst car's raises per hour (cars plugged in an hour or more)."""
+    hours = float(plugged_s.sum()) / HOUR_S
+    long_stays = plugged_s >= HOUR_S
+    worst = float((raises[long_stays] / (plugged_s[long_stays] / HOUR_S)).max()) if long_stays.any() else 0.0
+    return {
+        "changes_per_car_hour": round(float((raises + cuts).sum()) / hours, 2) if hours else 0.0,
+        "raises_per_car_hour": round(float(raises.sum()) / hours, 2) if hours else 0.0,
+        "max_raises_per_car_hour": round(worst, 2),
+    }
 
 
 # --- least laxity first ----------------------------------------------------------------------
@@ -568,6 +597,7 @@ def _targets(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, bool | N
         "violations": ours["violations"] == 0,
         "stops_per_session": ours["stops_per_session"] <= 2.0,
         "heuristic_p99_ms": (p99 is not None and p99 <= 1.0) if ours["n"] >= 1000 else None,
+        "raises_per_car_hour": ours["raises_per_car_hour"] <= 30.0,
     }
 
 
@@ -577,6 +607,11 @@ def _line(r: dict[str, Any]) -> str:
         if r["scheduler"] == "evdlm"
         else f"solve p50/p99 {r['solve_p50_ms']}/{r['solve_p99_ms']} ms"
     )
+    if "raises_per_car_hour" in r:
+        solve += (
+            f"  changes/car/h {r['changes_per_car_hour']:.2f} (raises {r['raises_per_car_hour']:.2f}, "
+            f"worst car {r['max_raises_per_car_hour']:.1f})"
+        )
     return (
         f"N={r['n']:<5} {r['scenario']:<8} {r['scheduler']:<14} energy {r['energy_pct']:6.2f} %  "
         f"served {r['sessions_served_pct']:6.2f} %  violations {r['violations']}  "

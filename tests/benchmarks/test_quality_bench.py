@@ -48,8 +48,13 @@ def _check(report: dict[str, Any], llf_names: tuple[str, ...]) -> None:
                 "violations",
                 "stops_per_session",
                 "heuristic_p99_ms",
+                "raises_per_car_hour",
             }
             assert r["targets_met"]["heuristic_p99_ms"] is None  # judged at N = 1000 only
+            # Limit changes sent per car and plugged-in hour, cuts included and excepted.
+            assert 0 <= r["raises_per_car_hour"] <= r["changes_per_car_hour"]
+            assert r["max_raises_per_car_hour"] >= 0
+            assert r["targets_met"]["raises_per_car_hour"] is True  # the raise hold: far below 30 per hour
         else:
             assert r["solve_p50_ms"] is not None
 

