@@ -81,7 +81,7 @@ def evse_id(index: int) -> str:
     return f"Q{index + 1:04d}"
 
 
-def build_site(n: int) -> Site:
+def build_site(n: int, horizon: bool = False) -> Site:
     main_a = float(round(MAIN_FRACTION * n * EVSE_MAX_A / 3.0))
     feeders = math.ceil(n / FEEDER_SIZE)
     boards = math.ceil(n / BOARD_SIZE)
@@ -118,7 +118,8 @@ def build_site(n: int) -> Site:
         f"control: {{cycle_period_s: {CYCLE_EVDLM_S:g}, safety_margin_a: 0, safety_margin_kw: 0,"
         f" settle_time_s: {2 * CYCLE_EVDLM_S:g},",
         f"          lease_refresh_s: {CYCLE_EVDLM_S:g}, lease_duration_s: {3 * CYCLE_EVDLM_S:g},",
-        f"          fallback_import_limit_kw: {main_a * 3 * VOLTAGE_V / 1000:.0f}}}",
+        f"          fallback_import_limit_kw: {main_a * 3 * VOLTAGE_V / 1000:.0f},",
+        f"          horizon: {{enabled: {'true' if horizon else 'false'}, every_s: 300, step_s: 900, hours: 16}}}}",
         "recording: {rotate_after_s: 3600}",
     ]
     # Rows, in the same shape for both schedulers.
@@ -540,13 +541,14 @@ def run(
     hours_end: float,
     baseline: str,
     acnportal_max_n: int = ACNPORTAL_MAX_N,
+    horizon: bool = False,
 ) -> dict[str, Any]:
     if baseline == "auto":
         baseline = "acnportal" if acnportal_available() else "reference"
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
     for n in sizes:
-        site = build_site(n)
+        site = build_site(n, horizon)
         visits = workplace_day(n, seed + n, hours_end)
         runners = [run_evdlm, run_llf_reference]
         if baseline == "acnportal" and n <= acnportal_max_n:
@@ -569,6 +571,7 @@ def run(
         "bench": "quality",
         "run_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seed": seed,
+        "horizon_planning": horizon,
         "window_h": [hours_start, hours_end],
         "baseline": f"acnportal {_acnportal_version()} SortedSchedulingAlgo(least_laxity_first) up to N = {acnportal_max_n}, "
         "and the reference LLF of quality_bench.py at every N"
@@ -660,11 +663,25 @@ def main(argv: list[str] | None = None) -> int:
         default=ACNPORTAL_MAX_N,
         help="run acnportal's LLF up to this N (slow above); the reference LLF runs at every N",
     )
+    parser.add_argument(
+        "--horizon",
+        action="store_true",
+        help="evdlm with live horizon planning (control.horizon.enabled: a plan every 5 min feeds admission)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     args = parser.parse_args(argv)
     if args.baseline == "acnportal" and not acnportal_available():
         parser.error("acnportal is not installed: pip install -e '.[bench]' (or --baseline reference)")
-    report = run(args.n, args.scenarios, args.seed, args.hours[0], args.hours[1], args.baseline, args.acnportal_max_n)
+    report = run(
+        args.n,
+        args.scenarios,
+        args.seed,
+        args.hours[0],
+        args.hours[1],
+        args.baseline,
+        args.acnportal_max_n,
+        args.horizon,
+    )
     if args.json:
         print(json.dumps(report, indent=1))
     else:

@@ -356,3 +356,22 @@ def test_jitted_whole_amps_and_keep_equal_their_python_functions(problem: Proble
     running = setpoint > 0
     assert np.all(setpoint[running] >= problem.setpoint_min[running] - 1e-9)
     assert np.all(setpoint[running] <= problem.setpoint_upper[running] + 1e-9)
+
+
+def test_a_planned_share_decides_who_waits_but_never_stops_a_running_car() -> None:
+    # 20 A for three cars: the fill alone keeps the urgent car 0 and defers the relaxed ones.
+    base = one_feeder(20.0, urgency=[10.0, 0.1, 0.1])
+    # A plan that gives car 2 the feeder instead: car 2 runs, car 0 (not yet charging) waits.
+    planned = dataclasses.replace(base, planned_share=np.array([0.0, np.nan, 20.0]))
+    np.testing.assert_array_equal(solve_heuristic(planned).admitted, [False, False, True])
+    # A car already charging keeps at least its own fill share whatever the plan says.
+    running = dataclasses.replace(
+        planned, charging=np.array([True, False, False]), setpoint_previous=np.array([20.0, 0.0, 0.0])
+    )
+    assert solve_heuristic(running).admitted[0]
+
+
+@pytest.mark.parametrize("bad", [-1.0, np.inf])
+def test_a_planned_share_must_be_nan_or_finite_and_not_negative(bad: float) -> None:
+    with pytest.raises(ValueError, match="planned_share"):
+        dataclasses.replace(one_feeder(20.0), planned_share=np.array([bad, np.nan, np.nan]))

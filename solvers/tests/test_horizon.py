@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from evdlm_solvers import HorizonPlan, HorizonProblem, HorizonStatus, plan_horizon, urgency_from_plan
+from evdlm_solvers import HorizonPlan, HorizonProblem, HorizonStatus, first_step_power_kw, plan_horizon
 
 STEP_S = 900.0
 N_STEPS = 96
@@ -92,22 +92,39 @@ def test_base_load_above_the_limit_shows_as_overload_not_failure() -> None:
     assert plan.unmet_energy_kwh[0] == pytest.approx(5.0)
 
 
-def test_urgency_follows_the_first_step() -> None:
+def test_first_step_charges_the_car_that_cannot_wait() -> None:
     # Expensive now, cheap from 04:00: car 0 leaves in 2 h and must charge now anyway,
     # car 1 waits for the cheap hours.
     problem = dataclasses.replace(
         day(energy_kwh=[20.0, 20.0], departure_step=[8, 96], max_power_kw=[11.0, 11.0]),
         import_price_per_kwh=np.where(np.arange(N_STEPS) < 16, 0.40, 0.15),
     )
-    urgency = urgency_from_plan(plan_horizon(problem), problem.max_power_kw)
-    assert urgency.mean() == pytest.approx(1.0)
-    assert urgency[0] > 10 * urgency[1] > 0.0
+    now_kw = first_step_power_kw(plan_horizon(problem))
+    assert now_kw[0] == pytest.approx(11.0, abs=1e-6)
+    assert now_kw[1] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_urgency_needs_a_plan() -> None:
+def test_least_slack_charges_first_where_prices_tie_and_plans_agree() -> None:
+    # A flat price and room for one car at a time: the car that leaves first charges first,
+    # and solving again (as the live planner does every few minutes) gives the same plan.
+    problem = dataclasses.replace(
+        day(
+            energy_kwh=[11.0, 11.0, 11.0],
+            departure_step=[40, 12, 24],
+            max_power_kw=[11.0, 11.0, 11.0],
+            import_limit_kw=16.0,  # 11 kW beside the 5 kW base load
+        ),
+        import_price_per_kwh=np.full(N_STEPS, 0.25),
+    )
+    first = plan_horizon(problem)
+    np.testing.assert_allclose(first_step_power_kw(first), [0.0, 11.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(plan_horizon(problem).power_kw, first.power_kw, atol=1e-9)
+
+
+def test_first_step_needs_a_plan() -> None:
     empty = HorizonPlan(HorizonStatus.ERROR, *(np.zeros(0),) * 6, float("nan"), 0.0)
     with pytest.raises(ValueError, match="no plan"):
-        urgency_from_plan(empty, np.ones(1))
+        first_step_power_kw(empty)
 
 
 def test_inconsistent_shapes_are_refused() -> None:

@@ -26,7 +26,7 @@ from evdlm.core.clock import Clock
 from evdlm.core.decide import Decision, DecisionContext, SolverChoice, decide
 from evdlm.core.memory import ControlMemory, EvseKey
 from evdlm.core.meter_trust import Assessment, MeterTrust, assess, checks_for, flows_for, metered_nodes
-from evdlm.core.problem_builder import BuildInputs, DemandLimits, EvseMode
+from evdlm.core.problem_builder import BuildInputs, BuiltProblem, DemandLimits, EvseMode
 from evdlm.core.restriction import restrictions
 from evdlm.core.types import ChargingCommand, CommandResult, CommandStatus, EvseState, Reading
 from evdlm.dr.engine import Effective
@@ -58,6 +58,20 @@ class DemandSource(Protocol):
     def effective(self, now_s: float) -> Effective: ...
 
 
+class SessionSource(Protocol):
+    # No await, no I/O: the session service handles commands in its own tasks.
+    def overlay(self, states: dict[EvseKey, EvseState], now_s: float) -> dict[EvseKey, EvseState]: ...
+
+    def take_events(self) -> list[dict[str, Any]]: ...
+
+
+class TargetSource(Protocol):
+    # No await, no I/O: the planner plans in its own task and thread.
+    def overlay(self, states: dict[EvseKey, EvseState], now_s: float) -> dict[EvseKey, EvseState]: ...
+
+    def observe(self, built: BuiltProblem, states: dict[EvseKey, EvseState], now_s: float) -> None: ...
+
+
 class StatePublisher(Protocol):
     async def publish_cycle(self, report: CycleReport) -> None: ...
 
@@ -85,6 +99,8 @@ class Controller:
         *,
         metrics: Metrics | None = None,
         demand: DemandSource | None = None,
+        sessions: SessionSource | None = None,
+        planner: TargetSource | None = None,
         battery: BatteryActuator | None = None,
         recorder: RecordingWriter | None = None,
         publisher: StatePublisher | None = None,
@@ -97,6 +113,8 @@ class Controller:
         self.chargers = chargers
         self.metrics = metrics or Metrics(config.site.id)
         self.demand = demand
+        self.sessions = sessions
+        self.planner = planner
         self.battery = battery
         self.recorder = recorder
         self.publisher = publisher
@@ -152,6 +170,10 @@ class Controller:
         meters = self._check_meters(self.readings.snapshot(now_s), now_s)
         readings = meters.readings
         states = self.chargers.evse_states()
+        if self.sessions is not None:  # departure, energy, priority and pause per session
+            states = self.sessions.overlay(states, now_s)
+        if self.planner is not None:  # the horizon plan's power per session now
+            states = self.planner.overlay(states, now_s)
         inputs = BuildInputs(
             now_s=now_s,
             readings=readings,
@@ -180,6 +202,8 @@ class Controller:
             commands_sent = self._dispatch(decision.plan.commands, now_s)
             self._log_changes(decision)
             self._restrict(decision)
+            if self.planner is not None:
+                self.planner.observe(decision.built, states, now_s)
             if self.battery is not None:
                 self._drive_battery(decision.result.allocation.battery_w)
 
@@ -486,6 +510,7 @@ class Controller:
             },
             commands=decision.plan.limits,
             outcome=outcome,
+            events=self.sessions.take_events() if self.sessions is not None else None,
         )
         future.add_done_callback(_log_recording_failure)
 

@@ -25,6 +25,7 @@ from typing import Any
 from evdlm_solvers.heuristic import warm_up
 
 from evdlm import strict_json
+from evdlm.api.http import HttpApiServer
 from evdlm.chargers.ocpp.server import OcppCentralSystem
 from evdlm.config import ConfigError, load_site_config
 from evdlm.config.models import SiteConfig
@@ -35,14 +36,26 @@ from evdlm.core.fleet_kernels import warm_up as warm_up_fleet_kernels
 from evdlm.devices.hub import DeviceHub
 from evdlm.devices.sim.site import SiteSimulation
 from evdlm.dr.service import DrService
+from evdlm.horizon_planner import HorizonPlanner
 from evdlm.mqtt.client import MqttClient, MqttWill
 from evdlm.observability import Metrics
 from evdlm.recording import RecordingWriter
+from evdlm.sessions.service import SessionService
 
 log = logging.getLogger("evdlm.gateway")
 
 RESTRICTIONS_FILE = "var/restricted-evses.json"
-RESTART_SECTIONS = ("chargers", "devices", "modbus_links", "mqtt", "ocpp", "battery", "demand_response", "recording")
+RESTART_SECTIONS = (
+    "chargers",
+    "devices",
+    "modbus_links",
+    "mqtt",
+    "ocpp",
+    "battery",
+    "demand_response",
+    "recording",
+    "http_api",
+)
 
 
 def sd_notify(message: str) -> None:
@@ -113,12 +126,20 @@ class Gateway:
             "MQTT publishes and what the bounded queues dropped",
             lambda: self.mqtt.stats if self.mqtt is not None else None,
         )
+        self.metrics.expose_counters(
+            "evdlm_session_intake",
+            "Session commands over MQTT by what the intake did with them",
+            lambda: self.sessions.stats if self.sessions is not None else None,
+        )
         self.metrics_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
         self.mqtt: MqttClient | None = None
         self.ocpp: OcppCentralSystem | None = None
         self.devices: DeviceHub | None = None
         self.dr: DrService | None = None
+        self.sessions: SessionService | None = None
+        self.planner: HorizonPlanner | None = None
+        self.http_api: HttpApiServer | None = None
         self.controller: Controller | None = None
         self._closed = False
 
@@ -158,6 +179,15 @@ class Gateway:
                 self.dr = await stack.enter_async_context(
                     DrService(config, self.mqtt, self.clock, self.state_dir / config.demand_response.state_file)
                 )
+            # Session commands (MQTT and HTTP) and idTag profiles: read by each cycle, never waited on.
+            self.sessions = await stack.enter_async_context(
+                SessionService(config, self.ocpp, self.clock, client=self.mqtt, metrics=self.metrics)
+            )
+            # Horizon planning: in its own task and thread; the cycle only reads its latest targets.
+            self.planner = await stack.enter_async_context(HorizonPlanner(config, self.clock, self.metrics))
+            if config.http_api is not None and config.http_api.enabled:
+                server = HttpApiServer.from_config(config.http_api, self.base_dir, self.sessions)
+                self.http_api = await stack.enter_async_context(server)
             observability = config.observability
             if observability.metrics_port is not None:
                 self.metrics_port = self.metrics.serve(observability.metrics_host, observability.metrics_port)
@@ -178,6 +208,8 @@ class Gateway:
                 self.ocpp,
                 metrics=self.metrics,
                 demand=self.dr,
+                sessions=self.sessions,
+                planner=self.planner,
                 battery=self.devices.battery_control,
                 recorder=recorder,
                 publisher=MqttStatePublisher(self.mqtt, config.site.id) if self.mqtt is not None else None,
@@ -221,6 +253,10 @@ class Gateway:
             log.warning("reload: %s changed and take effect only after a restart", ", ".join(needs_restart))
             new = new.model_copy(update={section: getattr(self.config, section) for section in needs_restart})
         self.controller.apply_config(new)
+        if self.sessions is not None:
+            self.sessions.apply_config(new)
+        if self.planner is not None:
+            self.planner.apply_config(new)
         self.config = new
         log.info("reload: config applied (%d warnings)", len(loaded.warnings))
         return True

@@ -99,6 +99,12 @@ class Metrics:
         self.commands = Counter(
             "evdlm_commands", "Charging commands by outcome", ["site", "status"], registry=self.registry
         )
+        self.session_commands = Counter(
+            "evdlm_session_commands",
+            "Session commands (departure, energy, priority, pause) by channel and result",
+            ["site", "channel", "result"],
+            registry=self.registry,
+        )
         self.evse_modes = Gauge("evdlm_evses", "EVSEs per mode this cycle", ["site", "mode"], registry=self.registry)
         self.dr_import_limit_w = Gauge(
             "evdlm_dr_import_limit_watts", "DR import limit in force (NaN for none)", ["site"], registry=self.registry
@@ -109,7 +115,21 @@ class Metrics:
         self.grid_import_w = Gauge(
             "evdlm_grid_import_watts", "Measured grid import (NaN when stale)", ["site"], registry=self.registry
         ).labels(**labels)
+        self.horizon_plans = Counter(
+            "evdlm_horizon_plans", "Horizon plans made, by outcome", ["site", "status"], registry=self.registry
+        )
+        self.horizon_plan_seconds = Histogram(
+            "evdlm_horizon_plan_seconds",
+            "Time to make one horizon plan",
+            ["site"],
+            buckets=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
+            registry=self.registry,
+        ).labels(**labels)
         self.site = site_id
+
+    def observe_horizon_plan(self, status: str, seconds: float) -> None:
+        self.horizon_plans.labels(site=self.site, status=status).inc()
+        self.horizon_plan_seconds.observe(seconds)
 
     def expose_counters(self, metric: str, documentation: str, source: Callable[[], Any]) -> None:
         """Publish a component's counter dataclass as ``metric{site, what}``, read at scrape time.

@@ -4,6 +4,8 @@ Format: gzip-compressed JSON lines, one file per segment (``rotate_after_s``). E
 with a header (the site config's YAML text and the control memory at that moment, so a
 segment replays on its own); each cycle line stores only what changed since the previous line
 of the same file (readings, EVSE states, commands), which keeps a quiet 200-EVSE site small.
+A cycle line may carry ``events``: what happened since the previous cycle that is not an input
+itself (session commands and their answers); readers of older recordings find none.
 The stream is sync-flushed every ``flush_period_s`` so a crash loses at most that much; the
 reader accepts a file cut off mid-stream. Old segments are deleted beyond ``max_disk_bytes``.
 """
@@ -69,7 +71,10 @@ def decode_reading(data: dict[str, Any]) -> Reading:
 
 def encode_evse(state: EvseState) -> dict[str, Any]:
     values = ((name, getattr(state, name)) for name in _EVSE_FIELDS)
-    return {name: value for name, value in values if value is not None}
+    encoded = {name: value for name, value in values if value is not None}
+    if not state.paused:
+        del encoded["paused"]  # the default: absent, as in recordings made before sessions could pause
+    return encoded
 
 
 _EVSE_NAMES = frozenset(_EVSE_FIELDS)
@@ -125,6 +130,9 @@ class CycleInputsRecord:
     commands: dict[EvseKey, float]  # the limit every commanded EVSE held after this cycle
     outcome: dict[str, Any]  # status, solver, reason, timings, results
     header: dict[str, Any] | None  # set on the first cycle of each file
+    # What happened between the previous cycle and this one that is not an input as such: session
+    # commands, accepted or rejected ({"type": "session_command", ...}). Absent in older recordings.
+    events: tuple[dict[str, Any], ...] = ()
 
 
 class RecordingWriter:
@@ -191,10 +199,13 @@ class RecordingWriter:
         dr: dict[str, Any],
         commands: dict[EvseKey, float],
         outcome: dict[str, Any],
+        events: list[dict[str, Any]] | None = None,
     ) -> None:
         if self._raw is None or now_s - self._opened_at_s >= self.rotate_after_s:
             self._open(now_s, memory_before)
         line: dict[str, Any] = {"type": "cycle", "t": now_s, "n": cycle, "dr": dr, "outcome": outcome}
+        if events:
+            line["events"] = events
         encoded_readings = {name: encode_reading(r) for name, r in readings.items()}
         line["readings"] = {n: v for n, v in encoded_readings.items() if self._last_readings.get(n) != v}
         encoded_evses = {key_text(k): encode_evse(s) for k, s in evse_states.items()}
@@ -281,5 +292,6 @@ def read_recording(path: Path) -> Iterator[CycleInputsRecord]:
                 commands=commands,
                 outcome=line.get("outcome", {}),
                 header=header,
+                events=tuple(line.get("events", ())),
             )
             header = None

@@ -23,8 +23,8 @@ from evdlm_solvers.horizon import (
     HorizonPlan,
     HorizonProblem,
     HorizonStatus,
+    first_step_power_kw,
     plan_horizon,
-    urgency_from_plan,
 )
 from evdlm_solvers.lp import LpResult, LpStatus, solve_lp
 from evdlm_solvers.problem import (
@@ -66,6 +66,7 @@ __all__ = [
     "admit",
     "check",
     "delivered_power_w",
+    "first_step_power_kw",
     "objective_weight",
     "paused",
     "plan_horizon",
@@ -74,7 +75,6 @@ __all__ = [
     "solve_heuristic",
     "solve_lp",
     "stage_raises",
-    "urgency_from_plan",
     "warm_up",
     "weighted_power",
 ]

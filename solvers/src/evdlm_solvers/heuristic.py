@@ -954,6 +954,7 @@ def _allocate_kernel(
     battery_charge_max_w: float,
     max_events: int,
     defer_by_share: bool,
+    planned_share: FloatArray,
 ) -> tuple[FloatArray, float, BoolArray, int]:
     """The whole heuristic on plain arrays: (setpoint, battery W, admitted, events used).
 
@@ -985,6 +986,12 @@ def _allocate_kernel(
             rise_rate,
             max_events,
         )
+        # A horizon plan's share replaces the fill's for the cars it covers: the plan sees the
+        # hours ahead (prices, departures), the fill only this cycle.
+        for j in range(n_evse):
+            if not math.isnan(planned_share[j]) and eligible[j]:
+                planned = min(planned_share[j], setpoint_upper[j])
+                share[j] = max(share[j], planned) if charging[j] else planned
         keep = _keep_kernel(
             share,
             setpoint_min,
@@ -1127,6 +1134,7 @@ def kernel_arguments(
         problem.battery_charge_max_w,
         int(max_events),
         bool(defer_by_share),
+        problem.planned,
     )
 
 

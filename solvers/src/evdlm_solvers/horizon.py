@@ -21,8 +21,11 @@ import numpy as np
 from evdlm_solvers.problem import FloatArray, IntArray
 
 EARLINESS_COST_PER_KWH = 1e-6
-"""Cost per kWh per step of delay, so that among equally cheap plans the earliest wins
-(a car that leaves early is better off charged)."""
+"""Cost per kWh per step of delay for a car with no slack, so that among equally cheap plans
+the earliest wins (a car that leaves early is better off charged). Each car's cost is this
+over (1 + its laxity in steps): among equally cheap plans the car with the least slack charges
+first, which makes the optimum unique where prices tie, so consecutive plans agree instead of
+HiGHS picking another vertex of the same face each time."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,8 +181,13 @@ def plan_horizon(problem: HorizonProblem, time_limit_s: float = 10.0) -> Horizon
     # Car j's power in step t is column j * n_steps + t.
     can_charge = step[None, :] < problem.departure_step[:, None]
     power_upper = np.where(can_charge, problem.max_power_kw[:, None], 0.0).ravel()
-    # Energy is paid for at the grid columns; the power columns carry only the tie-break.
-    power_cost = np.tile(EARLINESS_COST_PER_KWH * step * step_h, n_evse)
+    # Energy is paid for at the grid columns; the power columns carry only the tie-break:
+    # least laxity (departure minus the steps needed at full power) first, per car.
+    needed_steps = problem.energy_needed_kwh / np.maximum(problem.max_power_kw * step_h, 1e-9)
+    laxity_steps = np.maximum(problem.departure_step - needed_steps, 0.0)
+    # A small index term splits exact ties the same way every time.
+    tie_break = 1.0 / (1.0 + laxity_steps) * (1.0 + 1e-3 * np.arange(n_evse) / max(n_evse, 1))
+    power_cost = (EARLINESS_COST_PER_KWH * tie_break[:, None] * (step * step_h)[None, :]).ravel()
     col_cost = np.concatenate(
         [
             power_cost,
@@ -281,33 +289,15 @@ def plan_horizon(problem: HorizonProblem, time_limit_s: float = 10.0) -> Horizon
     )
 
 
-def urgency_from_plan(
-    plan: HorizonPlan, max_power_kw: FloatArray, floor: float = 0.05
-) -> FloatArray:
-    """Urgency weights for the heuristic from the plan's first step.
+def first_step_power_kw(plan: HorizonPlan) -> FloatArray:
+    """Each car's planned power for the plan's first step, kW (what it should draw now).
 
-    A car the plan charges at full power now is the most urgent; one the plan defers to
-    cheaper hours is the least. Weights are the first step's power over the car's maximum,
-    floored (urgency must be > 0, and a deferred car still gets a small share of spare
-    room) and normalised to mean 1.
-
-    Parameters
-    ----------
-    plan : HorizonPlan
-        An optimal plan.
-    max_power_kw : ndarray, shape (n_evse,)
-        Each car's maximum power, kW.
-    floor : float
-        Smallest weight before normalisation (fraction of the car's maximum).
-
-    Returns
-    -------
-    ndarray, shape (n_evse,)
-        Urgency per car, > 0, mean 1.
+    Raises
+    ------
+    ValueError
+        When ``plan`` is not optimal (it has no power to read).
     """
     if plan.status is not HorizonStatus.OPTIMAL:
-        raise ValueError(f"no plan to take urgency from (status {plan.status.value})")
-    share = plan.power_kw[:, 0] / np.maximum(max_power_kw, 1e-9)
-    urgency = np.maximum(share, floor)
-    normalised: FloatArray = urgency / urgency.mean()
-    return normalised
+        raise ValueError(f"no plan to read (status {plan.status.value})")
+    power: FloatArray = plan.power_kw[:, 0].copy()
+    return power

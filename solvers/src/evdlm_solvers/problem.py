@@ -103,6 +103,11 @@ class Problem:
     battery_coef_row, battery_coef_value : ndarray
         Rows and coefficients (row unit per W) of the battery column: -1 on grid-import
         power rows (discharge adds headroom), +1 on the export row.
+    planned_share : ndarray, shape (n_evse,), optional
+        Setpoint a horizon plan gives the car now, own unit; NaN (the default) where there is
+        none. Admission by fill takes it as the car's share in place of its fill from 0 A: a
+        car planned below its minimum waits (within the maximum wait), one planned above it
+        runs and holds its planned share where the rows allow.
     """
 
     row_headroom: FloatArray
@@ -128,9 +133,12 @@ class Problem:
     battery_charge_max_w: float = 0.0
     battery_coef_row: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
     battery_coef_value: FloatArray = field(default_factory=lambda: np.zeros(0, np.float64))
+    planned_share: FloatArray | None = None
 
     def __post_init__(self) -> None:
         coerce = object.__setattr__
+        if self.planned_share is None:
+            coerce(self, "planned_share", np.full(np.shape(self.coef_indptr)[0] - 1, np.nan))
         for name in (
             "row_headroom",
             "coef_value",
@@ -143,6 +151,7 @@ class Problem:
             "waiting_s",
             "on_time_s",
             "battery_coef_value",
+            "planned_share",
         ):
             coerce(self, name, _float_array(getattr(self, name)))
         for name in ("row_parent", "coef_indptr", "coef_row", "priority", "battery_coef_row"):
@@ -176,6 +185,7 @@ class Problem:
             "urgency",
             "waiting_s",
             "on_time_s",
+            "planned_share",
         ):
             if getattr(self, name).shape != (n_evse,):
                 raise ValueError(f"{name} must have shape ({n_evse},)")
@@ -204,6 +214,9 @@ class Problem:
         ):
             if not np.isfinite(getattr(self, name)).all():
                 raise ValueError(f"{name} must be finite")
+        planned = self.planned[~np.isnan(self.planned)]
+        if not (np.isfinite(planned).all() and (planned >= 0.0).all()):
+            raise ValueError("planned_share must be NaN (none) or finite and >= 0")
         if np.any(self.setpoint_min < 0.0) or np.any(self.ramp_up_max < 0.0):
             raise ValueError("setpoint_min and ramp_up_max must be >= 0")
         if np.any((self.priority < 0) | (self.priority >= PRIORITY_CLASS_COUNT)):
@@ -232,6 +245,12 @@ class Problem:
         """
         ramp_cap = np.maximum(self.setpoint_previous + self.ramp_up_max, self.setpoint_min)
         return np.minimum(self.setpoint_max, ramp_cap)
+
+    @property
+    def planned(self) -> FloatArray:
+        """``planned_share`` as an array (NaN: no plan for the car)."""
+        assert self.planned_share is not None  # filled in by __post_init__
+        return self.planned_share
 
     def with_headroom(self, row_headroom: FloatArray) -> Problem:
         """Return a copy with other headroom (the topology and the EVSEs unchanged)."""

@@ -34,6 +34,9 @@ BrokerUsername = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[
 # real site: the largest grid connections evdlm is meant for are tens of MW.
 MAX_POWER_KW = 100_000.0
 MAX_CURRENT_A = 10_000.0
+# Bounds of session inputs (YAML defaults and operator commands alike): a week's stay, a truck's battery.
+MAX_DWELL_H = 168.0
+MAX_SESSION_ENERGY_KWH = 500.0
 
 
 class StrictModel(BaseModel):
@@ -140,6 +143,18 @@ class Charger(StrictModel):
     )
     priority: int = Field(default=1, ge=0, le=9, description="Priority class, 0 = highest.")
     password: SecretRef | None = Field(default=None, description="OCPP Basic auth password (security profile 1/2).")
+    default_dwell_h: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_DWELL_H,
+        description="Stay assumed for its sessions when neither the car nor a session profile says (departure = start + this).",
+    )
+    default_energy_kwh: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_SESSION_ENERGY_KWH,
+        description="Energy assumed needed by its sessions when neither the car nor a session profile says.",
+    )
 
     @field_validator("phase_rotation")
     @classmethod
@@ -475,6 +490,24 @@ class MeterChecks(StrictModel):
     )
 
 
+class HorizonPlanning(StrictModel):
+    enabled: bool = Field(
+        default=False,
+        description="Plan every car's power over the coming hours (an LP on HiGHS, off the cycle's path) and "
+        "let the plan's first step decide who charges now (the cycle still enforces every fuse).",
+    )
+    every_s: float = Field(default=300.0, ge=30, le=3600, description="A new plan is made this often.")
+    step_s: float = Field(default=900.0, ge=60, le=3600, description="Length of one plan step.")
+    hours: float = Field(default=24.0, gt=0, le=72, description="How far ahead the plan looks.")
+    time_limit_s: float = Field(default=5.0, gt=0, le=60, description="Longest a plan may take to solve.")
+    valid_for_s: float = Field(
+        default=900.0,
+        ge=60,
+        le=7200,
+        description="A plan older than this is not used (the cycle's own fill decides until a new one comes).",
+    )
+
+
 class Control(StrictModel):
     cycle_period_s: float = Field(default=1.0, ge=0.1, le=60, description="Time between control cycles.")
     safety_margin_a: float = Field(default=1.0, ge=0, le=1000, description="Kept free on every current row.")
@@ -513,6 +546,9 @@ class Control(StrictModel):
     meter_checks: MeterChecks = Field(
         default_factory=MeterChecks, description="Plausibility cross-checks of the grid and circuit meters."
     )
+    horizon: HorizonPlanning = Field(
+        default_factory=HorizonPlanning, description="Live horizon planning (per-car power targets)."
+    )
 
     @model_validator(mode="after")
     def _lease(self) -> Control:
@@ -521,6 +557,34 @@ class Control(StrictModel):
         if self.cycle_period_s > self.lease_refresh_s:
             raise ValueError("cycle_period_s must not exceed lease_refresh_s")
         return self
+
+
+class SessionProfile(StrictModel):
+    """Session defaults for the cars whose idTag matches (fleet cards, visitors, staff)."""
+
+    name: Identifier = Field(description="Profile name (logs, session state).")
+    id_tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1,
+        description="idTags (OCPP 1.6 idTag, 2.0.1 idToken), exact or glob patterns (* ? [..]); compared case-insensitively.",
+    )
+    priority: int | None = Field(default=None, ge=0, le=9, description="Priority class of these sessions, 0 = highest.")
+    default_dwell_h: float | None = Field(
+        default=None, gt=0, le=MAX_DWELL_H, description="Stay assumed when the car announces no departure."
+    )
+    default_energy_kwh: float | None = Field(
+        default=None, gt=0, le=MAX_SESSION_ENERGY_KWH, description="Energy assumed when the car announces none."
+    )
+
+
+class HttpApi(StrictModel):
+    """The HTTP API (session inputs; the operator view adds its routes here)."""
+
+    enabled: bool = Field(default=True, description="Serve the HTTP API.")
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="TCP port; 0 picks a free port (tests).")
+    token: SecretRef | None = Field(
+        default=None, description="Bearer token every request must carry ({env: NAME} or {file: path})."
+    )
 
 
 class Recording(StrictModel):
@@ -564,6 +628,11 @@ class SiteConfig(StrictModel):
     control: Control = Field(description="Settings of the control cycle.")
     recording: Recording = Field(default_factory=Recording, description="Cycle recordings for replay.")
     observability: Observability = Field(default_factory=Observability, description="Metrics and logs.")
+    session_profiles: list[SessionProfile] = Field(
+        default_factory=list,
+        description="Session defaults by idTag; the first profile whose idTags match a session applies (exact before glob).",
+    )
+    http_api: HttpApi | None = Field(default=None, description="The HTTP API (omit: not served).")
 
     def iter_circuits(self) -> list[tuple[Circuit, Circuit | None]]:
         """Every circuit with its parent (None for top level), depth first."""

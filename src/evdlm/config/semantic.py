@@ -276,6 +276,45 @@ def security_findings(config: SiteConfig) -> list[Finding]:
                 "warning",
             )
         )
+    api = config.http_api
+    if api is not None and api.enabled and api.token is None and not is_loopback(api.host):
+        findings.append(
+            Finding(
+                ("http_api", "token"),
+                f"the HTTP API on {api.host}:{api.port} has no token: anyone who reaches the port can pause any "
+                "car and change every session's departure, energy and priority; set token ({env: NAME}) or "
+                "listen on 127.0.0.1 behind a reverse proxy that authenticates",
+                "warning",
+            )
+        )
+    return findings
+
+
+def _session_profile_findings(config: SiteConfig) -> list[Finding]:
+    findings = _duplicates(
+        ((p.name, ("session_profiles", i)) for i, p in enumerate(config.session_profiles)), "session profile name"
+    )
+    seen: dict[str, str] = {}
+    for index, profile in enumerate(config.session_profiles):
+        if profile.priority is None and profile.default_dwell_h is None and profile.default_energy_kwh is None:
+            findings.append(
+                Finding(
+                    ("session_profiles", index),
+                    f"session profile {profile.name} sets neither priority nor default_dwell_h nor default_energy_kwh",
+                    "warning",
+                )
+            )
+        for position, tag in enumerate(profile.id_tags):
+            folded = tag.casefold()
+            if folded in seen and seen[folded] != profile.name:
+                findings.append(
+                    Finding(
+                        ("session_profiles", index, "id_tags", position),
+                        f"idTag {tag!r} is also listed by session profile {seen[folded]}, which wins (the first does)",
+                        "warning",
+                    )
+                )
+            seen.setdefault(folded, profile.name)
     return findings
 
 
@@ -294,6 +333,9 @@ def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
             ((p.id, ("demand_response", "programs", i)) for i, p in enumerate(config.demand_response.programs)),
             "DR program id",
         )
+    findings += _session_profile_findings(config)
+    if config.http_api is not None:
+        findings += _secret_findings(config.http_api.token, ("http_api", "token"), base_dir)
     circuits = {circuit.id: circuit for circuit, _, _ in circuit_entries}
 
     for circuit, loc, parent in circuit_entries:

@@ -194,9 +194,12 @@ class SlotTable:
     S_EV_MAX_A,
     S_ENERGY_NEEDED,
     S_DEPARTURE,
-) = range(15)
-STATE_FIELDS = 15
-_ABSENT_STATE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, NAN, 0.0, NAN, NAN, NAN, NAN, NAN, NAN, NAN)
+    S_PRIORITY,  # the session's priority class (NaN: the charger's)
+    S_PAUSED,  # 1: held at 0 by a session command
+    S_PLANNED_W,  # the horizon plan's power for the session now, W (NaN: none)
+) = range(18)
+STATE_FIELDS = 18
+_ABSENT_STATE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, NAN, 0.0, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0.0, NAN)
 
 
 def _state_row(state: EvseState) -> tuple[float, ...]:
@@ -230,6 +233,9 @@ def _state_row(state: EvseState) -> tuple[float, ...]:
         NAN if ev_max_a is None else float(ev_max_a),
         NAN if needed_wh is None else float(needed_wh),
         NAN if departure_at_s is None else float(departure_at_s),
+        NAN if state.priority is None else float(state.priority),
+        float(state.paused),
+        NAN if state.planned_power_w is None else float(state.planned_power_w),
     )
 
 

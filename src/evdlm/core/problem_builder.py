@@ -32,7 +32,10 @@ from evdlm.config.models import Battery, Control
 from evdlm.core import fleet_kernels as kernels
 from evdlm.core.fleet import (
     M_CUT_FROM,
+    S_PAUSED,
+    S_PLANNED_W,
     S_PRESENT,
+    S_PRIORITY,
     FleetCache,
     MemoryColumns,
     SlotTable,
@@ -467,6 +470,14 @@ def _columns(
         URGENCY_MIN,
         URGENCY_MAX,
     )
+    # Session inputs (evdlm.core.session_inputs): a paused car may only stay at 0, and a session
+    # may have a priority class of its own.
+    session = states.values[columns]
+    highest = np.where(session[:, S_PAUSED] > 0, 0.0, highest)
+    priority = np.where(np.isnan(session[:, S_PRIORITY]), slots.priority[columns], session[:, S_PRIORITY])
+    # The horizon plan's power now, in each column's own unit (NaN: no plan for the car).
+    planned_w = session[:, S_PLANNED_W]
+    planned_share = np.where(np.isfinite(planned_w) & (planned_w >= 0.0), planned_w, np.nan) / power_per_unit_w
 
     discharge_max_w = charge_max_w = 0.0
     battery = settings.battery
@@ -499,7 +510,8 @@ def _columns(
         setpoint_previous=previous,
         ramp_up_max=ramp,
         charging=previous > 0,
-        priority=slots.priority[columns],
+        priority=priority.astype(np.int64),
+        planned_share=planned_share,
         urgency=urgency,
         waiting_s=waiting_s,
         on_time_s=on_time_s,

@@ -100,6 +100,16 @@ class EvseState:
     # The session began before this process (or this connection) learnt of it: a status or meter
     # values named it, not its start. A restarted controller takes such a car from where it is.
     resumed: bool = False
+    # The session's identity token (OCPP 1.6 StartTransaction idTag, 2.0.1 idToken.idToken).
+    id_tag: str | None = None
+    # When the session started (the charger's timestamp when plausible, else when we learnt of it).
+    session_started_at_s: float | None = None
+    # Set by the session inputs overlay (evdlm.core.session_inputs), never by a charger link:
+    priority: int | None = None  # priority class for this session (None: the charger's)
+    paused: bool = False  # held at 0 A until resumed or the session ends
+    # Set by the horizon planner's overlay (evdlm.core.horizon_targets): the power the plan gives
+    # this session now, W (None: no plan for it).
+    planned_power_w: float | None = None
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,11 @@ Grid + = import. A limit counts as exceeded only above ``tolerance_w`` (meter no
 
 from __future__ import annotations
 
-from datetime import time as clock_time
-
 import numpy as np
 import pandas as pd
 
 from evdlm.config.models import Tariffs
+from evdlm.core.tariff import import_price_at
 from evdlm.replay.frames import Run
 
 TOLERANCE_W = 500.0
@@ -203,27 +202,11 @@ def pv_self_consumption(run: Run) -> pd.DataFrame:
     )
 
 
-def _period_matches(start: clock_time, end: clock_time, at: clock_time) -> bool:
-    if end == clock_time(0, 0):
-        return at >= start
-    if start <= end:
-        return start <= at < end
-    return at >= start or at < end  # across midnight
-
-
 def import_price(tariffs: Tariffs, times: pd.DatetimeIndex) -> np.ndarray:
     """Import price per kWh at each time (site-local times; the first matching period wins)."""
-    weekdays = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
     # Prices change at most every minute: evaluate once per distinct local minute.
     codes, minutes = pd.factorize(times.floor("min"))
-    unique_prices = np.empty(len(minutes))
-    for index, stamp in enumerate(minutes):
-        price = tariffs.default_import_price_per_kwh
-        for period in tariffs.periods:
-            if weekdays[stamp.weekday()] in period.days and _period_matches(period.start, period.end, stamp.time()):
-                price = period.import_price_per_kwh
-                break
-        unique_prices[index] = price
+    unique_prices = np.array([import_price_at(tariffs, stamp.to_pydatetime()) for stamp in minutes])
     prices: np.ndarray = unique_prices[codes]
     return prices
 

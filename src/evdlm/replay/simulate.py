@@ -27,6 +27,7 @@ from evdlm.config import parse_site_config
 from evdlm.config.models import DeviceRole, SiteConfig
 from evdlm.core.clock import FakeClock
 from evdlm.core.decide import Decision, DecisionContext, SolverChoice, decide
+from evdlm.core.horizon_targets import NO_TARGETS, PlanSnapshot, overlay_targets, plan_targets
 from evdlm.core.memory import ControlMemory
 from evdlm.core.problem_builder import BuildInputs, DemandLimits
 from evdlm.core.topology import GRID_NODE, build_topology
@@ -150,6 +151,8 @@ def simulate(
     for session in sorted(spec.sessions, key=lambda s: s.arrival_s):
         sessions_by_evse.setdefault((session.charger_id, session.evse_id), []).append(session)
     failsafe_a = config.ocpp.failsafe_current_a
+    horizon = config.control.horizon
+    targets = NO_TARGETS
 
     writer = (
         RecordingWriter(
@@ -295,8 +298,12 @@ def simulate(
                 "mode": "NORMAL",
                 "events": [window.event_id for window in active],
             }
+            if horizon.enabled:  # the live planner's schedule, in simulated time
+                states = overlay_targets(states, targets, now_s)
             inputs = BuildInputs(now_s, readings, states, memory, DemandLimits(import_cap_w, None), None)
             decision = decide(context, inputs)
+            if horizon.enabled and now_s - targets.planned_at_s >= horizon.every_s:
+                targets = plan_targets(topology, config, PlanSnapshot(now_s, decision.built, states))
             commands = decision.plan.limits
             for key, limit in commands.items():
                 if key in cars:

@@ -59,6 +59,8 @@ RESTRICTION_RETRY_MAX_S = 900.0
 # 2.0.1 StopTxOnInvalidId); one still running after this long is stopped by evdlm. Also how long
 # a transaction may take to end after an accepted stop request.
 STOP_GRACE_S = 10.0
+# A charger's session start older than this (or ahead of our clock) is its clock, not the session's.
+MAX_SESSION_AGE_S = 7 * 86400.0
 
 Job = Callable[[], Awaitable[None]]
 
@@ -254,10 +256,33 @@ class ChargerLink:
         """1.6 transaction ids are ours to assign; unique per charger while this process runs."""
         return next(self._transaction_ids)
 
-    def transaction_started(self, evse_id: int, transaction_id: str, *, refused_by: str | None = None) -> None:
-        """A new transaction; ``refused_by`` names the message we answered Blocked (restricted EVSE)."""
+    def transaction_started(
+        self,
+        evse_id: int,
+        transaction_id: str,
+        *,
+        refused_by: str | None = None,
+        id_tag: str | None = None,
+        started_at_s: float | None = None,
+    ) -> None:
+        """A new transaction; ``refused_by`` names the message we answered Blocked (restricted EVSE).
+
+        ``started_at_s`` is the charger's timestamp of the start: used when plausible (not ahead
+        of our clock, at most a week old: a session queued while offline), else the time now.
+        """
         evse = self._evses.get(evse_id)
-        self._update(evse_id, connected=True, charging=True, transaction_id=transaction_id, resumed=False)
+        now_s = self.clock.now_s()
+        if started_at_s is None or not now_s - MAX_SESSION_AGE_S <= started_at_s <= now_s:
+            started_at_s = now_s
+        self._update(
+            evse_id,
+            connected=True,
+            charging=True,
+            transaction_id=transaction_id,
+            resumed=False,
+            id_tag=id_tag,
+            session_started_at_s=started_at_s,
+        )
         if evse is None:
             return
         evse.sequence += 1
@@ -279,15 +304,26 @@ class ChargerLink:
         if evse is None:
             return
         evse.sequence += 1
+        transaction_id = transaction_id or evse.state.transaction_id
+        same = transaction_id is not None and transaction_id == evse.state.transaction_id
         self._update(
             evse_id,
             connected=True,
             charging=True,
-            transaction_id=transaction_id or evse.state.transaction_id,
+            transaction_id=transaction_id,
             resumed=True,
+            # Its start is not known: from when we learnt of it (a dwell default counts from here).
+            session_started_at_s=evse.state.session_started_at_s if same else self.clock.now_s(),
+            id_tag=evse.state.id_tag if same else None,
         )
         if evse.restriction is not None:
             self._stop_restricted(evse_id, evse)
+
+    def session_identified(self, evse_id: int, id_tag: str) -> None:
+        """The running session's idTag, learnt after its start (2.0.1: a token presented later)."""
+        evse = self._evses.get(evse_id)
+        if evse is not None and evse.state.transaction_id is not None and evse.state.id_tag != id_tag:
+            self._update(evse_id, id_tag=id_tag)
 
     def charging(self, evse_id: int) -> bool:
         evse = self._evses.get(evse_id)
@@ -303,7 +339,15 @@ class ChargerLink:
                 transaction_id is not None and evse.state.transaction_id == transaction_id
             ):
                 ended = _in_transaction(evse) or evse.lease is not None
-                self._update(candidate_id, charging=False, transaction_id=None, phase_current_a=None, power_w=None)
+                self._update(
+                    candidate_id,
+                    charging=False,
+                    transaction_id=None,
+                    phase_current_a=None,
+                    power_w=None,
+                    id_tag=None,
+                    session_started_at_s=None,
+                )
                 return candidate_id if ended else None
         return None
 

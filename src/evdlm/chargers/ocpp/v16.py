@@ -13,6 +13,7 @@ from evdlm.chargers.ocpp.parse import (
     SAMPLED_MEASURANDS,
     iso_utc,
     parse_configuration_16,
+    parse_iso_s,
     profile_payload_16,
 )
 from evdlm.chargers.ocpp.session import WIRE_LOG, SessionBase, after_route, route
@@ -119,7 +120,11 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
         transaction_id = self.link.next_transaction_id()
         restricted = self.link.restriction(connector_id) is not None
         self.link.transaction_started(
-            connector_id, str(transaction_id), refused_by="StartTransaction" if restricted else None
+            connector_id,
+            str(transaction_id),
+            refused_by="StartTransaction" if restricted else None,
+            id_tag=id_tag,
+            started_at_s=parse_iso_s(timestamp),
         )
         status = "Blocked" if restricted else "Accepted"
         return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info={"status": status})

@@ -13,6 +13,7 @@ from evdlm.chargers.ocpp.parse import (
     SAMPLED_MEASURANDS,
     iso_utc,
     parse_charging_needs,
+    parse_iso_s,
     parse_variables_201,
     profile_payload_201,
 )
@@ -112,6 +113,8 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
         evse = kwargs.get("evse")
         evse_id = evse["id"] if evse else self.link.evse_of_transaction(transaction_id)
         has_token = kwargs.get("id_token") is not None
+        token = kwargs.get("id_token") or {}
+        id_tag = token.get("id_token") if isinstance(token, dict) and isinstance(token.get("id_token"), str) else None
         # A restricted EVSE takes no new session: a token presented for it is Blocked (the
         # station then ends the transaction, StopTxOnInvalidId); one that started without a
         # token is stopped by the link.
@@ -121,9 +124,17 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
         refused_by = f"TransactionEvent {event_type}" if refuse else None
         if evse_id is not None and event_type != "Ended" and self.link.evse_of_transaction(transaction_id) is None:
             # Started, or an Updated for a transaction begun while we were apart: take it up.
-            self.link.transaction_started(evse_id, transaction_id, refused_by=refused_by)
+            self.link.transaction_started(
+                evse_id,
+                transaction_id,
+                refused_by=refused_by,
+                id_tag=id_tag,
+                started_at_s=parse_iso_s(timestamp) if event_type == "Started" else None,
+            )
         elif refused_by is not None and evse_id is not None:
             self.link.refused(evse_id, refused_by)
+        elif id_tag is not None and evse_id is not None and event_type != "Ended":
+            self.link.session_identified(evse_id, id_tag)
         meter_value = kwargs.get("meter_value")
         if evse_id is not None and meter_value:
             self.meter_sample(evse_id, meter_value)

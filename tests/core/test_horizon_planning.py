@@ -1,0 +1,157 @@
+"""Live horizon planning: the plan's first step becomes per-session targets the cycle lays on the
+EVSE states, recorded, replayed exactly, and planned off the cycle's path."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+
+from evdlm.config import parse_site_config
+from evdlm.core.clock import FakeClock
+from evdlm.core.decide import DecisionContext, SolverChoice, decide
+from evdlm.core.horizon_targets import NO_TARGETS, PlanSnapshot, PlanTargets, overlay_targets, plan_targets
+from evdlm.core.memory import ControlMemory
+from evdlm.core.problem_builder import BuildInputs, DemandLimits
+from evdlm.core.topology import build_topology
+from evdlm.core.types import EvseState, Quality, Reading
+from evdlm.horizon_planner import HorizonPlanner
+from evdlm.recording import read_recording
+from evdlm.replay import replay_recording
+from evdlm.replay.sample import workplace_day_spec
+from evdlm.replay.simulate import simulate
+
+NOW_S = 1_781_600_000.0
+# Two 32 A 1-phase chargers on a 40 A main fuse: one car can run at full power, not two.
+SITE = """
+site: {id: plan}
+grid: {import_limit_kw: 50, phase_current_limit_a: 40, meter: grid}
+circuits: [{id: garage, phase_current_limit_a: 40}]
+chargers:
+  - {id: A, ocpp_version: "1.6", circuit: garage, kind: ac_1phase, max_current_a: 32}
+  - {id: B, ocpp_version: "1.6", circuit: garage, kind: ac_1phase, max_current_a: 32}
+modbus_links: [{name: lan, type: tcp, host: 127.0.0.1}]
+devices:
+  - {name: grid, role: grid_meter, modbus: {link: lan, profile: sunspec}}
+tariffs:
+  default_import_price_per_kwh: 0.30
+  periods: [{start: '00:00', end: '06:00', import_price_per_kwh: 0.10}]
+control: {fallback_import_limit_kw: 20, safety_margin_a: 0, ramp_up_a_per_s: 100, horizon: {enabled: true}}
+"""
+
+
+def _state(charger: str, transaction: str, **needs: float) -> EvseState:
+    return EvseState(
+        charger_id=charger,
+        evse_id=1,
+        online=True,
+        connected=True,
+        charging=True,
+        updated_at_s=NOW_S,
+        transaction_id=transaction,
+        phase_current_a=(0.0, 0.0, 0.0),
+        sampled_at_s=NOW_S,
+        **needs,  # type: ignore[arg-type]
+    )
+
+
+def _snapshot(states: dict[tuple[str, int], EvseState]) -> tuple[object, PlanSnapshot]:
+    config = parse_site_config(SITE, "<test>").config
+    context = DecisionContext.from_config(config, SolverChoice.CHAIN)
+    grid = Reading("grid", NOW_S, Quality.OK, power_w=1000.0, phase_current_a=(4.0, 1.0, 1.0))
+    decision = decide(context, BuildInputs(NOW_S, {"grid": grid}, states, ControlMemory(), DemandLimits(None, None)))
+    return config, PlanSnapshot(NOW_S, decision.built, states)
+
+
+def test_the_car_that_leaves_first_is_planned_now_and_the_other_waits() -> None:
+    # 2026-06-16 09:33 UTC: expensive all day; A leaves in 2 h needing 14 kWh, B in 9 h needing 14 kWh.
+    states = {
+        ("A", 1): _state("A", "tA", departure_at_s=NOW_S + 2 * 3600, energy_needed_wh=14_000),
+        ("B", 1): _state("B", "tB", departure_at_s=NOW_S + 9 * 3600, energy_needed_wh=14_000),
+    }
+    config, snapshot = _snapshot(states)
+    targets = plan_targets(build_topology(config), config, snapshot)  # type: ignore[arg-type]
+    assert targets.status == "optimal"
+    assert targets.power_w[("A", 1)] == ("tA", pytest.approx(7360.0, abs=1.0))  # 32 A x 230 V
+    assert targets.power_w[("B", 1)][1] < 2000.0  # the rest of the 40 A fuse at most
+    assert targets.valid_until_s == NOW_S + config.control.horizon.valid_for_s  # type: ignore[attr-defined]
+    assert targets.unmet_energy_kwh == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_car_that_told_nothing_gets_no_target_and_a_plan_of_another_session_is_not_used() -> None:
+    states = {
+        ("A", 1): _state("A", "tA", departure_at_s=NOW_S + 3600, energy_needed_wh=5_000),
+        ("B", 1): _state("B", "tB"),  # no departure, no energy: its fill decides
+    }
+    config, snapshot = _snapshot(states)
+    targets = plan_targets(build_topology(config), config, snapshot)  # type: ignore[arg-type]
+    assert set(targets.power_w) == {("A", 1)}
+    laid = overlay_targets(states, targets, NOW_S + 60)
+    assert laid[("A", 1)].planned_power_w == targets.power_w[("A", 1)][1]
+    assert laid[("B", 1)].planned_power_w is None
+    # Another car at A (a new transaction), or the plan expired: no target.
+    other = {("A", 1): dataclasses.replace(states[("A", 1)], transaction_id="tA2")}
+    assert overlay_targets(other, targets, NOW_S + 60)[("A", 1)].planned_power_w is None
+    assert overlay_targets(states, targets, targets.valid_until_s)[("A", 1)].planned_power_w is None
+    assert overlay_targets(states, NO_TARGETS, NOW_S) == states
+
+
+def test_a_target_decides_who_runs_in_the_cycle() -> None:
+    # The fill alone gives the 40 A fuse to A, which leaves first; a plan (say, B's owner pays for
+    # speed, or A is cheaper later) that puts B at full power and A at 0 makes B run and A wait.
+    states = {
+        ("A", 1): _state("A", "tA", departure_at_s=NOW_S + 2 * 3600, energy_needed_wh=14_000),
+        ("B", 1): _state("B", "tB", departure_at_s=NOW_S + 9 * 3600, energy_needed_wh=14_000),
+    }
+    config, _ = _snapshot(states)
+    context = DecisionContext.from_config(config, SolverChoice.CHAIN)  # type: ignore[arg-type]
+    grid = Reading("grid", NOW_S, Quality.OK, power_w=1000.0, phase_current_a=(4.0, 1.0, 1.0))
+    without = decide(context, BuildInputs(NOW_S, {"grid": grid}, states, ControlMemory(), DemandLimits(None, None)))
+    assert (without.plan.limits[("A", 1)], without.plan.limits[("B", 1)]) == (32.0, 0.0)
+    targets = PlanTargets(NOW_S, NOW_S + 900, {("A", 1): ("tA", 0.0), ("B", 1): ("tB", 7360.0)}, "optimal", 0.01, 0.0)
+    laid = overlay_targets(states, targets, NOW_S)
+    planned = decide(context, BuildInputs(NOW_S, {"grid": grid}, laid, ControlMemory(), DemandLimits(None, None)))
+    assert (planned.plan.limits[("A", 1)], planned.plan.limits[("B", 1)]) == (0.0, 32.0)
+
+
+def test_planned_targets_are_recorded_and_replay_exactly(tmp_path: Path) -> None:
+    day = workplace_day_spec()
+    text = day.config_text.replace("rotation_period_s: 900}", "rotation_period_s: 900, horizon: {enabled: true}}")
+    assert text != day.config_text
+    spec = dataclasses.replace(day, config_text=text, start_s=day.start_s + 8 * 3600.0, duration_s=15 * 60.0)
+    simulate(spec, tmp_path)
+    planned = [
+        state.planned_power_w
+        for record in read_recording(tmp_path)
+        for state in record.evse_states.values()
+        if state.planned_power_w is not None
+    ]
+    assert planned and all(math.isfinite(watts) and watts >= 0.0 for watts in planned)
+    result = replay_recording(tmp_path)
+    assert result.cycles > 0 and result.differing_cycles == 0
+
+
+async def test_the_planner_plans_in_its_own_task_and_the_cycle_only_reads() -> None:
+    states = {("A", 1): _state("A", "tA", departure_at_s=NOW_S + 2 * 3600, energy_needed_wh=14_000)}
+    config, snapshot = _snapshot(states)
+    async with HorizonPlanner(config, FakeClock(NOW_S)) as planner:  # type: ignore[arg-type]
+        assert planner.overlay(states, NOW_S)[("A", 1)].planned_power_w is None  # nothing planned yet
+        planner.observe(snapshot.built, states, NOW_S)
+        targets = await planner.plan_now()
+        assert targets is not None and targets.status == "optimal"
+        assert planner.overlay(states, NOW_S + 1)[("A", 1)].planned_power_w == pytest.approx(7360.0, abs=1.0)
+        assert planner.plans_made == 1
+        # Switched off by a reload: the cycle no longer uses targets.
+        off = config.model_copy(  # type: ignore[attr-defined]
+            update={
+                "control": config.control.model_copy(
+                    update={"horizon": config.control.horizon.model_copy(update={"enabled": False})}
+                )
+            }  # type: ignore[attr-defined]
+        )
+        planner.apply_config(off)
+        assert planner.overlay(states, NOW_S + 2)[("A", 1)].planned_power_w is None
+    await asyncio.sleep(0)
