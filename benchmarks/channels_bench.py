@@ -2,7 +2,7 @@
 
 A gateway runs a loopback site in this process: the real gateway (OCPP server, device hub on an
 in-process site simulation, MQTT client, DR service, state publisher, controller), a real
-mosquitto (``evdlm.mqtt.broker.LocalBroker``, its per-client queue raised so floods reach the
+mosquitto (``evdlm.sim.broker.LocalBroker``, its per-client queue raised so floods reach the
 gateway whole) and simulated OCPP stations with cars charging. Attacks come from child
 processes (``--attack``: paho for MQTT, ``websockets`` for OCPP), so their own CPU is not on
 the gateway's event loop. Scenarios, in order:
@@ -70,7 +70,7 @@ def dr_event(
     event_id: str, limit_kw: float, start_s: float, duration_s: float, now_s: float, program: str = "dso"
 ) -> dict[str, Any]:
     """The simulated utility's event, modified 5 s ago, answered only as the program says."""
-    from evdlm.simsite import dr_event as utility_event
+    from evdlm.sim.site import dr_event as utility_event
 
     event = utility_event(SITE_ID, program, event_id, start_s, duration_s, limit_kw, now_s - 5)
     event["x-dlm"] = {"schemaVersion": 1}
@@ -286,9 +286,12 @@ class Bench:
     async def start_gateway(self) -> None:
         from evdlm.core.clock import SystemClock
         from evdlm.gateway import Gateway
+        from evdlm.sim.site_physics import sim_readers
 
         self.watch.first_cycle_at = None
-        self.gateway = Gateway(self.config, SystemClock(), state_dir=self.workdir, simulation=self.simulation)
+        clock = SystemClock()
+        readers = sim_readers(self.config, self.simulation, clock)
+        self.gateway = Gateway(self.config, clock, state_dir=self.workdir, readers=readers)
         await self.gateway.__aenter__()
         self.stop = asyncio.Event()
         self.runner = asyncio.create_task(self.gateway.run(self.stop, on_cycle=self.watch.on_cycle), name="gateway")
@@ -390,13 +393,13 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from evdlm.chargers.sim.ev import Car
-    from evdlm.chargers.sim.fleet import SimFleet, site_phase_currents
     from evdlm.core.clock import SystemClock
-    from evdlm.devices.sim.servers import circuit_specs_for, sim_params_for
-    from evdlm.devices.sim.site import SiteSimulation
-    from evdlm.mqtt.broker import LocalBroker, free_port
     from evdlm.mqtt.client import MqttClient, MqttMessage
+    from evdlm.sim.broker import LocalBroker, free_port
+    from evdlm.sim.ev import Car
+    from evdlm.sim.fleet import SimFleet, site_phase_currents
+    from evdlm.sim.modbus_servers import circuit_specs_for, sim_params_for
+    from evdlm.sim.site_physics import SiteSimulation
 
     wanted = [name for name in args.scenarios.split(",") if name]
     unknown = set(wanted) - set(SCENARIOS)

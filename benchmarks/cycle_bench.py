@@ -47,16 +47,16 @@ from measure import cpu_s, percentile, rss_mb
 
 import evdlm.control
 import evdlm.core.decide
-from evdlm.chargers.sim.ev import Car
-from evdlm.chargers.sim.fleet import SimFleet, site_phase_currents
 from evdlm.config import load_site_config
 from evdlm.config.models import SiteConfig
 from evdlm.control import CycleReport
 from evdlm.core.clock import SystemClock
 from evdlm.core.types import CommandStatus
-from evdlm.devices.sim.servers import SiteSimulators, circuit_specs_for, sim_params_for
-from evdlm.devices.sim.site import SiteSimulation
 from evdlm.gateway import Gateway
+from evdlm.sim.ev import Car
+from evdlm.sim.fleet import SimFleet, site_phase_currents
+from evdlm.sim.modbus_servers import SiteSimulators, circuit_specs_for, sim_params_for
+from evdlm.sim.site_physics import SiteSimulation
 
 STRESS_SITE = Path(__file__).resolve().parents[1] / "site_configs" / "stress-1000.yaml"
 

@@ -1,6 +1,6 @@
 """DR latency: how soon after a demand-response limit takes effect do the chargers and the site follow?
 
-A simulated site (``evdlm.simsite``: Modbus grid meter, MQTT broker, the real gateway and one
+A simulated site (``evdlm.sim.site``: Modbus grid meter, MQTT broker, the real gateway and one
 simulated OCPP station per charger, every EVSE with a car charging; real clock) runs until its
 import is steady; then a utility publishes an IMPORT_CAPACITY_LIMIT event (retained, on
 ``dr/{site}/events/{id}``) that starts ``--lead-s`` ahead (the starts of successive events
@@ -44,14 +44,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from evdlm.chargers.sim.ev import Car
 from evdlm.config.models import SiteConfig
 from evdlm.control import CycleReport
 from evdlm.core.clock import SystemClock
 from evdlm.core.memory import EvseKey
 from evdlm.core.types import CommandStatus
-from evdlm.devices.sim.servers import sim_params_for
-from evdlm.simsite import SimulatedSite, dr_event, simulated_site
+from evdlm.sim.ev import Car
+from evdlm.sim.modbus_servers import sim_params_for
+from evdlm.sim.site import SimulatedSite, dr_event, simulated_site
 
 ROTATIONS = ("L1-L2-L3", "L2-L3-L1", "L3-L1-L2")
 

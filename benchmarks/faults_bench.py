@@ -8,7 +8,7 @@ whose 63 A per-phase fuse is the only binding limit (import limit 50 kW, above 3
 SunSpec cases), a flat building load of 10.5 A per phase with a ±2 % flicker, no PV, no battery,
 and three 3-phase chargers each with a car that wants 32 A: 96 A per phase if nobody stops them.
 
-Each fault runs on its own simulated site (``evdlm.simsite``: the real gateway against the
+Each fault runs on its own simulated site (``evdlm.sim.site``: the real gateway against the
 loopback Modbus simulator and OCPP station simulators, a :class:`ScaledClock`): the cars charge
 for ``--warm-up-s`` (steady state, every reading true), then the grid meter's unit gets the
 fault (``evdlm.devices.sim.servers.Fault``) and the site runs ``--fault-s`` more. Per cycle:
@@ -72,18 +72,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from evdlm.chargers.sim.ev import Car
-from evdlm.chargers.sim.fleet import site_phase_currents
-from evdlm.chargers.sim.station import Misbehaviour
 from evdlm.config import load_site_config
 from evdlm.config.models import SiteConfig
 from evdlm.control import CycleReport
 from evdlm.core.clock import ScaledClock
 from evdlm.core.types import Quality
-from evdlm.devices.sim.servers import Fault, SimUnit, SunSpecUnit
-from evdlm.devices.sim.site import SiteSimParams
 from evdlm.replay.meter_audit import audit_meters
-from evdlm.simsite import SimulatedSite, simulated_site
+from evdlm.sim.ev import Car
+from evdlm.sim.fleet import site_phase_currents
+from evdlm.sim.modbus_servers import Fault, SimUnit, SunSpecUnit
+from evdlm.sim.site import SimulatedSite, simulated_site
+from evdlm.sim.site_physics import SiteSimParams
+from evdlm.sim.station import Misbehaviour
 
 SITE = Path(__file__).resolve().with_name("faults_site.yaml")
 GRID_METER = "grid_meter"

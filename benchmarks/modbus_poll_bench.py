@@ -28,7 +28,7 @@ from evdlm.devices.codec import Measurement
 from evdlm.devices.modbus_transport import ModbusTransport
 from evdlm.devices.profile import load_profile
 from evdlm.devices.readers import ProfileReader, Reader, SunSpecReader
-from evdlm.devices.sim.servers import ProfileMeterUnit, SimModbusServer, SimUnit, sunspec_meter_unit
+from evdlm.sim.modbus_servers import ProfileMeterUnit, SimModbusServer, SimUnit, sunspec_meter_unit
 
 CLOCK = SystemClock()
 PROFILES = ("sdm630", "em24", "janitza_umg604", "sunspec")

@@ -26,11 +26,11 @@ from typing import Any
 from measure import cpu_s, percentile, rss_mb
 
 from evdlm.chargers.ocpp.server import OcppCentralSystem
-from evdlm.chargers.sim.ev import Car
-from evdlm.chargers.sim.fleet import SimFleet
 from evdlm.config.models import SiteConfig
 from evdlm.core.clock import SystemClock
 from evdlm.core.types import ChargingCommand, CommandStatus
+from evdlm.sim.ev import Car
+from evdlm.sim.fleet import SimFleet
 
 
 def bench_config(chargers: int, evses: int, sample_interval_s: int) -> SiteConfig:

@@ -2,7 +2,7 @@
 
 Issue 14's measure. A workplace day of 1-phase 230 V EVSEs (N = 50, 200, 1000) behind a
 3-phase tree whose limits bind in the busy hours; every car's arrival, departure and energy
-seeded; evdlm's own ``decide()`` runs in closed loop through :func:`evdlm.replay.simulate.simulate`
+seeded; evdlm's own ``decide()`` runs in closed loop through :func:`evdlm.sim.closed_loop.simulate`
 (60 s cycles, MeterValues every 60 s, a new limit reaches the car two cycles after it was
 decided, cars stop at their energy or departure); the baseline is acnportal's
 least-laxity-first (``SortedSchedulingAlgo(least_laxity_first)``, 5-minute periods, whole-amp
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from evdlm.replay.simulate import CycleView, Session, SimulationSpec, SiteSeries, simulate
+from evdlm.sim.closed_loop import CycleView, Session, SimulationSpec, SiteSeries, simulate
 
 HOUR_S = 3600.0
 PERIOD_LLF_S = 300.0  # acnportal's usual 5-minute period

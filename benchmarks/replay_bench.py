@@ -27,8 +27,8 @@ SAMPLE = ROOT / "tests" / "data" / "recordings" / "workplace-50-day"
 
 
 def make_recording(directory: Path, hours: float) -> float:
-    from evdlm.replay.sample import depot_day_spec
-    from evdlm.replay.simulate import simulate
+    from evdlm.sim.closed_loop import simulate
+    from evdlm.sim.sample_day import depot_day_spec
 
     started = time.perf_counter()
     simulate(depot_day_spec(hours), directory)

@@ -1,14 +1,16 @@
 """Writes depot-200.yaml and stress-1000.yaml (too long to keep by hand). Run from this folder:
 
-    python generate_large_sites.py
+python generate_large_sites.py
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from evdlm.sim import depot
+
 HERE = Path(__file__).resolve().parent
-ROTATIONS = ("L1-L2-L3", "L2-L3-L1", "L3-L1-L2")
+ROTATIONS = depot.ROTATIONS
 
 
 def depot_200() -> str:
@@ -24,38 +26,24 @@ def depot_200() -> str:
         "x-defaults:",
         '  van: &van {ocpp_version: "2.0.1", kind: ac_3phase, min_current_a: 6, max_current_a: 32}',
         '  bus: &bus {ocpp_version: "2.0.1", kind: dc, min_power_kw: 10, max_power_kw: 150, priority: 0}',
-        "circuits:",
-        "  - id: main",
-        "    phase_current_limit_a: 3000",
-        "    children:",
+        *depot.circuit_lines(main_a=3000, board_a=800, feeder_a=250),
     ]
     chargers: list[str] = []
     devices: list[str] = [
         "  - {name: grid_meter, role: grid_meter, max_age_s: 3, modbus: {link: substation, unit_id: 1, profile: sunspec}}",
         "  - {name: depot_battery, role: battery, max_age_s: 10, modbus: {link: battery_lan, unit_id: 1, profile: sunspec}}",
     ]
-    number = 0
-    for board in range(1, 5):
-        lines += [
-            f"      - id: board{board}",
-            "        phase_current_limit_a: 800",
-            f"        meter: board{board}_meter",
-            "        children:",
-        ]
-        devices.append(
-            f"  - {{name: board{board}_meter, role: circuit_meter, max_age_s: 3, "
-            f"modbus: {{link: substation, unit_id: {board + 1}, profile: sunspec}}}}"
-        )
-        for feeder in range(1, 6):
-            feeder_id = f"board{board}-feeder{feeder}"
-            lines += [f"          - {{id: {feeder_id}, phase_current_limit_a: 250}}"]
-            for _ in range(10):
-                number += 1
-                rotation = ROTATIONS[number % 3]
-                if board == 1 and feeder <= 2:
-                    chargers.append(f"  - {{<<: *bus, id: BUS-{number:03d}, circuit: {feeder_id}, phase_rotation: {rotation}}}")
-                else:
-                    chargers.append(f"  - {{<<: *van, id: VAN-{number:03d}, circuit: {feeder_id}, phase_rotation: {rotation}}}")
+    devices += [
+        f"  - {{name: board{board}_meter, role: circuit_meter, max_age_s: 3, "
+        f"modbus: {{link: substation, unit_id: {board + 1}, profile: sunspec}}}}"
+        for board in range(1, depot.BOARDS + 1)
+    ]
+    for number, board, feeder, rotation in depot.charger_places():
+        circuit = depot.feeder_id(board, feeder)
+        if board == 1 and feeder <= 2:  # the bus bays: 20 DC fast chargers
+            chargers.append(f"  - {{<<: *bus, id: BUS-{number:03d}, circuit: {circuit}, phase_rotation: {rotation}}}")
+        else:
+            chargers.append(f"  - {{<<: *van, id: VAN-{number:03d}, circuit: {circuit}, phase_rotation: {rotation}}}")
     lines += ["chargers:", *chargers]
     lines += [
         "modbus_links:",

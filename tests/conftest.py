@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evdlm.mqtt.broker import mqtt_broker as start_mqtt_broker
+from evdlm.sim.broker import mqtt_broker as start_mqtt_broker
 
 
 @pytest.fixture

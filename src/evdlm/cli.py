@@ -99,8 +99,8 @@ def logging_warning(message: str) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from evdlm.demo import DemoOptions, demo_main
     from evdlm.observability import configure_logging
+    from evdlm.sim.demo import DemoOptions, demo_main
 
     configure_logging(args.log_level, False)
     minutes, speed = (20.0, 40.0) if args.quick else (args.minutes, args.speed)
@@ -120,34 +120,55 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     )
 
 
-BENCH_SCRIPTS = {
-    "cycle": "cycle_bench.py",
-    "dr": "dr_latency_bench.py",
-    "ocpp": "ocpp_scale_bench.py",
-    "modbus": "modbus_poll_bench.py",
-    "faults": "faults_bench.py",
-    "channels": "channels_bench.py",
-    "quality": "quality_bench.py",
-}
+BENCH_SUFFIX = "_bench.py"
+BENCH_ALIASES = {"dr": "dr_latency", "ocpp": "ocpp_scale", "modbus": "modbus_poll"}
+"""Short names kept for scripts whose name is longer (``evdlm bench dr``)."""
+
+
+def bench_folder() -> Path | None:
+    """Where the benchmark scripts are, or None.
+
+    The installed package ``evdlm_benchmarks`` (benchmarks/ shipped with the wheel, or mapped
+    to the checkout's benchmarks/ by an editable install), found with importlib.resources;
+    else the benchmarks/ folder of the source checkout this module runs from.
+    """
+    import importlib.resources
+
+    try:
+        installed = importlib.resources.files("evdlm_benchmarks")
+    except ModuleNotFoundError:
+        installed = None
+    # A plain folder on disk (not a zip import): the scripts run by path.
+    if isinstance(installed, Path) and installed.is_dir():
+        return installed
+    checkout = Path(__file__).resolve().parents[2] / "benchmarks"
+    return checkout if checkout.is_dir() else None
+
+
+def bench_scripts(folder: Path | None) -> dict[str, Path]:
+    """Every ``<name>_bench.py`` of ``folder`` by ``<name>``, plus the short aliases."""
+    if folder is None:
+        return {}
+    scripts = {path.name.removesuffix(BENCH_SUFFIX): path for path in sorted(folder.glob(f"*{BENCH_SUFFIX}"))}
+    for alias, name in BENCH_ALIASES.items():
+        if name in scripts and alias not in scripts:
+            scripts[alias] = scripts[name]
+    return scripts
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    argv: list[str] = list(args.args)
-    if args.kind == "solver":
-        from evdlm_solvers.bench import main as solver_main
-
-        return solver_main(argv)
     import runpy
 
-    folder = Path(__file__).resolve().parents[2] / "benchmarks"
-    script = folder / BENCH_SCRIPTS[args.kind]
-    if not script.is_file():
+    argv: list[str] = list(args.args)
+    folder = bench_folder()
+    script = bench_scripts(folder).get(args.kind)
+    if folder is None or script is None:
         print(
-            f"evdlm bench {args.kind}: {script} not found (the end-to-end benchmarks need a source checkout)",
-            file=sys.stderr,
+            f"evdlm bench {args.kind}: no such benchmark script (benchmarks/{args.kind}{BENCH_SUFFIX})", file=sys.stderr
         )
         return 1
-    # The scripts parse sys.argv; a simulator process they spawn re-imports the script by path.
+    # The scripts parse sys.argv and import their helpers (measure.py) from their folder; a
+    # simulator process they spawn re-imports the script by path.
     saved_argv, sys.argv = sys.argv, [str(script), *argv]
     sys.path.insert(0, str(folder))
     try:
@@ -258,15 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = verbs.add_parser(
         "bench",
-        help="run a benchmark (solver, cycle, dr, ocpp, modbus, faults); prints JSON",
-        description="Run one of the benchmarks of benchmarks/README.md. Arguments after KIND go to the "
-        "benchmark (`evdlm bench KIND --help` shows them). `solver` ships with evdlm-solvers; the others "
-        "run the scripts of a source checkout's benchmarks/ folder.",
+        help="run a benchmark of benchmarks/ (solver, cycle, dr, ocpp, modbus, faults, ...); prints JSON",
+        description="Run one of the benchmarks of benchmarks/README.md: KIND is NAME for the script "
+        "benchmarks/NAME_bench.py (installed with evdlm as the package evdlm_benchmarks), or one of the short "
+        f"names {', '.join(sorted(BENCH_ALIASES))}. Arguments after KIND go to the benchmark "
+        "(`evdlm bench KIND --help` shows them).",
         epilog="examples:\n  evdlm bench solver --n 200 1000 --json\n  evdlm bench cycle --evses 1000 --cycles 120\n"
         "  evdlm bench dr --chargers 30 --repeats 3\n  evdlm bench faults --faults grid_frozen drift_20pct_low",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("kind", choices=["solver", *BENCH_SCRIPTS], help="which benchmark")
+    bench.add_argument("kind", choices=sorted(bench_scripts(bench_folder())), help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own arguments")
     bench.set_defaults(handler=_cmd_bench)
     return parser

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from evdlm_solvers.chain import SolverName, SolveStatus
+from evdlm_solvers import SolverName, SolveStatus
 
 from evdlm.config.models import DeviceRole, SiteConfig
 from evdlm.core.clock import Clock
@@ -151,7 +151,7 @@ class Controller:
         self._meters = metered_nodes(self.context.topology)
         self._meter_checks = checks_for(config)
         self._pv_devices = tuple(d.name for d in config.devices if d.role is DeviceRole.PV)
-        self._battery_max_w = config.battery.max_discharge_kw * 1000.0 if config.battery is not None else 0.0
+        self._battery_max_w = self.context.settings.battery_max_discharge_w
         # The chargers' currents at the last decision, per EVSE of this topology: what they surely
         # drew and what they reported (FleetView.drawn_a, measured_a), for the meter checks.
         self._chargers_a: tuple[Any, Any] | None = None

@@ -18,11 +18,13 @@ import json
 import logging
 import os
 import socket
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from evdlm_solvers.heuristic import warm_up
+from evdlm_solvers import warm_up
 
 from evdlm import strict_json
 from evdlm.api.http import HttpApiServer
@@ -33,8 +35,8 @@ from evdlm.control import Controller, CycleReport, state_message
 from evdlm.core.clock import Clock
 from evdlm.core.decide import SolverChoice
 from evdlm.core.fleet_kernels import warm_up as warm_up_fleet_kernels
+from evdlm.devices.codec import Measurement
 from evdlm.devices.hub import DeviceHub
-from evdlm.devices.sim.site import SiteSimulation
 from evdlm.dr.service import DrService
 from evdlm.horizon_planner import HorizonPlanner
 from evdlm.mqtt.client import MqttClient, MqttWill
@@ -94,6 +96,11 @@ class MqttStatePublisher:
             self.client.publish_nowait(f"dlm/{self.site_id}/state", strict_json.dumps(state), retain=True)
 
 
+def compile_kernels() -> float:
+    """Compile (or load from numba's cache) the solver and fleet kernels; the seconds spent."""
+    return warm_up() + warm_up_fleet_kernels()
+
+
 class Gateway:
     def __init__(
         self,
@@ -104,7 +111,7 @@ class Gateway:
         state_dir: Path = Path("."),
         config_path: Path | None = None,
         config_text: str | None = None,
-        simulation: SiteSimulation | None = None,
+        readers: Mapping[str, Callable[[], Measurement]] | None = None,
         solver: SolverChoice = SolverChoice.CHAIN,
     ) -> None:
         self.config = config
@@ -113,7 +120,7 @@ class Gateway:
         self.state_dir = state_dir  # relative DR state and recording paths (the working directory)
         self.config_path = config_path
         self.config_text = config_text if config_text is not None else (config_path.read_text() if config_path else "")
-        self.simulation = simulation
+        self.readers = readers  # in-process readers of the sim: devices (a simulated site passes them)
         self.solver = solver
         self.metrics = Metrics(config.site.id)
         self.metrics.expose_counters(
@@ -142,15 +149,19 @@ class Gateway:
         self.http_api: HttpApiServer | None = None
         self.controller: Controller | None = None
         self._closed = False
+        self._kernels: asyncio.Future[float] | None = None  # the kernels' compilation (a thread)
+        self._started_s = time.monotonic()
 
     async def __aenter__(self) -> Gateway:
         config = self.config
         stack = self._stack
         await stack.__aenter__()
+        self._started_s = time.monotonic()
+        # Compile the numba kernels in a thread (seconds on a cold cache) while the servers start:
+        # chargers connect meanwhile and hold the fail-safe profile the OCPP server installs at
+        # boot; no cycle decides before the kernels are ready (run() waits for them).
+        self._kernels = asyncio.ensure_future(asyncio.to_thread(compile_kernels))
         try:
-            # Compile the numba kernels before the first cycle (seconds on a cold cache).
-            compile_s = await asyncio.to_thread(warm_up) + await asyncio.to_thread(warm_up_fleet_kernels)
-            log.info("solver and fleet kernels ready in %.2f s", compile_s)
             if config.mqtt is not None:
                 broker = config.mqtt
                 status_topic = f"dlm/{config.site.id}/status"
@@ -173,7 +184,7 @@ class Gateway:
                     )
             self.ocpp = await stack.enter_async_context(OcppCentralSystem(config, self.clock, base_dir=self.base_dir))
             self.devices = await stack.enter_async_context(
-                DeviceHub(config, self.clock, base_dir=self.base_dir, simulation=self.simulation, mqtt_client=self.mqtt)
+                DeviceHub(config, self.clock, base_dir=self.base_dir, readers=self.readers, mqtt_client=self.mqtt)
             )
             if config.demand_response is not None and config.demand_response.enabled and self.mqtt is not None:
                 self.dr = await stack.enter_async_context(
@@ -219,10 +230,39 @@ class Gateway:
             # Stations the previous run blocked are known restricted from the start, so they are
             # released (set Operative) as soon as there is room, not left Inoperative for good.
             self.ocpp.restrict(self.controller.restricted, inherited=True)
+            log.info("gateway listening %.2f s after start-up", time.monotonic() - self._started_s)
         except BaseException:
+            self._kernels.cancel()  # the thread finishes its compilation on its own
             await stack.__aexit__(None, None, None)
             raise
         return self
+
+    async def kernels_ready(self, stop: asyncio.Event | None = None) -> bool:
+        """Wait until the kernels are compiled (telling systemd's watchdog we are alive meanwhile);
+        False if ``stop`` was set first. A failed compilation raises here."""
+        kernels = self._kernels
+        if kernels is None:
+            return True
+        stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        try:
+            while not kernels.done():
+                waiting: set[asyncio.Future[Any]] = {kernels} if stopper is None else {kernels, stopper}
+                await asyncio.wait(waiting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                sd_notify("WATCHDOG=1")
+                if stop is not None and stop.is_set() and not kernels.done():
+                    return False
+        finally:
+            if stopper is not None:
+                stopper.cancel()
+        compile_s = kernels.result()
+        if self._kernels is kernels:
+            self._kernels = None
+            log.info(
+                "solver and fleet kernels ready in %.2f s (%.2f s after start-up)",
+                compile_s,
+                time.monotonic() - self._started_s,
+            )
+        return True
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -230,6 +270,8 @@ class Gateway:
         if self._closed:
             return
         self._closed = True
+        if self._kernels is not None:
+            self._kernels.cancel()  # not waited on: the thread finishes its compilation on its own
         if self.controller is not None:
             await self.controller.close()
         # The stack closes the DR service (its last state written) and then the MQTT client, which
@@ -263,10 +305,17 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event, *, max_cycles: int | None = None, on_cycle: Any = None) -> None:
         assert self.controller is not None
-        sd_notify("READY=1")
+        sd_notify("READY=1")  # listening; the first cycle follows once the kernels are compiled
+        if not await self.kernels_ready(stop):
+            return
+        first = True
 
         def cycle_done(report: CycleReport) -> None:
+            nonlocal first
             sd_notify("WATCHDOG=1")
+            if first:
+                first = False
+                log.info("first cycle decided %.2f s after start-up", time.monotonic() - self._started_s)
             if on_cycle is not None:
                 on_cycle(report)
 

@@ -27,13 +27,12 @@ import orjson
 from evdlm import strict_json
 from evdlm.core.clock import Clock
 from evdlm.core.memory import ControlMemory, EvseMemory
+from evdlm.core.types import EvseKey as EvseKey
 from evdlm.core.types import EvseState, Quality, Reading
 
 log = logging.getLogger("evdlm.recording")
 FORMAT_VERSION = 1
 SUFFIX = ".jsonl.gz"
-
-EvseKey = tuple[str, int]
 
 
 def key_text(key: EvseKey) -> str:

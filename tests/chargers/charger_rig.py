@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from evdlm.chargers.ocpp.server import OcppCentralSystem
-from evdlm.chargers.ocpp.sim_client import StationSecurity
-from evdlm.chargers.sim.fleet import SimFleet
-from evdlm.chargers.sim.station import Misbehaviour
 from evdlm.config.models import SiteConfig
 from evdlm.core.clock import ScaledClock
+from evdlm.sim.fleet import SimFleet
+from evdlm.sim.ocpp_client import StationSecurity
+from evdlm.sim.station import Misbehaviour
 
 # Simulated seconds per wall second: leases of 20 s last 0.5 s of test time.
 SPEED = 40.0

@@ -8,9 +8,9 @@ from charger_rig import clock, site_config, wait_for
 from evdlm.chargers.errors import ChargerCallError
 from evdlm.chargers.ocpp.server import OcppCentralSystem
 from evdlm.chargers.ocpp.session import checked_profile_status
-from evdlm.chargers.sim.ev import Car
-from evdlm.chargers.sim.fleet import SimFleet
 from evdlm.core.types import ChargingCommand, CommandStatus, EvseState
+from evdlm.sim.ev import Car
+from evdlm.sim.fleet import SimFleet
 
 
 async def test_controller_killed_and_restarted() -> None:

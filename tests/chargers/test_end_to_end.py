@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from charger_rig import rig, site_config, wait_for
 
-from evdlm.chargers.sim.ev import Car
 from evdlm.core.types import ChargingCommand, CommandStatus
+from evdlm.sim.ev import Car
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])

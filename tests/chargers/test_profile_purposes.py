@@ -11,10 +11,10 @@ from ocpp.messages import Call, _validate_payload
 
 from evdlm.chargers.ocpp.parse import profile_payload_16, profile_payload_201
 from evdlm.chargers.planning import ProfileSpec, dynamic_profile_id, lease_profile, retry_delay_s
-from evdlm.chargers.sim.composite import InstalledProfile, SchedulePeriod
-from evdlm.chargers.sim.ev import Car
-from evdlm.chargers.sim.station import Misbehaviour, StationModel
 from evdlm.config.models import Charger
+from evdlm.sim.composite import InstalledProfile, SchedulePeriod
+from evdlm.sim.ev import Car
+from evdlm.sim.station import Misbehaviour, StationModel
 
 T0 = 1_800_000_000.0
 

@@ -11,8 +11,8 @@ from charger_rig import Rig, rig, site_config, wait_for
 from ocpp.v16 import call as call16
 from ocpp.v201 import call as call201
 
-from evdlm.chargers.sim.ev import Car
-from evdlm.chargers.sim.station import Misbehaviour
+from evdlm.sim.ev import Car
+from evdlm.sim.station import Misbehaviour
 
 FAST_CAR = Car(phases=3, max_current_a=32, dead_time_s=1, ramp_time_constant_s=1)
 REASON = "cannot be limited; site over its import limit"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from charger_rig import rig, site_config, wait_for
 
-from evdlm.chargers.ocpp.sim_client import StationSecurity
-from evdlm.chargers.sim.fleet import SimFleet
 from evdlm.core.types import ChargingCommand, CommandStatus
+from evdlm.sim.fleet import SimFleet
+from evdlm.sim.ocpp_client import StationSecurity
 
 PASSWORD_ENV = "EVDLM_TEST_CP_PASSWORD"
 

@@ -8,8 +8,8 @@ import pytest
 from charger_rig import rig, site_config, wait_for
 
 from evdlm.chargers.planning import dynamic_profile_id
-from evdlm.chargers.sim.ev import Car
 from evdlm.core.types import ChargingCommand, CommandStatus
+from evdlm.sim.ev import Car
 
 FAST_CAR = Car(phases=3, max_current_a=32, dead_time_s=1, ramp_time_constant_s=1)
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from evdlm.chargers.sim.composite import InstalledProfile, SchedulePeriod, composite_limit_a, profile_limit_at
-from evdlm.chargers.sim.ev import Car, EvState, initial_state, step, target_current_a
-from evdlm.chargers.sim.fleet import site_phase_currents
-from evdlm.chargers.sim.station import Misbehaviour, StationModel
 from evdlm.config.models import Charger
+from evdlm.sim.composite import InstalledProfile, SchedulePeriod, composite_limit_a, profile_limit_at
+from evdlm.sim.ev import Car, EvState, initial_state, step, target_current_a
+from evdlm.sim.fleet import site_phase_currents
+from evdlm.sim.station import Misbehaviour, StationModel
 
 T0 = 1_800_000_000.0
 
@@ -47,6 +49,21 @@ def test_ev_stops_when_full_and_soc_rises_with_energy() -> None:
     state = step(car, state, 10.0, 3600.0 * 50 / 2300, 230.0)  # 50 Wh at 2.3 kW
     assert state.soc_pct >= 95.0 and state.session_energy_wh == pytest.approx(50.0 + 2300 / 3600 / 2, rel=0.05)
     assert target_current_a(car, state, 10.0) == 0.0
+
+
+def test_ev_without_ramp_follows_at_once_and_stops_at_its_energy() -> None:
+    """The closed-loop simulation's car: no ramp, no minimum, the session's energy, no SoC."""
+    car = Car(
+        phases=1, max_current_a=16, min_current_a=0.0, capacity_wh=math.inf, soc_pct=0.0,
+        ramp_time_constant_s=0.0, energy_limit_wh=1000.0,
+    )  # fmt: skip
+    state = step(car, initial_state(car), 10.0, 60.0, 230.0)
+    assert state.current_a == 10.0 and state.power_w == 2300.0
+    assert state.session_energy_wh == 2300.0 * 60.0 / 3600.0 and state.soc_pct == 0.0
+    for _ in range(30):
+        state = step(car, state, 32.0, 60.0, 230.0)  # 16 A at most: 3680 W, the rest in the last step
+    assert state.session_energy_wh == pytest.approx(1000.0)
+    assert target_current_a(car, state, 16.0) == 0.0 and step(car, state, 16.0, 60.0, 230.0).power_w == 0.0
 
 
 def test_highest_level_wins_and_connector_beats_station_on_ties() -> None:

@@ -12,9 +12,9 @@ from charger_rig import rig, site_config, wait_for
 
 from evdlm.chargers.ocpp import link as link_module
 from evdlm.chargers.planning import dynamic_profile_id
-from evdlm.chargers.sim.ev import Car
-from evdlm.chargers.sim.station import Misbehaviour
 from evdlm.core.types import ChargingCommand, CommandStatus
+from evdlm.sim.ev import Car
+from evdlm.sim.station import Misbehaviour
 
 FAST_CAR = Car(phases=3, max_current_a=32, dead_time_s=1, ramp_time_constant_s=1)
 

@@ -47,6 +47,8 @@ def test_run_reload_and_stop(tmp_path: Path) -> None:
     try:
         _wait_for(log, "OCPP central system on ws://127.0.0.1", 30)
         _wait_for(log, "no grid meter", 5)  # the config's warnings are logged at start
+        # It listens first and compiles its kernels in the background; cycles start after that.
+        _wait_for(log, "first cycle decided", 40)
         # A broken file is refused on SIGHUP; the process keeps running.
         config.write_text(SITE.replace("import_limit_kw: 50", "import_limit_kw: -50"))
         process.send_signal(signal.SIGHUP)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from evdlm.config import SiteConfig, parse_site_config
-from evdlm.core.problem_builder import SiteSettings
+from evdlm.core.site_settings import SiteSettings
 from evdlm.core.topology import Topology, build_topology
 from evdlm.core.types import EvseState, Quality, Reading
 
@@ -46,12 +48,8 @@ def topology(config: SiteConfig) -> Topology:
 
 @pytest.fixture
 def settings(config: SiteConfig) -> SiteSettings:
-    return SiteSettings(
-        control=config.control,
-        battery=config.battery,
-        fallback_import_limit_w=config.control.fallback_import_limit_kw * 1000,
-        failsafe_current_a=config.ocpp.failsafe_current_a,
-    )
+    # As if PV sat behind the grid meter (its load may be negative), which this small site lacks.
+    return replace(SiteSettings.from_config(config), grid_generation=True)
 
 
 def charging(charger: str, currents: tuple[float, float, float] | None = None, **extra: object) -> EvseState:

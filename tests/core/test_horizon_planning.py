@@ -21,8 +21,8 @@ from evdlm.core.types import EvseState, Quality, Reading
 from evdlm.horizon_planner import HorizonPlanner
 from evdlm.recording import read_recording
 from evdlm.replay import replay_recording
-from evdlm.replay.sample import workplace_day_spec
-from evdlm.replay.simulate import simulate
+from evdlm.sim.closed_loop import simulate
+from evdlm.sim.sample_day import workplace_day_spec
 
 NOW_S = 1_781_600_000.0
 # Two 32 A 1-phase chargers on a 40 A main fuse: one car can run at full power, not two.

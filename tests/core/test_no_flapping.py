@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from evdlm_solvers.problem import Allocation
+from evdlm_solvers import Allocation
 
 from evdlm.config import SiteConfig
 from evdlm.core.decide import DecisionContext

@@ -210,7 +210,10 @@ def test_battery_is_not_relied_on_while_the_grid_meter_is_stale(config, topology
     from evdlm.config.models import Battery
 
     with_battery = dc_replace(
-        settings, battery=Battery(device="gm", max_charge_kw=10, max_discharge_kw=10, capacity_kwh=20)
+        settings,
+        battery=Battery(device="gm", max_charge_kw=10, max_discharge_kw=10, capacity_kwh=20),
+        battery_max_discharge_w=10_000.0,
+        battery_max_charge_w=10_000.0,
     )
     battery = Reading("gm", NOW_S, Quality.OK, power_w=5000.0, soc_pct=60.0)
     fresh = {"gm": meter("gm", (10.0, 10.0, 10.0)), "am": meter("am", (0.0, 0.0, 0.0))}

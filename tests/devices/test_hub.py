@@ -16,14 +16,9 @@ from evdlm.config.models import SiteConfig
 from evdlm.core.clock import Clock, ScaledClock, SystemClock
 from evdlm.core.types import Quality, Reading
 from evdlm.devices import DeviceHub
-from evdlm.devices.sim import (
-    Fault,
-    SiteSimulation,
-    SiteSimulators,
-    SunSpecUnit,
-    circuit_specs_for,
-    sim_params_for,
-)
+from evdlm.devices.codec import Measurement
+from evdlm.sim.modbus_servers import Fault, SiteSimulators, SunSpecUnit, circuit_specs_for, sim_params_for
+from evdlm.sim.site_physics import SiteSimulation, sim_readers
 
 HUB_LOG = "evdlm.devices.hub"
 
@@ -262,13 +257,37 @@ control: {fallback_import_limit_kw: 20}
     clock = ScaledClock(1_800_000_000.0, speed=60.0)
     sim = SiteSimulation(sim_params_for(config), clock.now_s(), circuits=circuit_specs_for(config, base_share=0.5))
     sim.set_ev_load("CP01", (10.0, 0.0, 0.0))
-    async with DeviceHub(config, clock, simulation=sim) as hub:
+    async with DeviceHub(config, clock, readers=sim_readers(config, sim, clock)) as hub:
         await wait_for(lambda: all(r.quality is Quality.OK for r in hub.snapshot(clock.now_s()).values()))
         readings = hub.snapshot(clock.now_s())
         truth = sim.advance(clock.now_s())
         assert readings["bat"].soc_pct == pytest.approx(truth.battery_soc_pct, abs=0.5)
         main = readings["main_meter"].phase_power_w
         assert main is not None and main[0] == pytest.approx(0.5 * truth.base_phase_w[0] + 2300.0, rel=0.05)
+
+
+def test_the_hub_is_given_its_in_process_readers_and_its_mqtt_client() -> None:
+    """The hub builds no simulator and no MQTT client: the composition root hands them in."""
+    config = parse_site_config(
+        """
+schema_version: 1
+site: {id: t}
+grid: {import_limit_kw: 50, phase_current_limit_a: 80, meter: grid}
+circuits: [{id: main, phase_current_limit_a: 80}]
+devices:
+  - {name: grid, role: grid_meter, sim: {model: grid_meter}}
+  - {name: pv, role: pv, mqtt: {topic: site/pv, unit: W}}
+mqtt: {host: 127.0.0.1, port: 1}
+control: {fallback_import_limit_kw: 20}
+"""
+    ).config
+    clock = SystemClock()
+    with pytest.raises(ValueError, match="no reader was given"):
+        DeviceHub(config, clock)
+    with pytest.raises(ValueError, match="without a sim source: pv"):
+        DeviceHub(config, clock, readers={"grid": Measurement, "pv": Measurement})
+    with pytest.raises(ValueError, match="MQTT client"):
+        DeviceHub(config, clock, readers={"grid": Measurement})
 
 
 async def test_simulators_can_bind_the_configured_ports(clock: Clock) -> None:

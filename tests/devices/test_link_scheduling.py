@@ -40,7 +40,7 @@ from evdlm.devices.scheduling import (
     retry_delay_s,
     safety_critical_devices,
 )
-from evdlm.devices.sim.servers import Fault, ProfileMeterUnit, SimModbusServer, SimUnit, sunspec_meter_unit
+from evdlm.sim.modbus_servers import Fault, ProfileMeterUnit, SimModbusServer, SimUnit, sunspec_meter_unit
 
 from .test_modbus_loopback import SAMPLE
 

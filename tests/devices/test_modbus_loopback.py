@@ -14,7 +14,7 @@ from evdlm.devices.errors import DeviceTimeoutError, ModbusExceptionResponse, Tr
 from evdlm.devices.modbus_transport import ModbusTransport
 from evdlm.devices.profile import load_profile
 from evdlm.devices.readers import ProfileReader, SunSpecReader
-from evdlm.devices.sim.servers import Fault, ProfileMeterUnit, SimModbusServer, sunspec_meter_unit
+from evdlm.sim.modbus_servers import Fault, ProfileMeterUnit, SimModbusServer, sunspec_meter_unit
 
 CLOCK = SystemClock()
 SAMPLE = Measurement(
@@ -173,8 +173,8 @@ async def test_battery_write_failures_reach_the_caller() -> None:
     from evdlm.config.models import Battery
     from evdlm.devices.battery import SunSpecBatteryControl
     from evdlm.devices.errors import DeviceError
-    from evdlm.devices.sim.servers import sunspec_battery_unit
-    from evdlm.devices.sim.site import SiteSimParams, SiteSimulation
+    from evdlm.sim.modbus_servers import sunspec_battery_unit
+    from evdlm.sim.site_physics import SiteSimParams, SiteSimulation
 
     sim = SiteSimulation(SiteSimParams(), CLOCK.now_s())
     battery = Battery(device="b", max_charge_kw=10, max_discharge_kw=10, capacity_kwh=30, control="sunspec_124")

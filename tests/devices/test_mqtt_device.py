@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from evdlm.core.types import Quality
 from evdlm.devices import DeviceHub
 from evdlm.devices.mqtt_device import parse_mqtt_payload
 from evdlm.mqtt import MqttClient
-from evdlm.mqtt.broker import LocalBroker
+from evdlm.sim.broker import LocalBroker
 
 
 @pytest.mark.parametrize(
@@ -79,8 +80,11 @@ async def test_mqtt_device_fresh_stale_invalid_and_broker_restart(caplog: pytest
     clock = SystemClock()
     async with LocalBroker() as broker:
         config = config_for(broker.port)
+        assert config.mqtt is not None
+        site_client = MqttClient.from_config(config.mqtt, clock, Path("."), "evdlm-t")  # the gateway's, in a gateway
         async with (
-            DeviceHub(config, clock) as hub,
+            site_client,
+            DeviceHub(config, clock, mqtt_client=site_client) as hub,
             MqttClient(broker.host, broker.port, backoff_initial_s=0.05, backoff_max_s=0.3) as pub,
         ):
             assert hub.mqtt is not None and await hub.mqtt.wait_connected(5.0)

@@ -14,7 +14,7 @@ from evdlm.devices.codec import Measurement, decode_value
 from evdlm.devices.modbus_transport import ModbusTransport
 from evdlm.devices.profile import RegisterBlock, decode_profile, load_profile
 from evdlm.devices.readers import ProfileReader, SunSpecReader
-from evdlm.devices.sim.servers import (
+from evdlm.sim.modbus_servers import (
     ActiveFault,
     Fault,
     FaultInjector,

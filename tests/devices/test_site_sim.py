@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evdlm.devices.sim.site import CircuitSimSpec, SiteSimParams, SiteSimulation, pv_power_w
+from evdlm.sim.site_physics import CircuitSimSpec, SiteSimParams, SiteSimulation, pv_power_w
 
 NOON_UTC_S = 1_800_000_000.0 - (1_800_000_000.0 % 86400) + 11 * 3600  # 12:00 local at UTC+1
 PARAMS = SiteSimParams()

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from evdlm.devices import sunspec
 from evdlm.devices.battery import storage_rates_pct
-from evdlm.devices.codec import encode_value
+from evdlm.devices.codec import Measurement, encode_value
 from evdlm.devices.errors import DiscoveryError, ModbusExceptionResponse
-from evdlm.devices.sim.servers import SimModel, SunSpecUnit
+from evdlm.sim.modbus_servers import SimModel, SunSpecUnit
 
 
 def reader_for(unit: SunSpecUnit) -> sunspec.ReadFn:
@@ -179,3 +179,23 @@ def test_int_and_sf_round_trip(raw_w: int, exponent: int, raw_wh: int) -> None:
     out = sunspec.decode_points(header, [(0, registers)], ["W", "TotWhImp"])
     assert out["W"] == pytest.approx(power_w, rel=1e-12, abs=1e-12)
     assert out["TotWhImp"] == energy_wh
+
+
+def test_one_point_table_serves_the_decoders_and_the_simulator() -> None:
+    """The simulator's SunSpec units write with the table the decoders read with."""
+    measured = Measurement(
+        power_w=1200.0,
+        phase_power_w=(400.0, 500.0, 300.0),
+        phase_current_a=(1.8, 2.2, 1.3),
+        phase_voltage_v=(230.0, 231.0, 229.0),
+        frequency_hz=50.0,
+        import_energy_wh=1e6,
+        export_energy_wh=2e5,
+    )
+    for table, family in ((sunspec.METER_MAP, 203), (sunspec.INVERTER_MAP, 103), (sunspec.DER_AC_MAP, 701)):
+        points = sunspec.model_definition(family).points
+        encoded = table.encode(measured)
+        assert set(encoded) == set(table.points) and set(table.points) <= set(points)
+        decoded = table.decode(encoded)
+        for field in ("power_w", "phase_current_a", "phase_voltage_v", "frequency_hz", "import_energy_wh"):
+            assert getattr(decoded, field) == getattr(measured, field)

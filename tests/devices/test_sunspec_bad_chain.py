@@ -19,7 +19,7 @@ from evdlm.devices import DeviceHub, sunspec
 from evdlm.devices.codec import Measurement
 from evdlm.devices.errors import BadResponseError, DiscoveryError
 from evdlm.devices.modbus_transport import ILLEGAL_ADDRESS, READ_HOLDING, ModbusTransport, RegisterServer, ServerReply
-from evdlm.devices.sim.site import SiteSimParams, SiteSimulation
+from evdlm.sim.site_physics import SiteSimParams, SiteSimulation, sim_readers
 
 HUB_LOG = "evdlm.devices.hub"
 CLOCK = SystemClock()
@@ -145,7 +145,7 @@ control: {fallback_import_limit_kw: 20}
 
     simulation.grid_meter = grid_meter  # type: ignore[method-assign]
     caplog.set_level(logging.INFO, logger=HUB_LOG)
-    hub = DeviceHub(config, CLOCK, simulation=simulation)
+    hub = DeviceHub(config, CLOCK, readers=sim_readers(config, simulation, CLOCK))
     for _ in range(3):
         assert (await hub.poll_once("grid")).reason == "internal error: RuntimeError('decoder bug')"
     broken["now"] = False

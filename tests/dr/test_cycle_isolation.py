@@ -20,12 +20,12 @@ import pytest
 from evdlm.config import parse_site_config
 from evdlm.control import CycleReport
 from evdlm.core.clock import SystemClock
-from evdlm.devices.sim.servers import circuit_specs_for, sim_params_for
-from evdlm.devices.sim.site import SiteSimulation
 from evdlm.dr.messages import from_epoch, rfc3339
 from evdlm.gateway import Gateway
-from evdlm.mqtt.broker import LocalBroker
 from evdlm.mqtt.client import MqttClient
+from evdlm.sim.broker import LocalBroker
+from evdlm.sim.modbus_servers import circuit_specs_for, sim_params_for
+from evdlm.sim.site_physics import SiteSimulation, sim_readers
 
 PERIOD_S = 0.5
 
@@ -89,7 +89,9 @@ async def test_cycles_keep_their_period_while_the_broker_is_frozen(tmp_path: Pat
             await utility.publish(
                 "dr/iso/bridge/status", json.dumps({"state": "online", "heartbeatIntervalS": 60}), retain=True
             )
-            async with Gateway(config, clock, state_dir=tmp_path, simulation=simulation) as gateway:
+            async with Gateway(
+                config, clock, state_dir=tmp_path, readers=sim_readers(config, simulation, clock)
+            ) as gateway:
                 assert gateway.dr is not None and gateway.mqtt is not None
                 cycles: list[tuple[float, CycleReport]] = []
                 stop = asyncio.Event()

@@ -29,8 +29,8 @@ from evdlm.core.clock import SystemClock
 from evdlm.dr.engine import ChannelMode
 from evdlm.dr.messages import Notification, Status, from_epoch, rfc3339
 from evdlm.dr.service import DrBounds, DrService
-from evdlm.mqtt.broker import LocalBroker
 from evdlm.mqtt.client import MqttClient, MqttMessage
+from evdlm.sim.broker import LocalBroker
 
 SITE = """\
 site: {id: site1}

@@ -12,8 +12,8 @@ from evdlm.config import parse_site_config
 from evdlm.core.clock import SystemClock
 from evdlm.dr.messages import from_epoch, rfc3339
 from evdlm.dr.service import DrService
-from evdlm.mqtt.broker import mqtt_broker
 from evdlm.mqtt.client import MqttClient, MqttMessage
+from evdlm.sim.broker import mqtt_broker
 
 SITE = """\
 site: {id: site1}

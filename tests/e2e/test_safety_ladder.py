@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from evdlm.chargers.sim.ev import Car
 from evdlm.config import load_site_config
 from evdlm.control import CycleReport
 from evdlm.core.clock import ScaledClock
 from evdlm.data import DEMO_SITE_PATH
-from evdlm.devices.sim.servers import Fault
-from evdlm.simsite import simulated_site
+from evdlm.sim.ev import Car
+from evdlm.sim.modbus_servers import Fault
+from evdlm.sim.site import simulated_site
 
 from .conftest import until
 

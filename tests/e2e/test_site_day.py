@@ -21,17 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from evdlm.chargers.ocpp.sim_client import RECONNECT_BACKOFF_S
-from evdlm.chargers.sim.ev import Car
-from evdlm.chargers.sim.fleet import site_phase_currents
-from evdlm.chargers.sim.station import Misbehaviour
 from evdlm.config import load_site_config
 from evdlm.control import CycleReport
 from evdlm.core.clock import ScaledClock
-from evdlm.devices.sim.servers import Fault
 from evdlm.mqtt.client import MqttClient, MqttMessage
 from evdlm.recording import read_recording
-from evdlm.simsite import dr_event, simulated_site
+from evdlm.sim.ev import Car
+from evdlm.sim.fleet import site_phase_currents
+from evdlm.sim.modbus_servers import Fault
+from evdlm.sim.ocpp_client import RECONNECT_BACKOFF_S
+from evdlm.sim.site import dr_event, simulated_site
+from evdlm.sim.station import Misbehaviour
 
 SITE = Path(__file__).resolve().parents[1] / "data" / "site-30.yaml"
 SPEED = 10.0

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from evdlm.chargers.sim.ev import Car
-from evdlm.chargers.sim.station import Misbehaviour
 from evdlm.core.clock import ScaledClock
-from evdlm.simsite import simulated_site
+from evdlm.sim.ev import Car
+from evdlm.sim.site import simulated_site
+from evdlm.sim.station import Misbehaviour
 
 from .conftest import until
 

@@ -35,7 +35,7 @@ from evdlm.core.clock import SystemClock
 from evdlm.dr.engine import ChannelMode
 from evdlm.dr.messages import from_epoch, rfc3339
 from evdlm.gateway import Gateway
-from evdlm.mqtt.broker import free_port
+from evdlm.sim.broker import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "deploy" / "mosquitto"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from evdlm.mqtt import MqttClient, MqttMessage, MqttNotConnectedError, MqttWill
-from evdlm.mqtt.broker import LocalBroker, mqtt_broker
+from evdlm.sim.broker import LocalBroker, mqtt_broker
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +57,13 @@ control: {{fallback_import_limit_kw: 20}}
 """
     ).config
     clock = SystemClock()
-    async with DeviceHub(config, clock) as hub, MqttClient(host, port, client_id="meter") as meter:
+    assert config.mqtt is not None
+    site_client = MqttClient.from_config(config.mqtt, clock, Path("."), "evdlm-t")  # the gateway's, in a gateway
+    async with (
+        site_client,
+        DeviceHub(config, clock, mqtt_client=site_client) as hub,
+        MqttClient(host, port, client_id="meter") as meter,
+    ):
         assert hub.mqtt is not None and await hub.mqtt.wait_connected(5) and await meter.wait_connected(5)
 
         def grid() -> tuple[Quality, str | None]:

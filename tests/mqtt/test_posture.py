@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from evdlm.mqtt import MqttClient, MqttMessage, MqttWill
-from evdlm.mqtt.broker import BrokerTls, LocalBroker
 from evdlm.mqtt.client import MqttError, unique_client_id
+from evdlm.sim.broker import BrokerTls, LocalBroker
 
 STATUS = "dlm/t/status"
 ONLINE, OFFLINE = b'{"state": "online"}', b'{"state": "offline"}'

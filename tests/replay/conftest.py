@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from evdlm.replay.sample import workplace_day_spec
-from evdlm.replay.simulate import SimulationSpec, simulate
+from evdlm.sim.closed_loop import SimulationSpec, simulate
+from evdlm.sim.sample_day import workplace_day_spec
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "recordings"
 DEMO_RECORDING = DATA / "demo-quick.jsonl.gz"

@@ -10,8 +10,8 @@ import pytest
 from evdlm.config import parse_site_config
 from evdlm.replay import kpi, replay_recording
 from evdlm.replay.frames import load_run
-from evdlm.replay.importer import import_ocpp_log, import_sessions_csv, parse_meter_csv, sessions_from_ocpp_log
-from evdlm.replay.sample import workplace_50_config
+from evdlm.sim.importer import import_ocpp_log, import_sessions_csv, parse_meter_csv, sessions_from_ocpp_log
+from evdlm.sim.sample_day import workplace_50_config
 
 SESSIONS = """charger,evse,start,end,energy_kwh,max_current_a,phases,announced
 WP01,1,2026-06-16T08:00:00+02:00,2026-06-16T09:00:00+02:00,8.0,16,3,true

@@ -14,7 +14,7 @@ from evdlm.recording import read_recording
 from evdlm.replay import kpi, plots
 from evdlm.replay.frames import Run, counterfactual, load_run
 from evdlm.replay.loop import replay_recording
-from evdlm.replay.sample import workplace_50_config
+from evdlm.sim.sample_day import workplace_50_config
 
 START_S = 1_781_560_800.0  # 2026-06-16 00:00 Europe/Berlin (a Tuesday)
 

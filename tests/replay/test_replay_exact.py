@@ -131,7 +131,7 @@ def test_cli_counterfactual_writes_out(
 
 def test_a_fresh_demo_run_with_real_protocols_replays_exactly(tmp_path: Path) -> None:
     """Recorded now, by the current code: OCPP, Modbus and MQTT on loopback, the real gateway."""
-    from evdlm.demo import DemoOptions, demo_main
+    from evdlm.sim.demo import DemoOptions, demo_main
 
     demo_main(DemoOptions(sim_minutes=3.0, speed=30.0, out_dir=tmp_path, live=False))
     result = replay_recording(tmp_path / "recordings")
@@ -169,5 +169,5 @@ def test_shipped_sample_day_replays_exactly_in_its_busiest_hour() -> None:
     assert result.cycles == 721
     assert result.differing_cycles == 0, (
         "the decision code changed since the sample was made: regenerate it with "
-        f"`python -m evdlm.replay.sample {SAMPLE_DAY}`"
+        f"`python -m evdlm.sim.sample_day {SAMPLE_DAY}`"
     )

@@ -123,9 +123,7 @@ def solve(
         check_s += time.perf_counter() - stage_started
         accepted = _accept(report)
         if accepted is not None:
-            return SolveResult(
-                allocation, accepted, SolverName.HEURISTIC, report, "", timings()
-            )
+            return SolveResult(allocation, accepted, SolverName.HEURISTIC, report, "", timings())
         reasons.append(f"heuristic failed check: {report.summary()}")
     # A solver bug must cost this cycle its optimum, never the site its protection.
     except Exception as error:
@@ -147,8 +145,12 @@ def solve(
             accepted = _accept(report)
             if accepted is not None:
                 return SolveResult(
-                    lp_result.allocation, accepted, SolverName.LP, report,
-                    "; ".join(reasons), timings(),
+                    lp_result.allocation,
+                    accepted,
+                    SolverName.LP,
+                    report,
+                    "; ".join(reasons),
+                    timings(),
                 )
             reasons.append(f"LP failed check: {report.summary()}")
     except Exception as error:

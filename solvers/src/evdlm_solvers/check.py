@@ -158,9 +158,7 @@ def row_load(problem: Problem, setpoint: FloatArray, battery_w: float) -> FloatA
     return load
 
 
-def check(
-    problem: Problem, allocation: Allocation, tol: Tolerance = DEFAULT_TOLERANCE
-) -> CheckReport:
+def check(problem: Problem, allocation: Allocation, tol: Tolerance = DEFAULT_TOLERANCE) -> CheckReport:
     """Report every way ``allocation`` breaks ``problem``.
 
     Parameters
@@ -193,12 +191,9 @@ def check(
     # Written so that a NaN counts as a violation rather than passing every comparison.
     over = np.flatnonzero(~(excess <= row_tol))
     rows = tuple(
-        RowViolation(row=int(row), excess=float(excess[row]), allocation_load=float(load[row]))
-        for row in over
+        RowViolation(row=int(row), excess=float(excess[row]), allocation_load=float(load[row])) for row in over
     )
-    only_uncontrolled = (
-        not evses and not battery and bool(np.all(load[over] <= row_tol[over]))
-    )
+    only_uncontrolled = not evses and not battery and bool(np.all(load[over] <= row_tol[over]))
     return CheckReport(
         rows=rows,
         evses=evses,
@@ -208,9 +203,7 @@ def check(
     )
 
 
-def _evse_violations(
-    problem: Problem, allocation: Allocation, evse_tol: FloatArray
-) -> tuple[EvseViolation, ...]:
+def _evse_violations(problem: Problem, allocation: Allocation, evse_tol: FloatArray) -> tuple[EvseViolation, ...]:
     setpoint = allocation.setpoint
     finite = np.isfinite(setpoint)
     value = np.where(finite, setpoint, 0.0)
@@ -228,15 +221,12 @@ def _evse_violations(
     for kind, amount in amounts.items():
         bad = ~finite if kind is EvseViolationKind.NOT_FINITE else amount > evse_tol
         found.extend(
-            EvseViolation(evse=int(evse), kind=kind, amount=float(amount[evse]))
-            for evse in np.flatnonzero(bad)
+            EvseViolation(evse=int(evse), kind=kind, amount=float(amount[evse])) for evse in np.flatnonzero(bad)
         )
     return tuple(found)
 
 
-def _battery_violations(
-    problem: Problem, battery_w: float, tol_w: float
-) -> tuple[BatteryViolation, ...]:
+def _battery_violations(problem: Problem, battery_w: float, tol_w: float) -> tuple[BatteryViolation, ...]:
     if not np.isfinite(battery_w):
         return (BatteryViolation(BatteryViolationKind.NOT_FINITE, float("nan")),)
     if battery_w - problem.battery_discharge_max_w > tol_w:
@@ -247,9 +237,5 @@ def _battery_violations(
             ),
         )
     if -battery_w - problem.battery_charge_max_w > tol_w:
-        return (
-            BatteryViolation(
-                BatteryViolationKind.ABOVE_CHARGE_MAX, -battery_w - problem.battery_charge_max_w
-            ),
-        )
+        return (BatteryViolation(BatteryViolationKind.ABOVE_CHARGE_MAX, -battery_w - problem.battery_charge_max_w),)
     return ()

@@ -15,9 +15,9 @@ import enum
 import time
 from dataclasses import dataclass
 
-import highspy
 import numpy as np
 
+from evdlm_solvers.highs import INF, HighsStatus, colwise_model, run
 from evdlm_solvers.problem import FloatArray, IntArray
 
 EARLINESS_COST_PER_KWH = 1e-6
@@ -202,11 +202,11 @@ def plan_horizon(problem: HorizonProblem, time_limit_s: float = 10.0) -> Horizon
     col_upper = np.concatenate(
         [
             power_upper,
-            np.full(n_evse, highspy.kHighsInf),
+            np.full(n_evse, INF),
             np.maximum(problem.grid_import_limit_kw, 0.0),
             np.maximum(problem.grid_export_limit_kw, 0.0),
             np.maximum(problem.pv_forecast_kw, 0.0),
-            np.full(n_steps, highspy.kHighsInf),
+            np.full(n_steps, INF),
         ]
     )
     balance = problem.pv_forecast_kw - problem.base_load_forecast_kw
@@ -228,53 +228,40 @@ def plan_horizon(problem: HorizonProblem, time_limit_s: float = 10.0) -> Horizon
             np.full(n_steps, -1.0),
         ]
     )
-    start = np.concatenate(
-        [2 * np.arange(n_power), 2 * n_power + np.arange(n_evse + 4 * n_steps + 1)]
+    start = np.concatenate([2 * np.arange(n_power), 2 * n_power + np.arange(n_evse + 4 * n_steps + 1)])
+
+    model = colwise_model(
+        maximize=False,
+        col_cost=col_cost,
+        col_lower=col_lower,
+        col_upper=col_upper,
+        row_lower=row_bounds,
+        row_upper=row_bounds,
+        start=start,
+        index=index,
+        value=value,
     )
-
-    model = highspy.HighsLp()
-    model.num_col_ = n_cols
-    model.num_row_ = n_evse + n_steps
-    model.sense_ = highspy.ObjSense.kMinimize
-    model.col_cost_ = col_cost
-    model.col_lower_ = col_lower
-    model.col_upper_ = col_upper
-    model.row_lower_ = row_bounds
-    model.row_upper_ = row_bounds
-    matrix = model.a_matrix_
-    matrix.format_ = highspy.MatrixFormat.kColwise
-    matrix.num_col_ = n_cols
-    matrix.num_row_ = n_evse + n_steps
-    matrix.start_ = start.astype(np.int32)
-    matrix.index_ = index.astype(np.int32)
-    matrix.value_ = value
-
-    highs = highspy.Highs()  # type: ignore[no-untyped-call]
-    highs.setOptionValue("output_flag", False)
-    highs.setOptionValue("time_limit", float(time_limit_s))
-    highs.passModel(model)
-    highs.run()
-    model_status = highs.getModelStatus()
-    if model_status != highspy.HighsModelStatus.kOptimal:
+    solution = run(model, time_limit_s=time_limit_s)
+    if solution.col_value is None:
         empty = np.zeros(0)
-        status = (
-            HorizonStatus.TIME_LIMIT
-            if model_status == highspy.HighsModelStatus.kTimeLimit
-            else HorizonStatus.ERROR
-        )
+        status = HorizonStatus.TIME_LIMIT if solution.status is HighsStatus.TIME_LIMIT else HorizonStatus.ERROR
         return HorizonPlan(
-            status, empty.reshape(0, 0), empty, empty, empty, empty, empty, float("nan"),
+            status,
+            empty.reshape(0, 0),
+            empty,
+            empty,
+            empty,
+            empty,
+            empty,
+            float("nan"),
             time.perf_counter() - started,
         )
-    values = np.maximum(np.asarray(highs.getSolution().col_value, dtype=np.float64), 0.0)
+    values = np.maximum(solution.col_value, 0.0)
     by_step = values[first_step_col:].reshape(4, n_steps)
     grid_import_kw, grid_export_kw = by_step[0], by_step[1]
     cost = float(
         step_h
-        * (
-            problem.import_price_per_kwh @ (grid_import_kw + by_step[3])
-            - problem.export_price_per_kwh @ grid_export_kw
-        )
+        * (problem.import_price_per_kwh @ (grid_import_kw + by_step[3]) - problem.export_price_per_kwh @ grid_export_kw)
     )
     return HorizonPlan(
         status=HorizonStatus.OPTIMAL,

@@ -1,4 +1,4 @@
-"""The cycle's LP on HiGHS (highspy directly): the fallback and the heuristic's yardstick.
+"""The cycle's LP on HiGHS (highspy, filled through evdlm_solvers.highs): the fallback and the heuristic's yardstick.
 
 Same rows, bounds and admitted set as the heuristic; maximises priority/urgency-weighted
 delivered power (:func:`~evdlm_solvers.problem.objective_weight`). The 0-or-at-least-min
@@ -20,10 +20,10 @@ import enum
 import time
 from dataclasses import dataclass
 
-import highspy
 import numpy as np
 
 from evdlm_solvers.heuristic import admit
+from evdlm_solvers.highs import INF, colwise_model, run
 from evdlm_solvers.problem import Allocation, BoolArray, FloatArray, Problem, objective_weight
 
 BATTERY_COST_FRACTION = 1e-3
@@ -118,48 +118,34 @@ def solve_lp(
         (weight / problem.power_per_unit_w)[movable].min() if movable.any() else 1.0
     )
     battery_nnz = problem.battery_coef_row.size
-    model = highspy.HighsLp()
-    model.num_col_ = n_evse + 2
-    model.num_row_ = problem.n_rows
-    model.sense_ = highspy.ObjSense.kMaximize
-    model.col_cost_ = np.concatenate([weight, [-battery_cost, -battery_cost]]) / scale
-    model.col_lower_ = np.concatenate([col_lower, [0.0, 0.0]])
-    model.col_upper_ = np.concatenate([col_upper, [problem.battery_discharge_max_w, problem.battery_charge_max_w]])
-    model.row_lower_ = np.full(problem.n_rows, -highspy.kHighsInf)
-    model.row_upper_ = row_upper_bounds(problem)
     nnz = problem.coef_indptr[-1]
-    matrix = model.a_matrix_
-    matrix.format_ = highspy.MatrixFormat.kColwise
-    matrix.num_col_ = n_evse + 2
-    matrix.num_row_ = problem.n_rows
-    matrix.start_ = np.concatenate([problem.coef_indptr, [nnz + battery_nnz, nnz + 2 * battery_nnz]]).astype(np.int32)
-    matrix.index_ = np.concatenate([problem.coef_row, problem.battery_coef_row, problem.battery_coef_row]).astype(
-        np.int32
+    model = colwise_model(
+        maximize=True,
+        col_cost=np.concatenate([weight, [-battery_cost, -battery_cost]]) / scale,
+        col_lower=np.concatenate([col_lower, [0.0, 0.0]]),
+        col_upper=np.concatenate([col_upper, [problem.battery_discharge_max_w, problem.battery_charge_max_w]]),
+        row_lower=np.full(problem.n_rows, -INF),
+        row_upper=row_upper_bounds(problem),
+        start=np.concatenate([problem.coef_indptr, [nnz + battery_nnz, nnz + 2 * battery_nnz]]),
+        index=np.concatenate([problem.coef_row, problem.battery_coef_row, problem.battery_coef_row]),
+        # Discharge column carries the battery coefficients, the charge column their negation.
+        value=np.concatenate([problem.coef_value, problem.battery_coef_value, -problem.battery_coef_value]),
     )
-    # Discharge column carries the battery coefficients, the charge column their negation.
-    matrix.value_ = np.concatenate([problem.coef_value, problem.battery_coef_value, -problem.battery_coef_value])
+    solution = run(
+        model,
+        time_limit_s=max(time_limit_s, 1e-3),
+        # Presolve costs more than it saves here (7x at 1000 EVSEs, 1.7x at 5000; see
+        # benchmarks/README.md): the rows are few and already tight, the bounds explicit.
+        presolve="off",
+        # Weights span classes (100x each) and urgencies; at the default 1e-7 a cheap class-3
+        # column could be left short of its optimum by more than the heuristic gets from it.
+        dual_feasibility_tolerance=1e-9,
+    )
+    if solution.col_value is None:
+        status = LpStatus(solution.status.value)
+        return LpResult(status, None, float("nan"), time.perf_counter() - started, solution.detail)
 
-    highs = highspy.Highs()  # type: ignore[no-untyped-call]
-    highs.setOptionValue("output_flag", False)
-    highs.setOptionValue("time_limit", float(max(time_limit_s, 1e-3)))
-    # Presolve costs more than it saves here (7x at 1000 EVSEs, 1.7x at 5000; see
-    # benchmarks/README.md): the rows are few and already tight, the bounds explicit.
-    highs.setOptionValue("presolve", "off")
-    # Weights span classes (100x each) and urgencies; at the default 1e-7 a cheap class-3
-    # column could be left short of its optimum by more than the heuristic gets from it.
-    highs.setOptionValue("dual_feasibility_tolerance", 1e-9)
-    highs.passModel(model)
-    highs.run()
-    model_status = highs.getModelStatus()
-    detail = highs.modelStatusToString(model_status)
-    if model_status != highspy.HighsModelStatus.kOptimal:
-        status = {
-            highspy.HighsModelStatus.kInfeasible: LpStatus.INFEASIBLE,
-            highspy.HighsModelStatus.kTimeLimit: LpStatus.TIME_LIMIT,
-        }.get(model_status, LpStatus.ERROR)
-        return LpResult(status, None, float("nan"), time.perf_counter() - started, detail)
-
-    values = np.asarray(highs.getSolution().col_value, dtype=np.float64)
+    values = solution.col_value
     # HiGHS honours bounds to its feasibility tolerance; snap to them exactly.
     setpoint = np.clip(values[:n_evse], col_lower, col_upper)
     battery_w = float(
@@ -172,5 +158,5 @@ def solve_lp(
         allocation,
         float(weight @ setpoint),
         time.perf_counter() - started,
-        detail,
+        solution.detail,
     )

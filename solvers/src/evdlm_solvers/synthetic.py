@@ -59,9 +59,7 @@ class SiteShape:
     min_on_time_s: float = 300.0
 
 
-def random_site(
-    n_evse: int, seed: int | np.random.Generator, shape: SiteShape | None = None
-) -> Problem:
+def random_site(n_evse: int, seed: int | np.random.Generator, shape: SiteShape | None = None) -> Problem:
     """Draw a random site's problem for one cycle.
 
     Parameters
@@ -151,9 +149,36 @@ def random_site(
 
     # Limits below the sum of maxima by a random factor; the fuse sizes are what a real
     # installer would pick (rounded up to a standard rating).
-    ratings_a = np.array([16.0, 20.0, 25.0, 32.0, 40.0, 50.0, 63.0, 80.0, 100.0, 125.0,
-                          160.0, 200.0, 250.0, 315.0, 400.0, 630.0, 800.0, 1000.0, 1250.0,
-                          1600.0, 2000.0, 2500.0, 3200.0, 4000.0, 5000.0, 6300.0])
+    ratings_a = np.array(
+        [
+            16.0,
+            20.0,
+            25.0,
+            32.0,
+            40.0,
+            50.0,
+            63.0,
+            80.0,
+            100.0,
+            125.0,
+            160.0,
+            200.0,
+            250.0,
+            315.0,
+            400.0,
+            630.0,
+            800.0,
+            1000.0,
+            1250.0,
+            1600.0,
+            2000.0,
+            2500.0,
+            3200.0,
+            4000.0,
+            5000.0,
+            6300.0,
+        ]
+    )
     node_max_a = max_phase_current_a.max(axis=1)
     factor = rng.uniform(1.0 - 0.8 * shape.tightness, 1.0 - 0.4 * shape.tightness, n_nodes)
     wanted_a = np.maximum(node_max_a * factor, 16.0)
@@ -168,17 +193,13 @@ def random_site(
 
     max_power_w = float(power_per_unit_w @ setpoint_max)
     pv_w = rng.uniform(0.0, 0.3) * max_power_w if has_pv else 0.0
-    import_headroom_w = max_power_w * rng.uniform(
-        1.0 - 0.9 * shape.tightness, 1.0 - 0.3 * shape.tightness
-    ) + pv_w
+    import_headroom_w = max_power_w * rng.uniform(1.0 - 0.9 * shape.tightness, 1.0 - 0.3 * shape.tightness) + pv_w
     row_headroom = np.concatenate([headroom_a, [import_headroom_w]])
     if has_export_row:
         # Export limit minus today's surplus; 0 export limit sites need the EVs or battery.
         export_headroom_w = rng.uniform(0.0, 0.5) * max_power_w
         row_headroom = np.concatenate([row_headroom, [export_headroom_w]])
-    row_unit = np.concatenate(
-        [np.full(3 * n_nodes, UNIT_CURRENT_A), np.full(n_rows - 3 * n_nodes, UNIT_POWER_W)]
-    )
+    row_unit = np.concatenate([np.full(3 * n_nodes, UNIT_CURRENT_A), np.full(n_rows - 3 * n_nodes, UNIT_POWER_W)])
     parent_node = np.concatenate([[-1], np.zeros(n_boards, np.int64), board_node[board_of_feeder]])
     row_parent = np.concatenate(
         [
@@ -188,12 +209,8 @@ def random_site(
     )
 
     charging = rng.random(n_evse) < 0.6
-    setpoint_previous = np.where(
-        charging, setpoint_min + rng.random(n_evse) * (setpoint_max - setpoint_min), 0.0
-    )
-    ramp_up_max = np.where(
-        rng.random(n_evse) < 0.5, np.inf, np.where(dc, 10_000.0, 4.0)
-    )
+    setpoint_previous = np.where(charging, setpoint_min + rng.random(n_evse) * (setpoint_max - setpoint_min), 0.0)
+    ramp_up_max = np.where(rng.random(n_evse) < 0.5, np.inf, np.where(dc, 10_000.0, 4.0))
     priority = rng.choice(3, size=n_evse, p=[0.1, 0.8, 0.1])
     urgency = rng.lognormal(0.0, 0.5, n_evse)
     urgency /= urgency.mean()

@@ -16,41 +16,23 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from evdlm.config.issues import ConfigError, ConfigIssue, LocPath, Severity
 from evdlm.config.models import SiteConfig
+from evdlm.config.semantic import check_semantics
 
 EXTENSION_PREFIX = "x-"
-Severity = Literal["error", "warning"]
-LocPath = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem found in a config file. ``line`` and ``column`` are 1-based."""
-
-    file: str
-    line: int | None
-    column: int | None
-    field: str
-    message: str
-    severity: Severity = "error"
-
-    def __str__(self) -> str:
-        where = self.file
-        if self.line is not None:
-            where += f":{self.line}"
-            if self.column is not None:
-                where += f":{self.column}"
-        subject = f" {self.field}:" if self.field else ""
-        return f"{where}: {self.severity}:{subject} {self.message}"
-
-
-class ConfigError(Exception):
-    """The config is invalid; ``issues`` lists every error (and any warnings) found."""
-
-    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
-        self.issues = sorted(issues, key=lambda issue: (issue.line or 0, issue.column or 0))
-        errors = [issue for issue in self.issues if issue.severity == "error"]
-        super().__init__("\n".join(str(issue) for issue in errors))
+# ConfigIssue, ConfigError, LocPath and Severity live in evdlm.config.issues (shared with the
+# semantic checks, which this module runs); they are re-exported here.
+__all__ = [
+    "ConfigError",
+    "ConfigIssue",
+    "LoadedConfig",
+    "LocPath",
+    "Severity",
+    "SourceMap",
+    "load_site_config",
+    "parse_site_config",
+]
 
 
 @dataclass(frozen=True)
@@ -141,8 +123,6 @@ def parse_site_config(text: str, filename: str = "<string>", base_dir: Path | No
     ConfigError
         With every error found (and the warnings), each located in the file.
     """
-    from evdlm.config.semantic import check_semantics
-
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:

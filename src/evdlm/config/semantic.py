@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
 
-from evdlm.config.loader import LocPath, Severity
+from evdlm.config.issues import LocPath, Severity
 from evdlm.config.models import (
     BatteryControlMode,
     ChargerKind,

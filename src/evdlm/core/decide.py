@@ -13,21 +13,28 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import numpy as np
-from evdlm_solvers.chain import SolveResult, SolverName, SolveStatus, StageTimings, solve
-from evdlm_solvers.check import check
-from evdlm_solvers.heuristic import admit
-from evdlm_solvers.lp import solve_lp
-from evdlm_solvers.problem import paused
-from evdlm_solvers.transition import stage_raises
+from evdlm_solvers import (
+    SolveResult,
+    SolverName,
+    SolveStatus,
+    StageTimings,
+    admit,
+    check,
+    paused,
+    solve,
+    solve_lp,
+    stage_raises,
+)
 
-from evdlm.config.models import DeviceRole, SiteConfig
+from evdlm.config.models import SiteConfig
 from evdlm.core.dispatch import Plan, plan_commands
 from evdlm.core.fleet import FleetCache, MemoryMapping
 from evdlm.core.fleet_kernels import HELD
-from evdlm.core.memory import ControlMemory, EvseKey, EvseMemory
-from evdlm.core.problem_builder import BuildInputs, BuiltProblem, SiteSettings, build_problem
+from evdlm.core.memory import ControlMemory, EvseMemory
+from evdlm.core.problem_builder import BuildInputs, BuiltProblem, build_problem
+from evdlm.core.site_settings import SiteSettings
 from evdlm.core.topology import Topology, build_topology
-from evdlm.core.types import EvseState
+from evdlm.core.types import EvseKey, EvseState
 
 
 class SolverChoice(StrEnum):
@@ -43,31 +50,15 @@ class DecisionContext:
     settings: SiteSettings
     solve_budget_s: float
     solver: SolverChoice = SolverChoice.CHAIN
-    battery_step_down_w: float = float("inf")  # largest cut of battery discharge per cycle
     cache: FleetCache = field(default_factory=FleetCache, compare=False, repr=False)  # last cycle's columns
 
     @staticmethod
     def from_config(config: SiteConfig, solver: SolverChoice = SolverChoice.CHAIN) -> DecisionContext:
         return DecisionContext(
             topology=build_topology(config),
-            settings=SiteSettings(
-                control=config.control,
-                battery=config.battery,
-                fallback_import_limit_w=config.control.fallback_import_limit_kw * 1000.0,
-                failsafe_current_a=config.ocpp.failsafe_current_a,
-                grid_generation=config.battery is not None
-                or any(device.role is DeviceRole.PV for device in config.devices),
-            ),
+            settings=SiteSettings.from_config(config),
             solve_budget_s=config.control.solve_budget_s,
             solver=solver,
-            battery_step_down_w=(
-                config.battery.max_discharge_kw
-                * 1000.0
-                * config.control.cycle_period_s
-                / max(config.control.settle_time_s, config.control.cycle_period_s)
-                if config.battery is not None
-                else float("inf")
-            ),
         )
 
 
@@ -222,7 +213,7 @@ def _decide(context: DecisionContext, inputs: BuildInputs, cache: FleetCache | N
     else:
         result = solve(built.problem, time_budget_s=context.solve_budget_s)
     result = defer_raises_until_cuts_land(built, result)
-    result = hold_battery_while_cutting(built, result, inputs.memory, context.battery_step_down_w)
+    result = hold_battery_while_cutting(built, result, inputs.memory, context.settings.battery_step_down_w)
     plan = plan_commands(
         context.topology,
         built,

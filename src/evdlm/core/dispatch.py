@@ -15,29 +15,29 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-from evdlm_solvers.problem import Allocation
+from evdlm_solvers import Allocation
 
-from evdlm.core.fleet import (
+from evdlm.core.fleet import FleetCache, MemoryColumns, MemoryMapping, first_match
+from evdlm.core.fleet_kernels import (
+    ACTIVE,
+    HELD,
+    IDLE,
     M_CHANGED,
     M_SETPOINT,
+    OFFLINE,
     S_CHARGING,
     S_PRESENT,
-    FleetCache,
-    MemoryColumns,
-    MemoryMapping,
-    SlotTable,
-    first_match,
+    memory_kernel,
 )
-from evdlm.core.fleet_kernels import ACTIVE, HELD, IDLE, OFFLINE, memory_kernel
-from evdlm.core.memory import ControlMemory, EvseKey
+from evdlm.core.memory import ControlMemory
 from evdlm.core.problem_builder import (
     FOLLOW_TOLERANCE_A,
     BuiltProblem,
     Reason,
     reason_text,
 )
-from evdlm.core.topology import Topology
-from evdlm.core.types import ChargingCommand
+from evdlm.core.topology import SlotTable, Topology
+from evdlm.core.types import ChargingCommand, EvseKey
 
 DC_STEP_W = 100.0
 

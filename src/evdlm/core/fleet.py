@@ -2,13 +2,16 @@
 
 Three tables, each a float matrix with one named column per field (NaN stands for None):
 
-* :class:`SlotTable`: the topology's static facts, built once per config;
+* :class:`~evdlm.core.topology.SlotTable`: the topology's static facts, built once per config;
 * :class:`StateColumns`: what the chargers report (:class:`~evdlm.core.types.EvseState`);
 * :class:`MemoryColumns`: the control memory (:class:`~evdlm.core.memory.EvseMemory`).
 
 Between two cycles most EVSE states and memories are the very same (frozen) objects, so
 :class:`FleetCache` re-reads only the ones that changed. The cache is an optimisation only:
 without it every value is read afresh, with the same result.
+
+The column numbers (:class:`~evdlm.core.fleet_kernels.StateColumn`,
+:class:`~evdlm.core.fleet_kernels.MemoryColumn`) are defined next to the kernels that read them.
 """
 
 from __future__ import annotations
@@ -16,16 +19,15 @@ from __future__ import annotations
 import itertools
 import operator
 import threading
-from collections import defaultdict
 from collections.abc import Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from evdlm_solvers.problem import UNIT_CURRENT_A, UNIT_POWER_W
 
-from evdlm.core.memory import NO_MEMORY, ControlMemory, EvseKey, EvseMemory
-from evdlm.core.topology import RowKind, Topology
-from evdlm.core.types import EvseState, RateUnitLiteral
+from evdlm.core.fleet_kernels import MEMORY_FIELDS, STATE_FIELDS
+from evdlm.core.memory import NO_MEMORY, ControlMemory, EvseMemory
+from evdlm.core.topology import SlotTable
+from evdlm.core.types import EvseKey, EvseState
 
 NAN = float("nan")
 FloatArray = np.ndarray
@@ -48,157 +50,8 @@ def _none_if_nan(value: float) -> float | None:
     return None if value != value else value  # NaN is the only value unequal to itself
 
 
-class SlotTable:
-    """The static per-EVSE facts of a topology, as arrays in topology order."""
-
-    def __init__(self, topology: Topology) -> None:
-        slots = topology.evses
-        size = len(slots)
-        self.topology = topology
-        self.size = size
-        self.voltage_v = topology.nominal_voltage_v
-        self.keys: tuple[EvseKey, ...] = tuple(slot.key for slot in slots)
-        self.units: tuple[RateUnitLiteral, ...] = tuple("W" if slot.is_dc else "A" for slot in slots)
-        self.is_dc = np.array([slot.is_dc for slot in slots], dtype=np.bool_)
-        self.wired_phases = np.array([slot.wired_phase_count for slot in slots], dtype=np.int64)
-        # 0-based site phase wired to each charger phase.
-        self.site_phase = np.array([[phase - 1 for phase in slot.site_phases] for slot in slots], dtype=np.int64)
-        self.site_phase = self.site_phase.reshape(size, 3)
-        self.min_setpoint = np.array(
-            [slot.charger.min_power_kw * 1000.0 if slot.is_dc else slot.charger.min_current_a for slot in slots]
-        )
-        self.max_setpoint = np.array(
-            [
-                (slot.charger.max_power_kw or 0.0) * 1000.0 if slot.is_dc else slot.charger.max_current_a
-                for slot in slots
-            ]
-        )
-        self.priority = np.array([slot.charger.priority for slot in slots], dtype=np.int64)
-
-        self.node_ids: tuple[str, ...] = tuple(topology.nodes)
-        node_index = {node: index for index, node in enumerate(self.node_ids)}
-        # (node, EVSE) pairs in EVSE order, each EVSE's path from the root: per-node sums built
-        # with np.add.at over them add EVSE by EVSE, in the same order as a plain loop would.
-        pair_node: list[int] = []
-        pair_evse: list[int] = []
-        for index, slot in enumerate(slots):
-            for node in topology.nodes[slot.node].path:
-                pair_node.append(node_index[node])
-                pair_evse.append(index)
-        self.pair_node = np.array(pair_node, dtype=np.int64)
-        self.pair_evse = np.array(pair_evse, dtype=np.int64)
-        self.in_path = np.zeros((len(self.node_ids), size), dtype=np.bool_)
-        self.in_path[self.pair_node, self.pair_evse] = True
-        # Current rows of each node, (site phase 0..2, row), in row order.
-        self.node_current_rows: tuple[tuple[tuple[int, int], ...], ...] = tuple(
-            tuple((phase - 1, row) for (row_node, phase), row in topology.current_row.items() if row_node == node)
-            for node in self.node_ids
-        )
-        # Row facts the problem repeats every cycle.
-        self.row_is_current = np.array([row.kind is RowKind.PHASE_CURRENT for row in topology.rows], dtype=np.bool_)
-        self.row_unit = np.where(self.row_is_current, UNIT_CURRENT_A, UNIT_POWER_W).astype(np.int8)
-        self.row_parent = np.array([row.parent for row in topology.rows], dtype=np.int64)
-        self.row_limit = np.array([row.limit for row in topology.rows], dtype=np.float64)
-        for array in (self.row_unit, self.row_parent, self.row_limit):
-            array.flags.writeable = False
-        # Every current row as (node, 0-based phase, row); every node power row as (node, row).
-        current = [
-            (position, phase, row) for position, rows in enumerate(self.node_current_rows) for phase, row in rows
-        ]
-        self.current_row_node = np.array([node for node, _, _ in current], dtype=np.int64)
-        self.current_row_phase = np.array([phase for _, phase, _ in current], dtype=np.int64)
-        self.current_row = np.array([row for _, _, row in current], dtype=np.int64)
-        self.power_row_node = np.array([node_index[node] for node in topology.power_row], dtype=np.int64)
-        self.power_row = np.array(list(topology.power_row.values()), dtype=np.int64)
-        self.node_limit_a = np.array([topology.nodes[node].phase_current_limit_a for node in self.node_ids])
-        self.metered_nodes = tuple(
-            position for position, node in enumerate(self.node_ids) if topology.nodes[node].meter is not None
-        )
-        self._coefficients: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        self._last_columns: tuple[bytes, bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
-        self.key_set = frozenset(self.keys)
-        self.key_index = topology.evse_index
-
-    def column_coefficients(
-        self, columns: np.ndarray, phases_used: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The CSR columns (indptr, rows, coefficients) of these EVSEs, each using its phases.
-
-        The set of EVSEs in the problem changes seldom, so the last one is kept (read-only: a
-        problem takes copies).
-        """
-        identity = (columns.tobytes(), phases_used.tobytes())
-        last = self._last_columns
-        if last is not None and last[0] == identity[0] and last[1] == identity[1]:
-            return last[2]
-        parts = [
-            self.coefficients(index, phases)
-            for index, phases in zip(columns.tolist(), phases_used.tolist(), strict=True)
-        ]
-        indptr = np.zeros(len(parts) + 1, dtype=np.int64)
-        indptr[1:] = np.cumsum([len(rows) for rows, _ in parts])
-        if parts:
-            rows, values = np.concatenate([rows for rows, _ in parts]), np.concatenate([values for _, values in parts])
-        else:
-            rows, values = np.zeros(0, dtype=np.int64), np.zeros(0)
-        for array in (indptr, rows, values):
-            array.flags.writeable = False
-        made = (indptr, rows, values)
-        self._last_columns = (identity[0], identity[1], made)
-        return made
-
-    def coefficients(self, index: int, phases_used: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and coefficients of one EVSE's column (1 unit of its setpoint on every row it loads)."""
-        cached = self._coefficients.get((index, phases_used))
-        if cached is not None:
-            return cached
-        topology = self.topology
-        slot = topology.evses[index]
-        voltage_v = self.voltage_v
-        coefs: dict[int, float] = defaultdict(float)
-        if slot.is_dc:
-            per_phase, power_per_unit = 1.0 / (3.0 * voltage_v), 1.0
-            used_phases: tuple[int, ...] = (1, 2, 3)
-        else:
-            per_phase, power_per_unit = 1.0, voltage_v * phases_used
-            used_phases = slot.site_phases[:phases_used]
-        for node in topology.nodes[slot.node].path:
-            for phase in used_phases:
-                row = topology.current_row.get((node, phase))
-                if row is not None:
-                    coefs[row] += per_phase
-            if node in topology.power_row:
-                coefs[topology.power_row[node]] += power_per_unit
-        coefs[topology.import_row] += power_per_unit
-        coefs[topology.export_row] -= power_per_unit
-        rows = sorted(coefs)
-        made = (np.array(rows, dtype=np.int64), np.array([coefs[row] for row in rows], dtype=np.float64))
-        self._coefficients[(index, phases_used)] = made
-        return made
-
-
-# StateColumns fields (columns of StateColumns.values).
-(
-    S_PRESENT,
-    S_ONLINE,
-    S_CONNECTED,
-    S_CHARGING,
-    S_CONTROLLABLE,
-    S_COMPLIANT,
-    S_SAMPLED_AT,  # the charger's last meter sample (updated_at_s for states that do not say)
-    S_HAS_PHASE_CURRENT,
-    S_I1,
-    S_I2,
-    S_I3,
-    S_POWER,
-    S_EV_MAX_A,
-    S_ENERGY_NEEDED,
-    S_DEPARTURE,
-    S_PRIORITY,  # the session's priority class (NaN: the charger's)
-    S_PAUSED,  # 1: held at 0 by a session command
-    S_PLANNED_W,  # the horizon plan's power for the session now, W (NaN: none)
-) = range(18)
-STATE_FIELDS = 18
+# _ABSENT_STATE, _state_row and _memory_row are in StateColumn and MemoryColumn order (checked by
+# tests/core/test_fleet_kernels.py).
 _ABSENT_STATE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, NAN, 0.0, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0.0, NAN)
 
 
@@ -266,11 +119,6 @@ class StateColumns:
         values[indexes] = [_ABSENT_STATE if state is None else _state_row(state) for state in read]
         transaction[indexes] = [None if state is None else state.transaction_id for state in read]
         return StateColumns(sources, values, transaction)
-
-
-# MemoryColumns fields.
-M_SETPOINT, M_ADMITTED, M_WANTING, M_PAUSED, M_CHANGED, M_CUT_FROM, M_CUT_AT, M_PHASES, M_DEMAND_CAP = range(9)
-MEMORY_FIELDS = 9
 
 
 def _memory_row(memory: EvseMemory) -> tuple[float, ...]:

@@ -5,58 +5,119 @@ and :mod:`evdlm.core.dispatch` explain the rules and call these. Sums run EVSE b
 topology order and no fast-math is used, so results are bit for bit those of the same loop in
 Python: a replay reproduces the decisions of any gateway that ran this code.
 
-Columns of the ``state`` and ``memory`` matrices are the ``S_*`` and ``M_*`` constants of
-:mod:`evdlm.core.fleet` (NaN = None).
+The numbers the kernels index and compare with are defined here, next to the kernels, as
+``IntEnum`` s: the columns of the ``state`` and ``memory`` matrices (:class:`StateColumn`,
+:class:`MemoryColumn`; NaN = None), the EVSE modes (:class:`Mode`) and the reasons for them
+(:class:`Reason`). numba compiles an ``IntEnum`` member as an integer constant, and its on-disk
+cache (``cache=True``) is keyed by the source file of the kernel: with the numbers in the same
+file, changing one invalidates every cached kernel, so a stale kernel cannot run with a new
+numbering. :mod:`evdlm.core.fleet` and :mod:`evdlm.core.problem_builder` import them from here
+(``tests/core/test_fleet_kernels.py`` checks that no kernel reads a number from another module).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from enum import IntEnum
 
 import numpy as np
 from numba import njit
 
-from evdlm.core.fleet import (
-    M_ADMITTED,
-    M_CHANGED,
-    M_CUT_AT,
-    M_CUT_FROM,
-    M_DEMAND_CAP,
-    M_PAUSED,
-    M_PHASES,
-    M_SETPOINT,
-    M_WANTING,
-    MEMORY_FIELDS,
-    S_CHARGING,
-    S_COMPLIANT,
-    S_CONNECTED,
-    S_CONTROLLABLE,
-    S_DEPARTURE,
-    S_ENERGY_NEEDED,
-    S_EV_MAX_A,
-    S_HAS_PHASE_CURRENT,
-    S_I1,
-    S_ONLINE,
-    S_POWER,
-    S_PRESENT,
-    S_SAMPLED_AT,
-    STATE_FIELDS,
-)
 
-# Mode codes (problem_builder.MODES order) and reason codes (problem_builder.Reason).
-IDLE, OFFLINE, ACTIVE, HELD, UNCONTROLLED = 0, 1, 2, 3, 4
-(
-    NO_SESSION,
-    CONNECTED_NOT_CHARGING,
-    OFFLINE_REASON,
-    OFFLINE_WITH_SESSION,
-    REFUSES_PROFILES,
-    DOES_NOT_FOLLOW,
-    SETTLING,
-    DRAWS_ABOVE_LIMIT,
-    CHARGING,
-) = range(9)
+class StateColumn(IntEnum):
+    """Columns of :class:`evdlm.core.fleet.StateColumns` ``.values`` (what the chargers report)."""
+
+    PRESENT = 0
+    ONLINE = 1
+    CONNECTED = 2
+    CHARGING = 3
+    CONTROLLABLE = 4
+    COMPLIANT = 5
+    SAMPLED_AT = 6  # the charger's last meter sample (updated_at_s for states that do not say)
+    HAS_PHASE_CURRENT = 7
+    I1 = 8
+    I2 = 9
+    I3 = 10
+    POWER = 11
+    EV_MAX_A = 12
+    ENERGY_NEEDED = 13
+    DEPARTURE = 14
+    PRIORITY = 15  # the session's priority class (NaN: the charger's)
+    PAUSED = 16  # 1: held at 0 by a session command
+    PLANNED_W = 17  # the horizon plan's power for the session now, W (NaN: none)
+
+
+class MemoryColumn(IntEnum):
+    """Columns of :class:`evdlm.core.fleet.MemoryColumns` ``.values`` (the control memory)."""
+
+    SETPOINT = 0
+    ADMITTED = 1
+    WANTING = 2
+    PAUSED = 3
+    CHANGED = 4
+    CUT_FROM = 5
+    CUT_AT = 6
+    PHASES = 7
+    DEMAND_CAP = 8
+
+
+class Mode(IntEnum):
+    """An EVSE's mode code (``FleetView.mode``); ``problem_builder.MODES[code]`` is its ``EvseMode``."""
+
+    IDLE = 0
+    OFFLINE = 1
+    ACTIVE = 2
+    HELD = 3
+    UNCONTROLLED = 4
+
+
+class Reason(IntEnum):
+    """Why an EVSE is in its mode (``FleetView.reason``); the text is ``problem_builder.reason_text``."""
+
+    NO_SESSION = 0
+    CONNECTED_NOT_CHARGING = 1
+    OFFLINE = 2
+    OFFLINE_WITH_SESSION = 3
+    REFUSES_PROFILES = 4
+    DOES_NOT_FOLLOW = 5
+    SETTLING = 6
+    DRAWS_ABOVE_LIMIT = 7
+    CHARGING = 8
+
+
+STATE_FIELDS = len(StateColumn)
+MEMORY_FIELDS = len(MemoryColumn)
+
+# Short names for the kernels and the column code (the same enum members).
+S_PRESENT = StateColumn.PRESENT
+S_ONLINE = StateColumn.ONLINE
+S_CONNECTED = StateColumn.CONNECTED
+S_CHARGING = StateColumn.CHARGING
+S_CONTROLLABLE = StateColumn.CONTROLLABLE
+S_COMPLIANT = StateColumn.COMPLIANT
+S_SAMPLED_AT = StateColumn.SAMPLED_AT
+S_HAS_PHASE_CURRENT = StateColumn.HAS_PHASE_CURRENT
+S_I1 = StateColumn.I1
+S_I2 = StateColumn.I2
+S_I3 = StateColumn.I3
+S_POWER = StateColumn.POWER
+S_EV_MAX_A = StateColumn.EV_MAX_A
+S_ENERGY_NEEDED = StateColumn.ENERGY_NEEDED
+S_DEPARTURE = StateColumn.DEPARTURE
+S_PRIORITY = StateColumn.PRIORITY
+S_PAUSED = StateColumn.PAUSED
+S_PLANNED_W = StateColumn.PLANNED_W
+M_SETPOINT = MemoryColumn.SETPOINT
+M_ADMITTED = MemoryColumn.ADMITTED
+M_WANTING = MemoryColumn.WANTING
+M_PAUSED = MemoryColumn.PAUSED
+M_CHANGED = MemoryColumn.CHANGED
+M_CUT_FROM = MemoryColumn.CUT_FROM
+M_CUT_AT = MemoryColumn.CUT_AT
+M_PHASES = MemoryColumn.PHASES
+M_DEMAND_CAP = MemoryColumn.DEMAND_CAP
+IDLE, OFFLINE, ACTIVE, HELD, UNCONTROLLED = Mode.IDLE, Mode.OFFLINE, Mode.ACTIVE, Mode.HELD, Mode.UNCONTROLLED
 
 
 @njit(cache=True)
@@ -106,7 +167,7 @@ def view_kernel(
         has_currents = present and state[e, S_HAS_PHASE_CURRENT] > 0
         setpoint = memory[e, M_SETPOINT]
         previous_a = _per_phase_a(setpoint, is_dc[e], voltage_v)
-        i1, i2, i3 = state[e, S_I1], state[e, S_I1 + 1], state[e, S_I1 + 2]
+        i1, i2, i3 = state[e, S_I1], state[e, S_I2], state[e, S_I3]
 
         # Phases the car uses.
         if wired_phases[e] == 1:
@@ -164,26 +225,26 @@ def view_kernel(
         if not present or state[e, S_ONLINE] == 0:
             mode[e] = OFFLINE
             if setpoint > 0 or (present and state[e, S_CHARGING] > 0):
-                reason[e] = OFFLINE_WITH_SESSION
+                reason[e] = Reason.OFFLINE_WITH_SESSION
                 floor_a = max(previous_a, failsafe_current_a)
             else:
-                reason[e] = OFFLINE_REASON
+                reason[e] = Reason.OFFLINE
         elif state[e, S_CHARGING] == 0:
             mode[e] = IDLE
-            reason[e] = CONNECTED_NOT_CHARGING if state[e, S_CONNECTED] > 0 else NO_SESSION
+            reason[e] = Reason.CONNECTED_NOT_CHARGING if state[e, S_CONNECTED] > 0 else Reason.NO_SESSION
         elif state[e, S_CONTROLLABLE] == 0:
-            mode[e], reason[e], floor_a = UNCONTROLLED, REFUSES_PROFILES, maximum_a
+            mode[e], reason[e], floor_a = UNCONTROLLED, Reason.REFUSES_PROFILES, maximum_a
         elif state[e, S_COMPLIANT] == 0:
-            mode[e], reason[e], floor_a = UNCONTROLLED, DOES_NOT_FOLLOW, maximum_a
+            mode[e], reason[e], floor_a = UNCONTROLLED, Reason.DOES_NOT_FOLLOW, maximum_a
         elif not math.isnan(cut_from) and not math.isnan(cut_at_s) and now_s - cut_at_s < settle_time_s and above_limit:
-            mode[e], reason[e] = HELD, SETTLING
+            mode[e], reason[e] = HELD, Reason.SETTLING
             bound_a = measured_max_a if sampled_at_s > cut_at_s else _per_phase_a(cut_from, is_dc[e], voltage_v)
             floor_a = max(bound_a, previous_a)
             floor_phases = phases
         elif not math.isnan(changed_at_s) and sampled_at_s - changed_at_s >= settle_time_s and above_limit:
-            mode[e], reason[e], floor_a = UNCONTROLLED, DRAWS_ABOVE_LIMIT, maximum_a
+            mode[e], reason[e], floor_a = UNCONTROLLED, Reason.DRAWS_ABOVE_LIMIT, maximum_a
         else:
-            mode[e], reason[e] = ACTIVE, CHARGING
+            mode[e], reason[e] = ACTIVE, Reason.CHARGING
 
         for p in range(3):
             assumed[e, p] = measured[e, p]
@@ -424,8 +485,8 @@ def memory_kernel(
         new[M_CHANGED] = now_s if value != previous else old[M_CHANGED]
         new[M_PHASES] = phases_used[e] if active else old[M_PHASES]
         new[M_DEMAND_CAP] = demand_cap[e] if active else old[M_DEMAND_CAP]
-        for field in range(memory.shape[1]):
-            if not _same(new[field], memory[e, field]):
+        for column in range(memory.shape[1]):
+            if not _same(new[column], memory[e, column]):
                 changed[e] = True
     return out, changed
 

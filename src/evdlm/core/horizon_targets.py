@@ -63,9 +63,7 @@ def site_capacity_w(topology: Topology, built: BuiltProblem) -> float:
     problem = built.problem
     capacity_w = float(problem.row_headroom[topology.import_row])
     grid_rows = [
-        index
-        for index, row in enumerate(topology.rows)
-        if row.kind is RowKind.PHASE_CURRENT and row.node == GRID_NODE
+        index for index, row in enumerate(topology.rows) if row.kind is RowKind.PHASE_CURRENT and row.node == GRID_NODE
     ]
     if grid_rows:
         phases_w = float(np.maximum(problem.row_headroom[grid_rows], 0.0).sum()) * topology.nominal_voltage_v
@@ -89,8 +87,7 @@ def horizon_problem(
     max_power_kw = problem.setpoint_max * problem.power_per_unit_w / 1000.0
     energy_kwh = np.array(
         [
-            (DEFAULT_ENERGY_WH if state is None or state.energy_needed_wh is None else state.energy_needed_wh)
-            / 1000.0
+            (DEFAULT_ENERGY_WH if state is None or state.energy_needed_wh is None else state.energy_needed_wh) / 1000.0
             for state in states
         ]
     )

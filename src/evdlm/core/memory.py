@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-EvseKey = tuple[str, int]
+from evdlm.core.types import EvseKey as EvseKey
 
 
 @dataclass(frozen=True)

@@ -22,30 +22,29 @@ the configured fallback limit. Demand-response caps lower the import and export 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from functools import cached_property
 
 import numpy as np
-from evdlm_solvers.problem import UNIT_CURRENT_A, UNIT_POWER_W, Problem
+from evdlm_solvers import UNIT_CURRENT_A, UNIT_POWER_W, Problem
 
-from evdlm.config.models import Battery, Control
-from evdlm.core import fleet_kernels as kernels
-from evdlm.core.fleet import (
+from evdlm.core.fleet import FleetCache, MemoryColumns, StateColumns
+from evdlm.core.fleet_kernels import (
     M_CUT_FROM,
     S_PAUSED,
     S_PLANNED_W,
     S_PRESENT,
     S_PRIORITY,
-    FleetCache,
-    MemoryColumns,
-    SlotTable,
-    StateColumns,
+    Mode,
+    columns_kernel,
+    view_kernel,
 )
-from evdlm.core.fleet_kernels import ACTIVE, HELD, IDLE, OFFLINE, UNCONTROLLED, columns_kernel, view_kernel
+from evdlm.core.fleet_kernels import Reason as Reason
 from evdlm.core.memory import ControlMemory
 from evdlm.core.meter_trust import meter_phase_a
-from evdlm.core.topology import GRID_NODE, Topology
-from evdlm.core.types import EvseState, Reading
+from evdlm.core.site_settings import SiteSettings as SiteSettings
+from evdlm.core.topology import GRID_NODE, SlotTable, Topology
+from evdlm.core.types import EvseKey, EvseState, Reading
 
 # Above its limit by more than this, a charger has not come down yet (meter noise, rounding).
 FOLLOW_TOLERANCE_A = 1.0
@@ -99,35 +98,14 @@ class BuildInputs:
 
     now_s: float
     readings: dict[str, Reading]  # already aged by each device's max age
-    evse_states: dict[tuple[str, int], EvseState]
+    evse_states: dict[EvseKey, EvseState]
     memory: ControlMemory
     demand: DemandLimits
     battery_reading: Reading | None = None
 
 
-# FleetView.mode holds the kernels' mode codes; MODES[code] is the EvseMode.
-_MODE_CODE = {
-    EvseMode.IDLE: IDLE,
-    EvseMode.OFFLINE: OFFLINE,
-    EvseMode.ACTIVE: ACTIVE,
-    EvseMode.HELD: HELD,
-    EvseMode.UNCONTROLLED: UNCONTROLLED,
-}
-MODES: tuple[EvseMode, ...] = tuple(sorted(_MODE_CODE, key=_MODE_CODE.__getitem__))
-
-
-class Reason(IntEnum):
-    """Why an EVSE is in its mode (FleetView.reason); the text is :func:`reason_text`."""
-
-    NO_SESSION = kernels.NO_SESSION
-    CONNECTED_NOT_CHARGING = kernels.CONNECTED_NOT_CHARGING
-    OFFLINE = kernels.OFFLINE_REASON
-    OFFLINE_WITH_SESSION = kernels.OFFLINE_WITH_SESSION
-    REFUSES_PROFILES = kernels.REFUSES_PROFILES
-    DOES_NOT_FOLLOW = kernels.DOES_NOT_FOLLOW
-    SETTLING = kernels.SETTLING
-    DRAWS_ABOVE_LIMIT = kernels.DRAWS_ABOVE_LIMIT
-    CHARGING = kernels.CHARGING
+# FleetView.mode holds the kernels' mode codes (fleet_kernels.Mode); MODES[code] is the EvseMode.
+MODES: tuple[EvseMode, ...] = tuple(EvseMode[code.name] for code in Mode)
 
 
 _REASON_TEXT = {
@@ -198,18 +176,6 @@ class BuiltProblem:
     def mode_counts(self) -> dict[str, int]:
         counts = np.bincount(self.fleet.mode, minlength=len(MODES))
         return {MODES[code].value: int(count) for code, count in enumerate(counts) if count}
-
-
-@dataclass(frozen=True)
-class SiteSettings:
-    """The slice of the config the builder needs, resolved once per config."""
-
-    control: Control
-    battery: Battery | None
-    fallback_import_limit_w: float
-    failsafe_current_a: float
-    # PV or a battery behind the grid meter: only then may the load it sees be negative.
-    grid_generation: bool = True
 
 
 def view_fleet(
@@ -319,7 +285,7 @@ def build_problem(
     limit = slots.row_limit.copy()
     uncontrolled = np.zeros(len(limit))
     fully_loaded = np.zeros(len(limit), dtype=np.bool_)
-    margin = np.where(slots.row_is_current, control.safety_margin_a, control.safety_margin_kw * 1000.0)
+    margin = np.where(slots.row_is_current, control.safety_margin_a, settings.safety_margin_w)
 
     # Nodes without a usable meter: only the EVSEs outside the problem, at what they may draw.
     uncontrolled[slots.current_row] = sums.outside_a[slots.current_row_node, slots.current_row_phase]
@@ -443,7 +409,7 @@ def _columns(
     control = settings.control
     slots = topology.slots
     voltage_v = slots.voltage_v
-    columns = (fleet.mode == ACTIVE).nonzero()[0]
+    columns = (fleet.mode == Mode.ACTIVE).nonzero()[0]
     phases_used = fleet.phases_used[columns]
     indptr, coef_row, coef_value = slots.column_coefficients(columns, phases_used)
     is_dc = slots.is_dc[columns]
@@ -484,8 +450,8 @@ def _columns(
     battery_rows, battery_coefs = [topology.import_row, topology.export_row], [-1.0, 1.0]
     if battery is not None and battery_reading is not None and battery_reading.soc_pct is not None:
         soc = battery_reading.soc_pct
-        discharge_max_w = battery.max_discharge_kw * 1000.0 if soc > battery.reserve_soc_pct else 0.0
-        charge_max_w = battery.max_charge_kw * 1000.0 if soc < battery.soc_max_pct else 0.0
+        discharge_max_w = settings.battery_max_discharge_w if soc > battery.reserve_soc_pct else 0.0
+        charge_max_w = settings.battery_max_charge_w if soc < battery.soc_max_pct else 0.0
         if grid_fallback:
             # Blind at the connection, nothing shows the battery's effect there: it earns the cars
             # no import headroom, and may only keep what it discharges now (held while the cars it

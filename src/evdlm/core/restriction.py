@@ -15,11 +15,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from evdlm.core.fleet_kernels import DOES_NOT_FOLLOW, REFUSES_PROFILES, UNCONTROLLED
+from evdlm.core.fleet_kernels import UNCONTROLLED, Reason
 from evdlm.core.problem_builder import BuiltProblem
 from evdlm.core.topology import Topology
-
-EvseKey = tuple[str, int]
+from evdlm.core.types import EvseKey
 
 
 def _rows_of(topology: Topology, index: int) -> list[tuple[int, float]]:
@@ -65,7 +64,9 @@ def restrictions(
     # Only what the charger link has concluded (profiles refused, or above its accepted limit past
     # the grace time): a draw above the limit seen in the core alone may be a late sample.
     fleet = built.fleet
-    beyond_control = (fleet.mode == UNCONTROLLED) & np.isin(fleet.reason, (REFUSES_PROFILES, DOES_NOT_FOLLOW))
+    beyond_control = (fleet.mode == UNCONTROLLED) & np.isin(
+        fleet.reason, (Reason.REFUSES_PROFILES, Reason.DOES_NOT_FOLLOW)
+    )
     uncontrolled = np.nonzero(beyond_control)[0].tolist()
     if over_limit or built.overloaded_nodes:
         for index in uncontrolled:

@@ -31,10 +31,9 @@ from enum import StrEnum
 from typing import Any
 
 from evdlm.config.models import MAX_SESSION_ENERGY_KWH, SiteConfig
+from evdlm.core.types import EvseKey as EvseKey
 from evdlm.core.types import EvseState
 from evdlm.mqtt.payload import PayloadError, decode_json
-
-EvseKey = tuple[str, int]
 
 MAX_PAYLOAD_BYTES = 4096
 MAX_PAYLOAD_DEPTH = 2  # a flat object; one more level so a nested value is named as a wrong type

@@ -14,6 +14,8 @@ from enum import StrEnum
 from typing import Literal
 
 PhaseValues = tuple[float | None, float | None, float | None]
+EvseKey = tuple[str, int]
+"""An EVSE: (charger id, EVSE id from 1)."""
 
 
 class Quality(StrEnum):

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from evdlm.config.models import Battery, BatteryControlMode
 from evdlm.core.clock import Clock
+from evdlm.core.site_settings import W_PER_KW
 from evdlm.devices import sunspec
 from evdlm.devices.codec import encode_value
 from evdlm.devices.errors import DiscoveryError
@@ -64,6 +65,8 @@ class SunSpecBatteryControl:
         self._last_power_w: float | None = None
         self._last_write_at_s = float("-inf")
         self._heartbeat = 0
+        self._max_charge_w = battery.max_charge_kw * W_PER_KW
+        self._max_discharge_w = battery.max_discharge_kw * W_PER_KW
 
     @property
     def commanded(self) -> bool:
@@ -71,7 +74,7 @@ class SunSpecBatteryControl:
         return self._last_power_w is not None
 
     def clamp_w(self, power_w: float) -> float:
-        return max(-self._battery.max_charge_kw * 1000.0, min(self._battery.max_discharge_kw * 1000.0, power_w))
+        return max(-self._max_charge_w, min(self._max_discharge_w, power_w))
 
     async def _model(self, model_id: int) -> ModelHeader:
         await self._reader.discover()

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -53,7 +53,6 @@ from evdlm.devices.scheduling import (
     pick_next,
     safety_critical_devices,
 )
-from evdlm.devices.sim.site import SiteSimulation
 from evdlm.mqtt.client import MqttClient, MqttMessage
 
 logger = logging.getLogger("evdlm.devices.hub")
@@ -95,11 +94,16 @@ class DeviceHub:
     base_dir : Path, optional
         Directory relative profile paths (``profile: meters/my_meter.yaml``) resolve against:
         the config file's directory.
-    simulation : SiteSimulation, optional
-        Required when a device has a ``sim:`` source.
+    readers : mapping of device name to measurement source, optional
+        The in-process readers, one for every device with a ``sim:`` source: a callable
+        returning a :class:`~evdlm.devices.codec.Measurement`, read like any other reader (in
+        the device's poll period and budget, oriented by its ``invert_sign``). The composition
+        root that runs a simulated site passes them in (``evdlm.sim.site_physics.sim_readers``);
+        the hub knows no simulator.
     mqtt_client : MqttClient, optional
-        A client to share (the DR module's, say); by default the hub opens its own when a
-        device has an ``mqtt:`` source.
+        The site's MQTT client (the gateway's, shared with DR and the state publisher), required
+        when a device has an ``mqtt:`` source. The hub subscribes on it but neither builds,
+        opens nor closes it: whoever built it owns its lifetime.
     plausibility : Plausibility
         Bounds for the INVALID checks.
     """
@@ -110,7 +114,7 @@ class DeviceHub:
         clock: Clock,
         *,
         base_dir: Path | None = None,
-        simulation: SiteSimulation | None = None,
+        readers: Mapping[str, Callable[[], Measurement]] | None = None,
         mqtt_client: MqttClient | None = None,
         plausibility: Plausibility = DEFAULT_PLAUSIBILITY,
     ) -> None:
@@ -126,15 +130,15 @@ class DeviceHub:
         }
         self._slots: dict[str, _Slot] = {}
         self._sunspec_readers: dict[str, SunSpecReader] = {}
+        injected = dict(readers or {})
+        unknown = sorted(set(injected) - {device.name for device in config.devices if device.sim is not None})
+        if unknown:
+            raise ValueError(f"readers given for devices without a sim source: {', '.join(unknown)}")
         for device in config.devices:
-            self._slots[device.name] = self._build_slot(device, base_dir, simulation)
-        self._own_mqtt = mqtt_client is None and any(d.mqtt is not None for d in config.devices)
+            self._slots[device.name] = self._build_slot(device, base_dir, injected.get(device.name))
+        if mqtt_client is None and any(d.mqtt is not None for d in config.devices):
+            raise ValueError("devices with an mqtt source need the site's MQTT client (mqtt_client)")
         self.mqtt: MqttClient | None = mqtt_client
-        if self._own_mqtt:
-            broker = config.mqtt
-            if broker is None:
-                raise ValueError("devices with an mqtt source need the config's mqtt section")
-            self.mqtt = MqttClient.from_config(broker, clock, base_dir or Path("."), f"evdlm-{config.site.id}-devices")
         self._battery: SunSpecBatteryControl | None = None
         battery = config.battery
         if battery is not None and battery.control is not BatteryControlMode.NONE:
@@ -146,10 +150,9 @@ class DeviceHub:
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._poll_rng = random.Random()  # jitter of the silent units' retries
-        self._mqtt_entered = False
         self._mqtt_handlers: list[tuple[str, Callable[[MqttMessage], None]]] = []
 
-    def _build_slot(self, device: Device, base_dir: Path | None, simulation: SiteSimulation | None) -> _Slot:
+    def _build_slot(self, device: Device, base_dir: Path | None, injected: Callable[[], Measurement] | None) -> _Slot:
         if device.modbus is not None:
             transport = self.transports[device.modbus.link]
             reader: Reader
@@ -165,22 +168,10 @@ class DeviceHub:
             budget_s = max(1.0, 8.0 * transport.link.timeout_s)
             return _Slot(device, reader, budget_s)
         if device.sim is not None:
-            if simulation is None:
-                raise ValueError(f"device {device.name!r} has a sim source but no simulation was given")
-            reader = CallableReader(self._sim_source(device, simulation), device.invert_sign)
-            return _Slot(device, reader, 1.0)
+            if injected is None:
+                raise ValueError(f"device {device.name!r} has a sim source but no reader was given")
+            return _Slot(device, CallableReader(injected, device.invert_sign), 1.0)
         return _Slot(device, None, 0.0)
-
-    def _sim_source(self, device: Device, simulation: SiteSimulation) -> Callable[[], Measurement]:
-        assert device.sim is not None
-        model, clock, name = device.sim.model, self.clock, device.name
-        if model == "grid_meter":
-            return lambda: simulation.grid_meter(clock.now_s())
-        if model == "pv":
-            return lambda: simulation.pv(clock.now_s())
-        if model == "battery":
-            return lambda: simulation.battery(clock.now_s())
-        return lambda: simulation.circuit_meter(name, clock.now_s())
 
     # ------------------------------------------------------------ lifetime
 
@@ -188,9 +179,6 @@ class DeviceHub:
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         try:
-            if self.mqtt is not None and self._own_mqtt:
-                await self.mqtt.__aenter__()
-                self._mqtt_entered = True
             for (_, group), slots in self._poll_groups().items():
                 self._tasks.append(self._tg.create_task(self._poll_loop(slots), name=f"poll:{group}"))
             for slot in self._slots.values():
@@ -221,9 +209,6 @@ class DeviceHub:
             for topic, handler in self._mqtt_handlers:
                 await self.mqtt.unsubscribe(topic, handler)
             self._mqtt_handlers.clear()
-            if self._mqtt_entered:
-                self._mqtt_entered = False
-                await self.mqtt.__aexit__(None, None, None)
         for transport in self.transports.values():
             transport.close()
 

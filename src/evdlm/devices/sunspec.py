@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from evdlm.devices.codec import (
     REGISTER_COUNT,
@@ -312,12 +313,102 @@ def accumulator_modulus(header: ModelHeader, blocks: Sequence[tuple[int, Sequenc
 
 # ---------------------------------------------------------------- measurements per model family
 
+Triple = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class PointMap:
+    """Where a :class:`Measurement`'s fields are in one family of models: the one table of point
+    names, read by the decoders here and written by the simulator's SunSpec units.
+
+    A field is one point, a phase triple of points, or None (the family has no such point).
+    """
+
+    power_w: str
+    phase_power_w: Triple | None = None
+    phase_current_a: Triple | None = None
+    phase_voltage_v: Triple | None = None
+    frequency_hz: str | None = None
+    import_energy_wh: str | None = None
+    export_energy_wh: str | None = None
+
+    def _fields(self) -> tuple[tuple[str, str | Triple | None], ...]:
+        return (
+            ("power_w", self.power_w),
+            ("phase_power_w", self.phase_power_w),
+            ("phase_current_a", self.phase_current_a),
+            ("phase_voltage_v", self.phase_voltage_v),
+            ("frequency_hz", self.frequency_hz),
+            ("import_energy_wh", self.import_energy_wh),
+            ("export_energy_wh", self.export_energy_wh),
+        )
+
+    @property
+    def points(self) -> tuple[str, ...]:
+        """The points to read, in the table's order."""
+        names: list[str] = []
+        for _, where in self._fields():
+            if isinstance(where, str):
+                names.append(where)
+            elif where is not None:
+                names.extend(where)
+        return tuple(names)
+
+    def decode(self, values: dict[str, float | str | None], wrap_wh: float | None = None) -> Measurement:
+        """The measurement in decoded point values (a missing or non-numeric point: None)."""
+        fields: dict[str, Any] = {}
+        for name, where in self._fields():
+            if isinstance(where, str):
+                fields[name] = _num(values, where)
+            elif where is not None:
+                fields[name] = _triple(values, *where)
+        return Measurement(**fields, energy_wrap_wh=wrap_wh)
+
+    def encode(self, measurement: Measurement) -> dict[str, float | str | None]:
+        """The point values presenting ``measurement`` (a simulated device's register image)."""
+        values: dict[str, float | str | None] = {}
+        for name, where in self._fields():
+            value = getattr(measurement, name)
+            if isinstance(where, str):
+                values[where] = value
+            elif where is not None:
+                for point, phase in zip(where, (0, 1, 2), strict=True):
+                    values[point] = None if value is None else value[phase]
+        return values
+
+
 COMMON_POINTS = ("Mn", "Md", "Vr", "SN")
-METER_POINTS = (
-    "W", "WphA", "WphB", "WphC", "AphA", "AphB", "AphC", "PhVphA", "PhVphB", "PhVphC", "Hz", "TotWhImp", "TotWhExp",
-)  # fmt: skip
-INVERTER_POINTS = ("W", "AphA", "AphB", "AphC", "PhVphA", "PhVphB", "PhVphC", "Hz", "WH")
-DER_AC_POINTS = ("W", "WL1", "WL2", "WL3", "AL1", "AL2", "AL3", "VL1", "VL2", "VL3", "Hz", "TotWhInj", "TotWhAbs")
+# Models 201–204 / 211–214. SunSpec meters report import (grid → load) as positive ``W``.
+METER_MAP = PointMap(
+    power_w="W",
+    phase_power_w=("WphA", "WphB", "WphC"),
+    phase_current_a=("AphA", "AphB", "AphC"),
+    phase_voltage_v=("PhVphA", "PhVphB", "PhVphC"),
+    frequency_hz="Hz",
+    import_energy_wh="TotWhImp",
+    export_energy_wh="TotWhExp",
+)
+# Models 101–103 / 111–113: ``W`` positive for production; ``WH`` is lifetime production.
+INVERTER_MAP = PointMap(
+    power_w="W",
+    phase_current_a=("AphA", "AphB", "AphC"),
+    phase_voltage_v=("PhVphA", "PhVphB", "PhVphC"),
+    frequency_hz="Hz",
+    import_energy_wh="WH",
+)
+# Model 701: ``W`` positive when the DER injects (generation, battery discharge).
+DER_AC_MAP = PointMap(
+    power_w="W",
+    phase_power_w=("WL1", "WL2", "WL3"),
+    phase_current_a=("AL1", "AL2", "AL3"),
+    phase_voltage_v=("VL1", "VL2", "VL3"),
+    frequency_hz="Hz",
+    import_energy_wh="TotWhInj",
+    export_energy_wh="TotWhAbs",
+)
+METER_POINTS = METER_MAP.points
+INVERTER_POINTS = INVERTER_MAP.points
+DER_AC_POINTS = DER_AC_MAP.points
 STORAGE_POINTS = ("WChaMax", "StorCtl_Mod", "ChaState", "OutWRte", "InWRte", "InOutWRte_RvrtTms")
 CAPACITY_POINTS = ("SoC",)
 BATTERY_POINTS = ("SoC", "W", "WChaRteMax", "WDisChaRteMax", "SoCRsvMin", "CtrlHb")
@@ -345,42 +436,18 @@ def _triple(
 
 
 def measurement_from_meter(values: dict[str, float | str | None], wrap_wh: float | None = None) -> Measurement:
-    """Models 201–204 / 211–214. SunSpec meters report import (grid → load) as positive ``W``."""
-    return Measurement(
-        power_w=_num(values, "W"),
-        phase_power_w=_triple(values, "WphA", "WphB", "WphC"),
-        phase_current_a=_triple(values, "AphA", "AphB", "AphC"),
-        phase_voltage_v=_triple(values, "PhVphA", "PhVphB", "PhVphC"),
-        frequency_hz=_num(values, "Hz"),
-        import_energy_wh=_num(values, "TotWhImp"),
-        export_energy_wh=_num(values, "TotWhExp"),
-        energy_wrap_wh=wrap_wh,
-    )
+    """Models 201–204 / 211–214 (:data:`METER_MAP`)."""
+    return METER_MAP.decode(values, wrap_wh)
 
 
 def measurement_from_inverter(values: dict[str, float | str | None], wrap_wh: float | None = None) -> Measurement:
-    """Models 101–103 / 111–113: ``W`` positive for production; ``WH`` is lifetime production."""
-    return Measurement(
-        power_w=_num(values, "W"),
-        phase_current_a=_triple(values, "AphA", "AphB", "AphC"),
-        phase_voltage_v=_triple(values, "PhVphA", "PhVphB", "PhVphC"),
-        frequency_hz=_num(values, "Hz"),
-        import_energy_wh=_num(values, "WH"),
-        energy_wrap_wh=wrap_wh,
-    )
+    """Models 101–103 / 111–113 (:data:`INVERTER_MAP`)."""
+    return INVERTER_MAP.decode(values, wrap_wh)
 
 
 def measurement_from_der(values: dict[str, float | str | None]) -> Measurement:
-    """Model 701: ``W`` positive when the DER injects (generation, battery discharge)."""
-    return Measurement(
-        power_w=_num(values, "W"),
-        phase_power_w=_triple(values, "WL1", "WL2", "WL3"),
-        phase_current_a=_triple(values, "AL1", "AL2", "AL3"),
-        phase_voltage_v=_triple(values, "VL1", "VL2", "VL3"),
-        frequency_hz=_num(values, "Hz"),
-        import_energy_wh=_num(values, "TotWhInj"),
-        export_energy_wh=_num(values, "TotWhAbs"),
-    )
+    """Model 701 (:data:`DER_AC_MAP`)."""
+    return DER_AC_MAP.decode(values)
 
 
 def battery_soc_pct(values_by_model: dict[int, dict[str, float | str | None]]) -> float | None:

@@ -43,7 +43,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -53,9 +53,11 @@ from typing import Any
 from evdlm.config.models import SiteConfig
 from evdlm.core.clock import Clock
 from evdlm.core.lifetime import StartStop
+from evdlm.core.site_settings import SiteSettings
 from evdlm.dr.engine import DrEngine, Effective, Response, event_state
 from evdlm.dr.messages import MAX_MESSAGE_BYTES
 from evdlm.mqtt.client import MqttClient, MqttMessage
+from evdlm.mqtt.rate_limit import TopicRateLimit
 from evdlm.observability import LogThrottle
 from evdlm.state_files import load_state, write_atomically
 
@@ -131,7 +133,7 @@ class DrService(StartStop):
         # Cars take a settle time to follow: a lower limit known in advance is applied that early,
         # so the site is under it when it takes effect.
         self.lead_s = config.control.settle_time_s + config.control.cycle_period_s
-        self.fallback_import_w = config.control.fallback_import_limit_kw * 1000.0
+        self.fallback_import_w = SiteSettings.from_config(config).fallback_import_limit_w
         self.site_id = config.site.id
         self.client = client
         self.clock = clock
@@ -150,7 +152,9 @@ class DrService(StartStop):
         self.known = False
         self._intake: deque[_Queued] = deque()
         self._intake_bytes = 0
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # topic → (tokens, at_s)
+        self._rate_limit = TopicRateLimit(
+            self.bounds.topic_burst, self.bounds.topic_rate_per_s, self.bounds.topic_buckets_max
+        )
         self._wake = asyncio.Event()
         self._persist_due = asyncio.Event()
         self._fragments: dict[str, str] = {}  # event id → its persisted JSON
@@ -268,7 +272,7 @@ class DrService(StartStop):
                 "bad_topic", "DR message on %.160s dropped: no usable event id in the topic", message.topic
             )
             return
-        if not self._allowed(message.topic, now_s):
+        if not self._rate_limit.allow(message.topic, now_s):
             self.stats.rate_limited += 1
             self._warnings.warning(
                 "rate",
@@ -301,17 +305,6 @@ class DrService(StartStop):
         self._intake.append(_Queued(event_id, None if too_large else message.payload, size))
         self._intake_bytes += kept
         self._wake.set()
-
-    def _allowed(self, topic: str, now_s: float) -> bool:
-        """Token bucket per event topic."""
-        bounds = self.bounds
-        tokens, at_s = self._buckets.pop(topic, (bounds.topic_burst, now_s))
-        tokens = min(bounds.topic_burst, tokens + (now_s - at_s) * bounds.topic_rate_per_s)
-        allowed = tokens >= 1.0
-        self._buckets[topic] = (tokens - 1.0 if allowed else tokens, now_s)
-        if len(self._buckets) > bounds.topic_buckets_max:
-            self._buckets.popitem(last=False)
-        return allowed
 
     def _on_bridge_status(self, message: MqttMessage) -> None:
         self.engine.bridge_status(message.payload, self.clock.now_s())

@@ -1,4 +1,5 @@
-"""Deterministic replay of cycle recordings, importers, KPIs and plots for analysts.
+"""Deterministic replay of cycle recordings, KPIs and plots for analysts (the log importers,
+which re-simulate a day, are in :mod:`evdlm.sim.importer`).
 
 ``replay_recording`` re-runs :func:`evdlm.core.decide.decide` over a recording in simulated
 time (no sockets, no clock): with the recorded config it reproduces the gateway's commands

@@ -21,6 +21,7 @@ import pandas as pd
 
 from evdlm.config import parse_site_config
 from evdlm.config.models import DeviceRole, SiteConfig
+from evdlm.core.site_settings import SiteSettings
 from evdlm.core.topology import Topology, build_topology
 from evdlm.recording import key_text, read_recording
 
@@ -130,7 +131,7 @@ def load_run(path: Path, name: str | None = None) -> Run:
         ],
     )
     cycles["dr_import_limit_w"] = cycles["dr_import_limit_w"].astype(float)
-    cycles["contract_limit_w"] = config.grid.import_limit_kw * 1000.0
+    cycles["contract_limit_w"] = SiteSettings.from_config(config).import_limit_w
     # Each cycle stands for the time to the next one (the last one for a nominal period).
     cycles["period_s"] = cycles["t_s"].diff().shift(-1).fillna(config.control.cycle_period_s)
     cycles["time"] = pd.to_datetime(cycles["t_s"], unit="s", utc=True).dt.tz_convert(config.site.timezone)

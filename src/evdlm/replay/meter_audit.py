@@ -17,6 +17,7 @@ from evdlm.config import parse_site_config
 from evdlm.config.models import DeviceRole, SiteConfig
 from evdlm.core.decide import Decision
 from evdlm.core.meter_trust import MeterTrust, assess, checks_for, flows_for, metered_nodes
+from evdlm.core.site_settings import SiteSettings
 from evdlm.core.topology import build_topology
 from evdlm.core.types import Quality
 from evdlm.recording import CycleInputsRecord
@@ -64,7 +65,7 @@ def audit_meters(path: Path) -> MeterAudit:
             record.readings,
             tuple(d.name for d in config.devices if d.role is DeviceRole.PV),
             battery.device if battery is not None else None,
-            battery.max_discharge_kw * 1000.0 if battery is not None else 0.0,
+            SiteSettings.from_config(config).battery_max_discharge_w,
         )
         meters = metered_nodes(topology)
         result = assess(

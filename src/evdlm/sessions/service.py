@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -46,6 +46,7 @@ from evdlm.core.session_inputs import (
 )
 from evdlm.core.types import EvseState
 from evdlm.mqtt.client import MqttClient, MqttMessage
+from evdlm.mqtt.rate_limit import TopicRateLimit
 from evdlm.observability import LogThrottle, Metrics
 
 log = logging.getLogger("evdlm.sessions")
@@ -106,7 +107,10 @@ class SessionService(StartStop):
         self._published: dict[EvseKey, dict[str, Any]] = {}
         self._events: deque[dict[str, Any]] = deque()
         self._intake: deque[MqttMessage] = deque()
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # Per set topic; bounded by the site's EVSEs (a flood of made-up topics forgets the oldest).
+        self._rate_limit = TopicRateLimit(
+            self.bounds.topic_burst, self.bounds.topic_rate_per_s, max(64, 4 * len(self.policy.evses))
+        )
         self._wake = asyncio.Event()
         self._warnings = LogThrottle(log, clock, 10.0)
         self._tasks: list[asyncio.Task[None]] = []
@@ -248,7 +252,7 @@ class SessionService(StartStop):
                 "bad_topic", "session command on %.160s dropped: no EVSE in the topic", message.topic
             )
             return
-        if not self._allowed(message.topic, time.monotonic()):
+        if not self._rate_limit.allow(message.topic, time.monotonic()):
             self.stats.rate_limited += 1
             self._warnings.warning(
                 "rate",
@@ -274,17 +278,6 @@ class SessionService(StartStop):
         if not charger or not evse.isdigit() or len(evse) > 3:
             return None
         return (charger, int(evse))
-
-    def _allowed(self, topic: str, now_s: float) -> bool:
-        """Token bucket per set topic (as the DR intake's)."""
-        bounds = self.bounds
-        tokens, at_s = self._buckets.pop(topic, (bounds.topic_burst, now_s))
-        tokens = min(bounds.topic_burst, tokens + (now_s - at_s) * bounds.topic_rate_per_s)
-        allowed = tokens >= 1.0
-        self._buckets[topic] = (tokens - 1.0 if allowed else tokens, now_s)
-        if len(self._buckets) > max(64, 4 * len(self.policy.evses)):
-            self._buckets.popitem(last=False)
-        return allowed
 
     # ------------------------------------------------------------------ the service's task
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from evdlm.devices.codec import Measurement
 from evdlm.devices.profile import encode_profile, load_profile
-from evdlm.devices.sim.servers import SimModel, SunSpecUnit
+from evdlm.sim.modbus_servers import SimModel, SunSpecUnit
 
 HERE = Path(__file__).resolve().parent
 

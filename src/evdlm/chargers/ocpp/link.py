@@ -38,10 +38,9 @@ from evdlm.chargers.planning import (
 from evdlm.config.models import Charger, ChargerKind, RateUnit
 from evdlm.core.clock import Clock
 from evdlm.core.types import ChargingCommand, CommandResult, CommandStatus, EvseState, RateUnitLiteral
+from evdlm.core.types import EvseKey as EvseKey
 
 LOG = logging.getLogger("evdlm.chargers.link")
-
-EvseKey = tuple[str, int]
 
 # An EVSE that refused every profile variant is asked again with capped exponential backoff
 # (simulated time): soon after the first refusal (a station busy after boot, a transient

@@ -1,5 +1,5 @@
 """A simulated charging station, protocol neutral: connectors with cars, installed profiles,
-configuration keys and misbehaviour. The OCPP clients in :mod:`evdlm.chargers.ocpp.sim_client`
+configuration keys and misbehaviour. The OCPP clients in :mod:`evdlm.sim.ocpp_client`
 put it on the wire."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from evdlm.chargers.sim.composite import InstalledProfile, composite_limit_a
-from evdlm.chargers.sim.ev import Car, EvState, initial_state, step
 from evdlm.config.models import Charger, ChargerKind
+from evdlm.sim.composite import InstalledProfile, composite_limit_a
+from evdlm.sim.ev import Car, EvState, initial_state, step
 
 # The IEC 61851 PWM cannot signal less than 6 A: below it the charger offers nothing.
 PWM_MIN_CURRENT_A = 6.0

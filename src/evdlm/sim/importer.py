@@ -38,7 +38,7 @@ the notebooks work on it):
     A grid-meter CSV (as above) is optional; without it the site has no other load.
 
 How the day is rebuilt: each logged session becomes a car (arrival, departure, energy) that
-follows evdlm's limits in the in-process simulation (:mod:`evdlm.replay.simulate`), and the
+follows evdlm's limits in the in-process simulation (:mod:`evdlm.sim.closed_loop`), and the
 site's other load is the measured grid power minus what the logged cars drew. The logs do not
 say how each car drew within its session, so for that subtraction a car is assumed to charge
 at its maximum from arrival until its energy was delivered (uncontrolled charging, which is what
@@ -60,7 +60,7 @@ import numpy as np
 
 from evdlm.config import parse_site_config
 from evdlm.config.models import ChargerKind, SiteConfig
-from evdlm.replay.simulate import Session, SimulationSpec, SiteSeries, simulate
+from evdlm.sim.closed_loop import Session, SimulationSpec, SiteSeries, simulate
 
 NOMINAL_V = 230.0
 

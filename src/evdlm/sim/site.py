@@ -17,18 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evdlm.chargers.sim.fleet import SimFleet, site_phase_currents
-from evdlm.chargers.sim.station import Misbehaviour
 from evdlm.config.models import SiteConfig
 from evdlm.control import CycleReport
 from evdlm.core.clock import Clock
 from evdlm.core.decide import SolverChoice
-from evdlm.devices.sim.servers import SiteSimulators, circuit_specs_for, sim_params_for
-from evdlm.devices.sim.site import SiteSimParams, SiteSimulation
 from evdlm.dr.messages import from_epoch, rfc3339
 from evdlm.gateway import Gateway
-from evdlm.mqtt.broker import LocalBroker, free_port
 from evdlm.mqtt.client import MqttClient
+from evdlm.sim.broker import LocalBroker, free_port
+from evdlm.sim.fleet import SimFleet, site_phase_currents
+from evdlm.sim.modbus_servers import SiteSimulators, circuit_specs_for, sim_params_for
+from evdlm.sim.site_physics import SiteSimParams, SiteSimulation, sim_readers
+from evdlm.sim.station import Misbehaviour
 
 
 def dr_event(
@@ -163,7 +163,12 @@ async def simulated_site(
 
             def new_gateway() -> Gateway:
                 return Gateway(
-                    wired, clock, state_dir=workdir, config_text=config_text, simulation=simulation, solver=solver
+                    wired,
+                    clock,
+                    state_dir=workdir,
+                    config_text=config_text,
+                    readers=sim_readers(wired, simulation, clock),
+                    solver=solver,
                 )
 
             gateway = new_gateway()

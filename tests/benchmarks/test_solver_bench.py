@@ -1,11 +1,11 @@
-"""The benchmark entry point runs end to end on a tiny site and prints JSON per size."""
+"""The solver benchmark (benchmarks/solver_bench.py) runs end to end on a tiny site and prints JSON per size."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from evdlm_solvers.bench import main
+from solver_bench import main  # benchmarks/ is on sys.path (conftest.py)
 
 
 def test_bench_prints_one_json_object_per_size(capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,7 +42,7 @@ from evdlm.devices import sunspec
 from evdlm.devices.codec import Measurement, decode_value, encode_value, orient
 from evdlm.devices.modbus_transport import DEVICE_FAILURE, ILLEGAL_ADDRESS, RegisterServer, ServerReply
 from evdlm.devices.profile import SUNSPEC, RegisterProfile, encode_profile, load_profile
-from evdlm.devices.sim.site import CircuitSimSpec, SiteSimParams, SiteSimulation
+from evdlm.sim.site_physics import CircuitSimSpec, SiteSimParams, SiteSimulation
 
 MeasurementSource = Callable[[float], Measurement]
 
@@ -202,8 +202,9 @@ def _common(model: str, serial: str) -> SimModel:
     return SimModel(1, lambda now_s: {"Mn": "evdlm", "Md": model, "Vr": "sim", "SN": serial, "DA": 1})
 
 
-def _triple(values: tuple[float | None, float | None, float | None] | None, i: int) -> float | None:
-    return None if values is None else values[i]
+def _total_current_a(m: Measurement) -> float | None:
+    currents = m.phase_current_a
+    return None if currents is None else sum(c or 0.0 for c in currents)
 
 
 def sunspec_meter_unit(
@@ -217,17 +218,8 @@ def sunspec_meter_unit(
     def values(now_s: float) -> dict[str, float | str | None]:
         faulted.active = unit.value_fault
         m = orient(faulted(now_s), invert)
-        currents = m.phase_current_a
-        return {
-            "A": None if currents is None else sum(c or 0.0 for c in currents),
-            "AphA": _triple(currents, 0), "AphB": _triple(currents, 1), "AphC": _triple(currents, 2),
-            "PhVphA": _triple(m.phase_voltage_v, 0), "PhVphB": _triple(m.phase_voltage_v, 1),
-            "PhVphC": _triple(m.phase_voltage_v, 2),
-            "Hz": m.frequency_hz, "W": m.power_w,
-            "WphA": _triple(m.phase_power_w, 0), "WphB": _triple(m.phase_power_w, 1),
-            "WphC": _triple(m.phase_power_w, 2),
-            "TotWhImp": m.import_energy_wh, "TotWhExp": m.export_energy_wh,
-        }  # fmt: skip
+        # The decode side's table (sunspec.METER_MAP) places the fields; "A" is the meter's sum.
+        return {"A": _total_current_a(m), **sunspec.METER_MAP.encode(m)}
 
     # W_SF 1: int16 W would overflow at 32.7 kW; tens of watts are plenty for a site meter.
     sfs = {
@@ -249,15 +241,11 @@ def sunspec_inverter_unit(source: MeasurementSource, serial: str) -> SunSpecUnit
 
     def values(now_s: float) -> dict[str, float | str | None]:
         m = source(now_s)
-        currents = m.phase_current_a
         return {
-            "A": None if currents is None else sum(c or 0.0 for c in currents),
-            "AphA": _triple(currents, 0), "AphB": _triple(currents, 1), "AphC": _triple(currents, 2),
-            "PhVphA": _triple(m.phase_voltage_v, 0), "PhVphB": _triple(m.phase_voltage_v, 1),
-            "PhVphC": _triple(m.phase_voltage_v, 2),
-            "W": m.power_w, "Hz": m.frequency_hz, "WH": m.import_energy_wh,
+            "A": _total_current_a(m),
+            **sunspec.INVERTER_MAP.encode(m),  # the decode side's table
             "St": 4 if (m.power_w or 0.0) > 0 else 2,  # 4 MPPT, 2 SLEEPING
-        }  # fmt: skip
+        }
 
     sfs = {"A_SF": -2, "V_SF": -1, "W_SF": 1, "Hz_SF": -2, "WH_SF": 0}
     return SunSpecUnit([_common("sim-inverter-103", serial), SimModel(103, values, sfs)])

@@ -17,6 +17,8 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from evdlm.config.models import SiteConfig
+from evdlm.core.clock import Clock
 from evdlm.devices.codec import Measurement
 
 PhaseTriple = tuple[float, float, float]
@@ -367,3 +369,26 @@ class SiteSimulation:
             export_energy_wh=snap.battery_charge_wh,
             soc_pct=snap.battery_soc_pct,
         )
+
+
+def sim_readers(config: SiteConfig, simulation: SiteSimulation, clock: Clock) -> dict[str, Callable[[], Measurement]]:
+    """The in-process readers of ``config``'s ``sim:`` devices, for ``DeviceHub(readers=...)``.
+
+    Each reads ``simulation`` at ``clock``'s now when polled (the method is looked up per read,
+    so a test may replace it on the simulation).
+    """
+    readers: dict[str, Callable[[], Measurement]] = {}
+    for device in config.devices:
+        if device.sim is not None:
+            readers[device.name] = _sim_reader(device.sim.model, device.name, simulation, clock)
+    return readers
+
+
+def _sim_reader(model: str, name: str, simulation: SiteSimulation, clock: Clock) -> Callable[[], Measurement]:
+    if model == "grid_meter":
+        return lambda: simulation.grid_meter(clock.now_s())
+    if model == "pv":
+        return lambda: simulation.pv(clock.now_s())
+    if model == "battery":
+        return lambda: simulation.battery(clock.now_s())
+    return lambda: simulation.circuit_meter(name, clock.now_s())

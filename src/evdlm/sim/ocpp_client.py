@@ -31,13 +31,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from evdlm.chargers.ocpp.parse import iso_utc
 from evdlm.chargers.ocpp.session import after_route, route
-from evdlm.chargers.sim.composite import parse_profile_16, parse_profile_201
-from evdlm.chargers.sim.ev import Car
-from evdlm.chargers.sim.station import Misbehaviour, StationModel
 from evdlm.config.models import Charger
 from evdlm.core.clock import Clock
+from evdlm.sim.composite import parse_profile_16, parse_profile_201
+from evdlm.sim.ev import Car
+from evdlm.sim.station import Misbehaviour, StationModel
 
-LOG = logging.getLogger("evdlm.chargers.sim")
+LOG = logging.getLogger("evdlm.sim.ocpp")
 
 SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
 HEARTBEAT_INTERVAL_S = 60.0
@@ -57,7 +57,7 @@ class _SimWireLogger(logging.LoggerAdapter[logging.Logger]):
             super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
-SIM_WIRE_LOG = _SimWireLogger(logging.getLogger("evdlm.chargers.sim.wire"), {})
+SIM_WIRE_LOG = _SimWireLogger(logging.getLogger("evdlm.sim.ocpp.wire"), {})
 
 Outbound = Callable[[], Awaitable[None]]
 

@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from evdlm.chargers.ocpp.sim_client import SimStation, StationSecurity
-from evdlm.chargers.sim.ev import Car
-from evdlm.chargers.sim.station import Misbehaviour
 from evdlm.config.models import Charger, SiteConfig
 from evdlm.config.secrets import SecretUnavailable, resolve_secret
 from evdlm.core.clock import Clock
+from evdlm.sim.ev import Car
+from evdlm.sim.ocpp_client import SimStation, StationSecurity
+from evdlm.sim.station import Misbehaviour
 
 
 def site_phase_currents(charger: Charger, drawn_a: tuple[float, float, float]) -> tuple[float, float, float]:

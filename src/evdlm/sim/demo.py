@@ -22,15 +22,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from evdlm.chargers.sim.ev import Car
 from evdlm.config import load_site_config
 from evdlm.control import CycleReport
 from evdlm.core.clock import ScaledClock
 from evdlm.data import DEMO_SITE_PATH
-from evdlm.devices.sim.servers import Fault
-from evdlm.simsite import SimulatedSite, dr_event, simulated_site
+from evdlm.sim.ev import Car
+from evdlm.sim.modbus_servers import Fault
+from evdlm.sim.site import SimulatedSite, dr_event, simulated_site
 
-log = logging.getLogger("evdlm.demo")
+log = logging.getLogger("evdlm.sim.demo")
 
 # When limits are checked after a change: chargers and cars need up to this long to follow.
 RESPONSE_ALLOWANCE_S = 15.0

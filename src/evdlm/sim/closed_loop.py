@@ -8,8 +8,10 @@ meter series measured on a real site instead of synthetic ones).
 
 The model, deliberately simple:
 
-* a car draws ``min(limit it was told one cycle ago, its own maximum)`` per phase on 1 or 3
-  phases until its energy is delivered, then 0 (SuspendedEV) until it leaves;
+* a car is the one EV model (:class:`evdlm.sim.ev.Car`, as behind the OCPP simulator) with no
+  ramp, no minimum current and a dead time of one cycle: it draws ``min(limit it was told one
+  cycle ago, its own maximum, the charger's)`` per phase on 1 or 3 phases until its energy is
+  delivered, then 0 (SuspendedEV) until it leaves;
 * chargers report MeterValues every ``sample_interval_s`` (staggered per charger), so the
   controller sees car currents that age, as on a real OCPP link; meters are read every cycle;
 * the grid meter measures building load + cars − PV, per phase.
@@ -33,6 +35,7 @@ from evdlm.core.problem_builder import BuildInputs, DemandLimits
 from evdlm.core.topology import GRID_NODE, build_topology
 from evdlm.core.types import EvseState, Quality, Reading
 from evdlm.recording import EvseKey, RecordingWriter
+from evdlm.sim.ev import Car, EvState, initial_state, step
 
 EvPowerProfile = Callable[[float], float]  # epoch s -> W
 
@@ -89,11 +92,36 @@ class SimulationSpec:
 @dataclass
 class _Car:
     session: Session
-    delivered_wh: float = 0.0
-    limit_a: float = 0.0  # what the car follows now (the limit of one cycle ago)
+    ev: Car
+    state: EvState
+    limit_a: float = 0.0  # what the car follows now (the limit of one cycle ago: its dead time)
     told_a: float = 0.0  # the latest command
-    draw_a: float = 0.0
     sampled: EvseState | None = None
+
+    @property
+    def draw_a(self) -> float:
+        """Per phase, what the car draws (before the last step's energy cap)."""
+        return self.state.current_a
+
+    @property
+    def delivered_wh(self) -> float:
+        return self.state.session_energy_wh
+
+
+def session_car(session: Session, phases: int, charger_max_a: float, period_s: float) -> Car:
+    """The EV model of one session: follows the limit of one cycle ago at once, up to its own
+    and the charger's maximum, until it has the session's energy."""
+    return Car(
+        phases=phases,
+        max_current_a=min(session.ev_max_current_a, charger_max_a),
+        min_current_a=0.0,
+        capacity_wh=math.inf,
+        soc_pct=0.0,
+        dead_time_s=period_s,
+        ramp_time_constant_s=0.0,
+        energy_limit_wh=session.energy_needed_kwh * 1000.0,
+        id_tag=session.transaction_id,
+    )
 
 
 SimCar = _Car  # what an observer reads (read only)
@@ -182,24 +210,24 @@ def simulate(
                 if car is None and queue and queue[0].arrival_s <= now_s:
                     session = queue.pop(0)
                     if session.departure_s > now_s:
-                        cars[key] = _Car(session, limit_a=failsafe_a if failsafe_a > 0 else 0.0, told_a=failsafe_a)
+                        slot = charger_index[key]
+                        phases = 1 if slot.wired_phase_count == 1 else session.phases
+                        ev = session_car(session, phases, slot.charger.max_current_a, period_s)
+                        cars[key] = _Car(
+                            session,
+                            ev,
+                            initial_state(ev),
+                            limit_a=failsafe_a if failsafe_a > 0 else 0.0,
+                            told_a=failsafe_a,
+                        )
             # Cars draw what they were told a cycle ago (the charger's and car's lag).
             site_phase_a = {node_id: [0.0, 0.0, 0.0] for node_id in topology.nodes}
             ev_total_w = 0.0
             for key, car in cars.items():
                 slot = charger_index[key]
-                session = car.session
-                remaining_wh = session.energy_needed_kwh * 1000.0 - car.delivered_wh
-                if remaining_wh <= 0:
-                    car.draw_a = 0.0
-                else:
-                    limit_a = car.limit_a
-                    car.draw_a = max(0.0, min(limit_a, session.ev_max_current_a, slot.charger.max_current_a))
-                phases = 1 if slot.wired_phase_count == 1 else session.phases
-                power_w = car.draw_a * voltage_v * phases
-                if remaining_wh > 0:
-                    power_w = min(power_w, remaining_wh * 3600.0 / period_s)
-                car.delivered_wh += power_w * period_s / 3600.0
+                car.state = step(car.ev, car.state, car.limit_a, period_s, voltage_v)
+                phases = car.ev.phases
+                power_w = car.state.power_w
                 ev_total_w += power_w
                 per_phase_a = power_w / (voltage_v * phases) if phases else 0.0
                 for charger_phase in range(phases):
