@@ -27,8 +27,8 @@ import orjson
 from evdlm import strict_json
 from evdlm.core.clock import Clock
 from evdlm.core.memory import ControlMemory, EvseMemory
+from evdlm.core.types import PHASE_QUANTITIES, EvseState, Quality, Reading
 from evdlm.core.types import EvseKey as EvseKey
-from evdlm.core.types import EvseState, Quality, Reading
 
 log = logging.getLogger("evdlm.recording")
 FORMAT_VERSION = 1
@@ -56,7 +56,7 @@ def encode_reading(reading: Reading) -> dict[str, Any]:
 
 
 _READING_NAMES = frozenset(_READING_FIELDS)
-_READING_TUPLES = ("phase_power_w", "phase_current_a", "phase_voltage_v")
+_READING_TUPLES = PHASE_QUANTITIES
 
 
 def decode_reading(data: dict[str, Any]) -> Reading:

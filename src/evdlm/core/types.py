@@ -9,7 +9,7 @@ Unix epoch from the injected clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Literal
 
@@ -28,16 +28,14 @@ class Quality(StrEnum):
     MISSING = "missing"  # never read, or the last attempt failed
 
 
-@dataclass(frozen=True)
-class Reading:
-    """One device reading, oriented to evdlm's sign convention.
+@dataclass(frozen=True, kw_only=True)
+class Quantities:
+    """What a device measures: the fields a decoder fills (:class:`evdlm.devices.codec.Measurement`)
+    and a reading carries (:class:`Reading`). A new quantity is one field here.
 
-    ``phase_*`` tuples are indexed by site phase L1, L2, L3. "Not available" is None.
+    ``phase_*`` tuples are indexed by phase L1, L2, L3. "Not available" is None.
     """
 
-    device: str
-    taken_at_s: float
-    quality: Quality
     power_w: float | None = None
     phase_power_w: PhaseValues | None = None
     phase_current_a: PhaseValues | None = None
@@ -46,6 +44,23 @@ class Reading:
     import_energy_wh: float | None = None
     export_energy_wh: float | None = None
     soc_pct: float | None = None
+
+
+QUANTITY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Quantities))
+PHASE_QUANTITIES: tuple[str, ...] = ("phase_power_w", "phase_current_a", "phase_voltage_v")
+
+
+@dataclass(frozen=True)
+class Reading(Quantities):
+    """One device reading, oriented to evdlm's sign convention, phases indexed by site phase.
+
+    The quantities (:class:`Quantities`) are keyword-only: ``Reading(device, taken_at_s,
+    quality, power_w=...)``.
+    """
+
+    device: str
+    taken_at_s: float
+    quality: Quality
     reason: str | None = None  # why the quality is not OK, for logs and records
 
     @property

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from evdlm.core.types import PhaseValues
+from evdlm.core.types import PhaseValues, Quantities
 
 DataType = Literal[
     "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64",
@@ -71,8 +71,8 @@ def encode_string(text: str, register_count: int) -> list[int]:
     return bytes_to_registers(data)
 
 
-@dataclass(frozen=True)
-class Measurement:
+@dataclass(frozen=True, kw_only=True)
+class Measurement(Quantities):
     """What a decoder extracted from one device, before quality checks and timestamps.
 
     Energy counters follow the power's orientation: ``import_energy_wh`` accumulates positive
@@ -81,14 +81,6 @@ class Measurement:
     None when they do not.
     """
 
-    power_w: float | None = None
-    phase_power_w: PhaseValues | None = None
-    phase_current_a: PhaseValues | None = None
-    phase_voltage_v: PhaseValues | None = None
-    frequency_hz: float | None = None
-    import_energy_wh: float | None = None
-    export_energy_wh: float | None = None
-    soc_pct: float | None = None
     energy_wrap_wh: float | None = None
 
 

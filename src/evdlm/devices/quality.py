@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from evdlm.core.types import PhaseValues, Quality, Reading
+from evdlm.core.types import QUANTITY_FIELDS, PhaseValues, Quality, Reading
 from evdlm.devices.codec import Measurement
 
 
@@ -159,20 +159,8 @@ def to_reading(
     if reason is None:
         reason = physics_doubt(measurement, limits)
         quality = Quality.OK if reason is None else Quality.SUSPECT
-    return Reading(
-        device=device,
-        taken_at_s=taken_at_s,
-        quality=quality,
-        power_w=measurement.power_w,
-        phase_power_w=measurement.phase_power_w,
-        phase_current_a=measurement.phase_current_a,
-        phase_voltage_v=measurement.phase_voltage_v,
-        frequency_hz=measurement.frequency_hz,
-        import_energy_wh=measurement.import_energy_wh,
-        export_energy_wh=measurement.export_energy_wh,
-        soc_pct=measurement.soc_pct,
-        reason=reason,
-    )
+    quantities = {name: getattr(measurement, name) for name in QUANTITY_FIELDS}
+    return Reading(device, taken_at_s, quality, reason=reason, **quantities)
 
 
 @dataclass(frozen=True)
