@@ -65,6 +65,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -282,7 +283,7 @@ async def run_scenario(
 ) -> dict[str, Any]:
     """One fault on a fresh simulated site; the summary of its cycles (simulated seconds throughout)."""
     config = site_config(scenario.profile)
-    clock = ScaledClock(time.time(), speed)
+    clock = ScaledClock(SCENARIO_START_S, speed)
     async with simulated_site(config, clock, sim_params=sim_params(config), station_tick_s=station_tick_s) as site:
         observer = Observer(site)
         site.on_cycle = observer.on_cycle
@@ -314,8 +315,15 @@ async def run_scenario(
 
 # ------------------------------------------------------------- a station that cannot be limited
 
+# Every scenario starts at the same simulated time of day: the simulated PV (and so what the grid
+# meter nets out) follows the clock's hour, and a start taken from the wall clock made detection
+# times depend on when the bench ran (a meter drifting low was caught in 84 s at 13:28 UTC and in
+# 104-116 s at 15:50 UTC). 2026-06-16 13:30 UTC, about when the published figures were measured.
+SCENARIO_START_S = 1_781_616_600.0
+
 UNLIMITABLE_BASE_LOAD_A = 35.0  # with one car at its 32 A on top, the 63 A fuse is overloaded
 UNLIMITABLE = "CP01"
+CAR_LET_GO_A = 1.0  # below this the stopped car's decaying current is noise on a 63 A fuse
 
 
 async def run_unlimitable_station(
@@ -327,13 +335,14 @@ async def run_unlimitable_station(
     32 A: with the building's 35 A the fuse carries 67 A even with the others paused, so the
     controller must stop that transaction and keep the station blocked. Figures: how long the
     fuse really carried more than its rating after the car arrived (``over_fuse_s``), when the
-    station's transaction was stopped (``stopped_after_s``), the highest true current after that
-    as % of the rating, and whether the station stayed blocked to the end.
+    station's transaction was stopped (``stopped_after_s``), when its car stopped drawing after that
+    (``car_off_after_stop_s``: the car's own response), the highest true current from then on as %
+    of the rating, and whether the station stayed blocked to the end.
     """
     config = site_config()
     voltage_v = config.grid.nominal_voltage_v
     params = replace(sim_params(config), base_load_w=3 * UNLIMITABLE_BASE_LOAD_A * voltage_v)
-    clock = ScaledClock(time.time(), speed)
+    clock = ScaledClock(SCENARIO_START_S, speed)
     fuse_a = config.grid.phase_current_limit_a
     misbehaviour = {UNLIMITABLE: Misbehaviour(no_smart_charging=True)}
     true_a: list[tuple[float, float]] = []
@@ -352,20 +361,33 @@ async def run_unlimitable_station(
         site.fleet.plug_in(UNLIMITABLE, 1, Car(phases=3, max_current_a=CAR_CURRENT_A))
         station = site.fleet.station(UNLIMITABLE)
         stopped_s: float | None = None
+        car_off_s: float | None = None  # when the stopped station's car last drew current (after the stop)
         while clock.now_s() - arrived_s < run_s:
             connector = station.model.connectors[1]
             if stopped_s is None and connector.transaction_id is None and not connector.operative:
                 stopped_s = clock.now_s()
+            still_drawing = connector.ev is not None and connector.ev.current_a > CAR_LET_GO_A
+            if stopped_s is not None and (car_off_s is None or still_drawing):
+                # The last time its car still drew, and from then on: a car follows its offer with a
+                # delay, so an offer withdrawn at the stop can still be taken for a few seconds.
+                car_off_s = clock.now_s()
             await clock.sleep(0.5)
         blocked = not station.model.connectors[1].operative
         await site.stop_controller()
     after = [(t, a) for t, a in true_a if t >= arrived_s]
     over_s = sum(1 for _, a in after if a > fuse_a)  # one cycle a second
-    response = [a for t, a in after if stopped_s is not None and t >= stopped_s + 2.0]
+    # The controller's response: from when the stopped car has let go of its current (a car takes
+    # a moment to follow an offer going to 0, and a busy machine stretches that moment in scaled
+    # time), and never sooner than 2 s after the stop.
+    response_from_s = (
+        None if stopped_s is None else max(stopped_s + 2.0, car_off_s if car_off_s is not None else math.inf)
+    )
+    response = [a for t, a in after if response_from_s is not None and t >= response_from_s]
     return {
         "fault": "station_no_smart_charging",
         "over_fuse_s": over_s,
         "stopped_after_s": None if stopped_s is None else round(stopped_s - arrived_s, 1),
+        "car_off_after_stop_s": None if stopped_s is None or car_off_s is None else round(car_off_s - stopped_s, 1),
         "max_true_pct_before_stop": _max([100.0 * a / fuse_a for t, a in after if stopped_s is None or t < stopped_s]),
         "max_true_pct_after_stop": _max([100.0 * a / fuse_a for a in response]),
         "blocked_at_end": blocked,

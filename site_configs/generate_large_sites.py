@@ -58,7 +58,7 @@ def depot_200() -> str:
         "  periods:",
         "    - {start: '16:00', end: '21:00', import_price_per_kwh: 0.38}",
         "    - {start: '00:00', end: '05:00', import_price_per_kwh: 0.14}",
-        "ocpp: {host: 0.0.0.0, port: 9000, failsafe_current_a: 0}",
+        "ocpp: {host: 0.0.0.0, port: 9000, failsafe_current_a: 0, authorization: {accept_all: true}}",
         "control: {cycle_period_s: 1, safety_margin_a: 10, safety_margin_kw: 20, fallback_import_limit_kw: 800,",
         "          min_on_time_s: 300, rotation_period_s: 1200, solve_budget_s: 0.3}",
         "recording: {directory: /var/lib/evdlm/recordings, max_disk_mb: 20000}",
@@ -96,7 +96,7 @@ def stress_1000() -> str:
     lines += [
         "modbus_links: [{name: lan, type: tcp, host: 127.0.0.1, port: 15020}]",
         "devices: [{name: grid_meter, role: grid_meter, modbus: {link: lan, unit_id: 1, profile: sunspec}}]",
-        "ocpp: {port: 0, failsafe_current_a: 0}",
+        "ocpp: {port: 0, failsafe_current_a: 0, authorization: {accept_all: true}}",
         "control: {fallback_import_limit_kw: 1500, safety_margin_a: 10, solve_budget_s: 0.3}",
     ]
     return "\n".join(lines) + "\n"

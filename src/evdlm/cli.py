@@ -104,7 +104,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level, False)
     minutes, speed = (20.0, 40.0) if args.quick else (args.minutes, args.speed)
-    return demo_main(DemoOptions(sim_minutes=minutes, speed=speed, out_dir=Path(args.out), live=not args.no_live))
+    return demo_main(
+        DemoOptions(
+            sim_minutes=minutes,
+            speed=speed,
+            out_dir=Path(args.out),
+            live=not args.no_live,
+            with_csms=args.with_csms,
+        )
+    )
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -231,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start Modbus meter/PV/battery simulators, an MQTT broker, one OCPP charge-point simulator "
         "per charger and the real gateway, all on 127.0.0.1, and play a compressed workplace morning with a DR "
         "event and a meter outage. Ends with a summary and a plot.",
-        epilog="examples:\n  evdlm demo            # 60 simulated minutes at 30x (2 minutes)\n  evdlm demo --quick    # 20 simulated minutes at 40x (30 s)",
+        epilog="examples:\n  evdlm demo            # 60 simulated minutes at 30x (2 minutes)\n  evdlm demo --quick    # 20 simulated minutes at 40x (30 s)\n  evdlm demo --quick --with-csms  # the same, evdlm as the Local Controller of a simulated CSMS",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--minutes", type=float, default=60.0, help="simulated minutes (default 60)")
@@ -239,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a quick look: 20 simulated minutes at 40x")
     demo.add_argument("--out", default="demo-out", help="folder for the plot and the recording (default demo-out)")
     demo.add_argument("--no-live", action="store_true", help="no live table, progress lines only")
+    demo.add_argument(
+        "--with-csms",
+        action="store_true",
+        help="also simulate an operator CSMS on loopback and run evdlm as its OCPP Local Controller "
+        "(the CSMS sets a 10 A profile on CP01 and reads the composite back; docs/local-controller.md)",
+    )
     demo.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     demo.set_defaults(handler=_cmd_demo)
 

@@ -134,6 +134,11 @@ class Gateway:
             lambda: self.mqtt.stats if self.mqtt is not None else None,
         )
         self.metrics.expose_counters(
+            "evdlm_local_controller",
+            "Local Controller mode: messages relayed, answered locally, replayed, dropped, limits told upstream",
+            lambda: self.ocpp.relay_totals() if self.ocpp is not None else None,
+        )
+        self.metrics.expose_counters(
             "evdlm_session_intake",
             "Session commands over MQTT by what the intake did with them",
             lambda: self.sessions.stats if self.sessions is not None else None,

@@ -32,6 +32,7 @@ devices:
   - {name: gm, role: grid_meter, modbus: {link: lan, profile: sunspec}}
 control:
   fallback_import_limit_kw: 20
+ocpp: {authorization: {accept_all: true}}
 """
 
 
@@ -152,8 +153,8 @@ CASES = [
     ),
     Case(
         "password missing for profile 1",
-        "control:",
-        "ocpp: {security_profile: 1}\ncontrol:",
+        "ocpp: {authorization: {accept_all: true}}",
+        "ocpp: {security_profile: 1, authorization: {accept_all: true}}",
         "chargers[0].password",
         "needs a password",
         line=13,

@@ -268,6 +268,7 @@ STATE_FIELD_OF = {
     StateColumn.PRIORITY: ("priority", 2),
     StateColumn.PAUSED: ("paused", True),
     StateColumn.PLANNED_W: ("planned_power_w", 3_210.0),
+    StateColumn.CSMS_LIMIT: ("csms_limit", 10.0),
 }
 
 

@@ -9,7 +9,7 @@ Cross-references (a charger's circuit, a circuit's meter, ...) are checked in
 from __future__ import annotations
 
 import re
-from datetime import time
+from datetime import UTC, datetime, time
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -411,6 +411,116 @@ class DemandResponse(StrictModel):
     )
 
 
+# OCPP idTags: 1.6 IdToken is CiString20Type, 2.0.1 IdTokenType.idToken is string[36]; both are
+# case insensitive. A list entry may be as long as 2.0.1 allows (validate warns when a longer
+# one than 1.6 allows meets a 1.6 charger).
+ID_TAG_MAX_LENGTH = 36
+ID_TAG_MAX_LENGTH_16 = 20
+
+
+class LocalAuthEntry(StrictModel):
+    """One idTag of the local authorisation list."""
+
+    id_tag: Annotated[str, Field(min_length=1, max_length=ID_TAG_MAX_LENGTH)] = Field(
+        description="The idTag (1.6 idTag, at most 20 characters; 2.0.1 idToken, at most 36), exact; "
+        "compared case-insensitively as OCPP prescribes."
+    )
+    status: Literal["Accepted", "Blocked", "Expired", "Invalid"] = Field(
+        default="Accepted", description="Answer for it: Accepted, Blocked, Expired or Invalid."
+    )
+    expiry: datetime | None = Field(
+        default=None,
+        description="When it expires, with a time zone (e.g. 2027-03-31T23:59:59Z); answered Expired after.",
+    )
+    parent_id_tag: Annotated[str, Field(min_length=1, max_length=ID_TAG_MAX_LENGTH)] | None = Field(
+        default=None, description="Group idTag sent along (1.6 parentIdTag, 2.0.1 groupIdToken)."
+    )
+
+    @field_validator("expiry")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give expiry with a time zone, e.g. 2027-03-31T23:59:59Z")
+        # A plain UTC datetime (YAML loaders hand over subclasses carrying their own zone types).
+        return None if value is None else datetime.fromtimestamp(value.timestamp(), UTC)
+
+
+class OcppAuthorization(StrictModel):
+    """How evdlm answers Authorize, StartTransaction (1.6) and TransactionEvent idTokens (2.0.1).
+
+    Omitting the whole section keeps free vending (every idTag Accepted), as before this section
+    existed; ``evdlm validate`` then warns. Write ``accept_all: true`` to choose free vending."""
+
+    accept_all: bool = Field(
+        default=False,
+        description="Free vending: every idTag is Accepted and local_list and unknown are not consulted "
+        "(the offline answer of a Local Controller still follows offline_policy).",
+    )
+    local_list: list[LocalAuthEntry] = Field(
+        default_factory=list, description="Known idTags and their answers (unique, case-insensitively)."
+    )
+    unknown: Literal["Invalid", "Accepted"] = Field(
+        default="Invalid", description="Answer for an idTag not in local_list: Invalid or Accepted."
+    )
+    offline_policy: Literal["local_list", "accept_all", "reject_all"] = Field(
+        default="local_list",
+        description="Local Controller mode, while the operator's CSMS is unreachable: an idTag neither in "
+        "local_list nor in the answer cache is answered as `unknown` says (local_list), Accepted "
+        "(accept_all) or Invalid (reject_all).",
+    )
+    cache_answers: bool = Field(
+        default=True,
+        description="Local Controller mode: remember the CSMS's answers per idTag (at most 10000, expired "
+        "ones never used) for answering while it is unreachable.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_tags(self) -> OcppAuthorization:
+        seen: set[str] = set()
+        for entry in self.local_list:
+            folded = entry.id_tag.casefold()
+            if folded in seen:
+                raise ValueError(f"idTag {entry.id_tag!r} is listed twice in local_list (compared case-insensitively)")
+            seen.add(folded)
+        return self
+
+
+class OcppUpstream(StrictModel):
+    """The CSMS evdlm relays to in Local Controller mode (``ocpp.mode: local_controller``).
+
+    Each charger gets its own connection to ``<url>/<charger id>`` with the charger's identity and
+    subprotocol. Security: ``password`` → Basic auth as ``<charger id>:<password>`` (profiles 1/2;
+    one password for every charger); ``cert_file``/``key_file`` → a TLS client certificate
+    (profile 3); ``ca_file`` → the CA that signs the CSMS's certificate (default: the system's).
+    """
+
+    url: str = Field(description="ws:// or wss:// URL of the CSMS; the charger id is appended as the last segment.")
+    password: SecretRef | None = Field(default=None, description="Basic auth password towards the CSMS (profiles 1/2).")
+    cert_file: str | None = Field(default=None, description="TLS client certificate towards the CSMS (profile 3).")
+    key_file: str | None = Field(default=None, description="Private key of cert_file.")
+    ca_file: str | None = Field(default=None, description="CA bundle that verifies the CSMS (wss://).")
+    queue_dir: str = Field(
+        default="var/lc-queue", description="Where transaction messages wait while the CSMS is offline (JSONL)."
+    )
+    queue_max_messages: int = Field(
+        default=10000,
+        ge=10,
+        le=10_000_000,
+        description="Per charger; beyond it the oldest MeterValues / StatusNotification are dropped (never "
+        "BootNotification, Start/StopTransaction or TransactionEvent).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> OcppUpstream:
+        if not self.url.startswith(("ws://", "wss://")):
+            raise ValueError("upstream url must start with ws:// or wss://")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("upstream cert_file and key_file go together")
+        if self.cert_file is not None and not self.url.startswith("wss://"):
+            raise ValueError("a client certificate needs a wss:// upstream url")
+        return self
+
+
 class OcppServer(StrictModel):
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=9000, ge=0, le=65535, description="0 picks a free port (tests, demo).")
@@ -439,6 +549,24 @@ class OcppServer(StrictModel):
         le=3600,
         description="MeterValueSampleInterval / SampledDataCtrlr.TxUpdatedInterval set on every charger at boot.",
     )
+    authorization: OcppAuthorization | None = Field(
+        default=None,
+        description="How idTags are answered (local list, free vending, unknown idTags). Omitted: every "
+        "idTag is Accepted (free vending, as before) and validate warns.",
+    )
+
+    mode: Literal["standalone", "local_controller"] = Field(
+        default="standalone",
+        description="standalone: evdlm is the chargers' central system. local_controller: evdlm sits between "
+        "the chargers and a CSMS (ocpp.upstream), relaying their traffic and keeping the site limits.",
+    )
+    upstream: OcppUpstream | None = Field(default=None, description="The CSMS (local_controller mode).")
+
+    @model_validator(mode="after")
+    def _upstream(self) -> OcppServer:
+        if self.mode == "local_controller" and self.upstream is None:
+            raise ValueError("ocpp.mode local_controller needs ocpp.upstream")
+        return self
 
     @model_validator(mode="after")
     def _tls_files(self) -> OcppServer:

@@ -15,9 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from evdlm.config.issues import LocPath, Severity
 from evdlm.config.models import (
+    ID_TAG_MAX_LENGTH_16,
     BatteryControlMode,
     ChargerKind,
     Circuit,
@@ -318,6 +320,88 @@ def _session_profile_findings(config: SiteConfig) -> list[Finding]:
     return findings
 
 
+def _authorization_findings(config: SiteConfig) -> list[Finding]:
+    """Free vending nobody chose, a list nobody reads, idTags no charger can send."""
+    auth = config.ocpp.authorization
+    if not config.chargers:
+        return []
+    if auth is None and config.ocpp.mode == "local_controller":
+        return [
+            Finding(
+                ("ocpp", "authorization"),
+                "while the CSMS is unreachable every idTag is accepted; set ocpp.authorization "
+                "(offline_policy and a local_list) to choose",
+                "warning",
+            )
+        ]
+    if auth is None:
+        # Kept as the default so every site written before the section existed still runs.
+        return [
+            Finding(
+                ("ocpp", "authorization"),
+                "free vending: every idTag is accepted; set ocpp.authorization "
+                "(a local_list, or accept_all: true to keep free vending)",
+                "warning",
+            )
+        ]
+    findings: list[Finding] = []
+    if auth.accept_all and auth.local_list:
+        findings.append(
+            Finding(
+                ("ocpp", "authorization", "local_list"),
+                "accept_all is true: local_list is not consulted (only a Local Controller's offline answers use it)",
+                "warning",
+            )
+        )
+    if not auth.accept_all and auth.unknown == "Invalid" and not any(e.status == "Accepted" for e in auth.local_list):
+        findings.append(
+            Finding(
+                ("ocpp", "authorization"),
+                "no idTag is accepted: local_list accepts none and unknown is Invalid",
+                "warning",
+            )
+        )
+    if any(charger.ocpp_version == "1.6" for charger in config.chargers):
+        for index, entry in enumerate(auth.local_list):
+            if len(entry.id_tag) > ID_TAG_MAX_LENGTH_16:
+                findings.append(
+                    Finding(
+                        ("ocpp", "authorization", "local_list", index, "id_tag"),
+                        f"idTag longer than {ID_TAG_MAX_LENGTH_16} characters: a 1.6 charger cannot send it",
+                        "warning",
+                    )
+                )
+    return findings
+
+
+def _local_controller_findings(config: SiteConfig, base_dir: Path) -> list[Finding]:
+    """A Local Controller's link to the CSMS: in clear, or with nothing that identifies evdlm."""
+    upstream = config.ocpp.upstream
+    if config.ocpp.mode != "local_controller" or upstream is None:
+        return []
+    findings = _secret_findings(upstream.password, ("ocpp", "upstream", "password"), base_dir)
+    parts = urlsplit(upstream.url)
+    if parts.scheme == "ws" and not is_loopback(parts.hostname or ""):
+        findings.append(
+            Finding(
+                ("ocpp", "upstream", "url"),
+                "ws:// to a CSMS off this machine: idTags, transactions and the password travel in clear "
+                "(use wss://, OCPP security profile 2 or 3)",
+                "warning",
+            )
+        )
+    if upstream.password is None and upstream.cert_file is None:
+        findings.append(
+            Finding(
+                ("ocpp", "upstream"),
+                "no password and no client certificate: the CSMS cannot authenticate the chargers evdlm "
+                "speaks for (OCPP security profile 0)",
+                "warning",
+            )
+        )
+    return findings
+
+
 def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
     """Every cross-reference error and warning of ``config``; empty when all is well."""
     findings: list[Finding] = []
@@ -334,6 +418,8 @@ def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
             "DR program id",
         )
     findings += _session_profile_findings(config)
+    findings += _authorization_findings(config)
+    findings += _local_controller_findings(config, base_dir)
     if config.http_api is not None:
         findings += _secret_findings(config.http_api.token, ("http_api", "token"), base_dir)
     circuits = {circuit.id: circuit for circuit, _, _ in circuit_entries}

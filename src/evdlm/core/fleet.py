@@ -52,7 +52,7 @@ def _none_if_nan(value: float) -> float | None:
 
 # _ABSENT_STATE, _state_row and _memory_row are in StateColumn and MemoryColumn order (checked by
 # tests/core/test_fleet_kernels.py).
-_ABSENT_STATE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, NAN, 0.0, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0.0, NAN)
+_ABSENT_STATE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, NAN, 0.0, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 0.0, NAN, NAN)
 
 
 def _state_row(state: EvseState) -> tuple[float, ...]:
@@ -89,6 +89,7 @@ def _state_row(state: EvseState) -> tuple[float, ...]:
         NAN if state.priority is None else float(state.priority),
         float(state.paused),
         NAN if state.planned_power_w is None else float(state.planned_power_w),
+        NAN if state.csms_limit is None else float(state.csms_limit),
     )
 
 

@@ -46,6 +46,8 @@ class StateColumn(IntEnum):
     PRIORITY = 15  # the session's priority class (NaN: the charger's)
     PAUSED = 16  # 1: held at 0 by a session command
     PLANNED_W = 17  # the horizon plan's power for the session now, W (NaN: none)
+    # The operator CSMS's limit now (Local Controller mode), in EvseState.csms_limit_unit (NaN: none).
+    CSMS_LIMIT = 18
 
 
 class MemoryColumn(IntEnum):
@@ -108,6 +110,7 @@ S_DEPARTURE = StateColumn.DEPARTURE
 S_PRIORITY = StateColumn.PRIORITY
 S_PAUSED = StateColumn.PAUSED
 S_PLANNED_W = StateColumn.PLANNED_W
+S_CSMS_LIMIT = StateColumn.CSMS_LIMIT
 M_SETPOINT = MemoryColumn.SETPOINT
 M_ADMITTED = MemoryColumn.ADMITTED
 M_WANTING = MemoryColumn.WANTING

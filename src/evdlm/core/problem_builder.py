@@ -31,6 +31,7 @@ from evdlm_solvers import UNIT_CURRENT_A, UNIT_POWER_W, Problem
 from evdlm.core.fleet import FleetCache, MemoryColumns, StateColumns
 from evdlm.core.fleet_kernels import (
     M_CUT_FROM,
+    S_CSMS_LIMIT,
     S_PAUSED,
     S_PLANNED_W,
     S_PRESENT,
@@ -395,6 +396,38 @@ def build_problem(
     )
 
 
+def _csms_bound(
+    highest: np.ndarray,
+    csms: np.ndarray,
+    columns: np.ndarray,
+    is_dc: np.ndarray,
+    phases_used: np.ndarray,
+    voltage_v: float,
+    states: StateColumns,
+) -> np.ndarray:
+    """``highest`` capped by each column's CSMS limit (NaN: none) in the column's own unit.
+
+    AC columns are A per phase (a limit in W is divided by V × the phases the car uses); DC
+    columns are W (a limit in A counts V × 3, as the charger link converts). The unit comes from
+    the EVSE state itself; only the few EVSEs with a CSMS limit are looked at one by one.
+    """
+    limited = np.flatnonzero(~np.isnan(csms))
+    if not limited.size:
+        return highest
+    highest = highest.copy()
+    for position in limited.tolist():
+        source = states.sources[int(columns[position])]
+        unit = source.csms_limit_unit if source is not None else None
+        value = max(0.0, float(csms[position]))  # a negative limit is a pause, never a raise
+        phases = int(phases_used[position])
+        if is_dc[position]:
+            bound = value * voltage_v * 3 if unit == "A" else value
+        else:
+            bound = value / (voltage_v * phases) if unit == "W" else value
+        highest[position] = min(float(highest[position]), bound)
+    return highest
+
+
 def _columns(
     topology: Topology,
     settings: SiteSettings,
@@ -440,6 +473,8 @@ def _columns(
     # may have a priority class of its own.
     session = states.values[columns]
     highest = np.where(session[:, S_PAUSED] > 0, 0.0, highest)
+    # Local Controller mode: the operator CSMS's limit now bounds the EVSE from above.
+    highest = _csms_bound(highest, session[:, S_CSMS_LIMIT], columns, is_dc, phases_used, voltage_v, states)
     priority = np.where(np.isnan(session[:, S_PRIORITY]), slots.priority[columns], session[:, S_PRIORITY])
     # The horizon plan's power now, in each column's own unit (NaN: no plan for the car).
     planned_w = session[:, S_PLANNED_W]

@@ -127,6 +127,11 @@ class EvseState:
     # Set by the horizon planner's overlay (evdlm.core.horizon_targets): the power the plan gives
     # this session now, W (None: no plan for it).
     planned_power_w: float | None = None
+    # Set by the Local Controller link (evdlm.chargers.ocpp.csms_profiles): the operator CSMS's
+    # limit on this EVSE now, as the charger would compose the CSMS's profiles, in
+    # csms_limit_unit (A per phase or W); an upper bound on the EVSE. None: the CSMS sets none.
+    csms_limit: float | None = None
+    csms_limit_unit: RateUnitLiteral | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,12 @@ single phase, one that fills up early, one with a departure time), the PV rises,
 an import-limit event over MQTT, and the garage sub-meter goes silent for a while. A live view
 shows the site; the run ends with a summary (peak import against the limit in force, energy
 delivered, DR compliance) and a plot.
+
+With ``with_csms`` (``evdlm demo --with-csms``) an operator's CSMS simulator listens on loopback
+too and evdlm runs as its OCPP Local Controller (``ocpp.mode: local_controller``): the chargers
+boot at the CSMS through evdlm under their own identities, and at 30 % of the run the CSMS sets
+a 10 A TxDefaultProfile on one charger and reads its GetCompositeSchedule back. evdlm keeps that
+profile as an upper bound and never forwards it (docs/local-controller.md).
 """
 
 from __future__ import annotations
@@ -13,19 +19,27 @@ import asyncio
 import contextlib
 import logging
 import math
+import secrets
+import shutil
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from ocpp.exceptions import OCPPError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from evdlm.config import load_site_config
+from evdlm.config.models import OcppUpstream, SecretRef, SiteConfig
 from evdlm.control import CycleReport
 from evdlm.core.clock import ScaledClock
 from evdlm.data import DEMO_SITE_PATH
+from evdlm.gateway import compile_kernels
+from evdlm.sim.csms import CsmsSimulator, NotConnected
 from evdlm.sim.ev import Car
 from evdlm.sim.modbus_servers import Fault
 from evdlm.sim.site import SimulatedSite, dr_event, simulated_site
@@ -37,6 +51,15 @@ RESPONSE_ALLOWANCE_S = 15.0
 # The summary lists the import-limit changes one by one up to this many (more means flapping).
 MAX_CHANGES_LISTED = 6
 
+# --with-csms: the operator's profile, on which charger, when (share of the run), and how far ahead
+# its composite schedule is read back (s).
+CSMS_CHARGER = "CP01"
+CSMS_EVSE = 1
+CSMS_LIMIT_A = 10.0
+CSMS_PROFILE_ID = 4242  # none of evdlm's own profile ids (1, 100 + EVSE): recognisable on a charger
+CSMS_PROFILE_AT = 0.30
+CSMS_COMPOSITE_S = 600
+
 
 @dataclass(frozen=True)
 class DemoOptions:
@@ -46,6 +69,8 @@ class DemoOptions:
     out_dir: Path = Path("demo-out")
     live: bool = True
     start_local: time = time(8, 0)
+    # Run evdlm as the OCPP Local Controller of a simulated operator CSMS on loopback.
+    with_csms: bool = False
 
 
 @dataclass
@@ -63,6 +88,56 @@ class Sample:
 
 
 @dataclass
+class CsmsReport:
+    """What the simulated CSMS saw and did in a ``--with-csms`` run."""
+
+    url: str
+    chargers: list[str]
+    boots: dict[str, int] = field(default_factory=dict)  # BootNotifications the CSMS got, per charger
+    identities: dict[str, str | None] = field(default_factory=dict)  # Basic auth user it was let in with
+    transactions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    received: dict[str, int] = field(default_factory=dict)  # CALLs the CSMS got, per action
+    charger_id: str = CSMS_CHARGER
+    evse_id: int = CSMS_EVSE
+    profile: dict[str, Any] | None = None  # the SetChargingProfile it sent (snake_case)
+    profile_answer: str | None = None
+    profile_at_s: float | None = None
+    composite: dict[str, Any] | None = None  # the GetCompositeSchedule answer
+    composite_at_s: float | None = None
+    evdlm_limit_a: float | None = None  # what the charger held for evdlm when the composite was read
+    csms_limit_in_problem: float | None = None  # EvseState.csms_limit then (the upper bound evdlm kept)
+    forwarded_up: int = 0  # charger CALLs the relay forwarded live
+    answered_locally: int = 0  # charger CALLs evdlm answered (CSMS unreachable)
+    csms_calls_to_chargers: int = 0  # CSMS CALLs the relay passed to a charger
+    profile_on_chargers: int = 0  # chargers holding the CSMS's profile id at the end
+    error: str | None = None
+
+    def composite_periods(self) -> list[tuple[int, float]]:
+        """(start s, limit) of the composite read back, 1.6 or 2.0.1 shape; [] if none."""
+        answer = self.composite or {}
+        schedule = answer.get("charging_schedule") or answer.get("schedule") or {}
+        return [
+            (int(period["start_period"]), float(period["limit"]))
+            for period in schedule.get("charging_schedule_period", [])
+        ]
+
+    def composite_unit(self) -> str:
+        answer = self.composite or {}
+        schedule = answer.get("charging_schedule") or answer.get("schedule") or {}
+        return str(schedule.get("charging_rate_unit", "?"))
+
+    def composite_ok(self) -> bool:
+        """The composite read back is at most the CSMS's limit throughout, and now at most what
+        the charger held for evdlm."""
+        periods = self.composite_periods()
+        if not periods or self.composite_unit() != "A":
+            return False
+        if max(limit for _, limit in periods) > CSMS_LIMIT_A:
+            return False
+        return self.evdlm_limit_a is None or periods[0][1] <= self.evdlm_limit_a
+
+
+@dataclass
 class DemoResult:
     samples: list[Sample] = field(default_factory=list)
     dr_window: tuple[float, float] | None = None
@@ -75,8 +150,14 @@ class DemoResult:
     cycle_p99_ms: float = 0.0
     plot_path: Path | None = None
     recording_dir: Path | None = None
+    csms: CsmsReport | None = None
 
     # ---------------------------------------------------------------- figures
+
+    def limit_after(self, charger_id: str, since_s: float) -> float | None:
+        """The highest limit evdlm gave a charger from ``since_s`` on (None: none given)."""
+        limits = [s.limits[charger_id] for s in self.samples if s.t_s >= since_s and charger_id in s.limits]
+        return max(limits) if limits else None
 
     def peak(self) -> tuple[float, float, float]:
         """Peak import (W), when (s from start) and the limit in force then (W)."""
@@ -206,6 +287,11 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
     loaded = load_site_config(options.config_path)
     config = loaded.config
     start_s = _start_of_demo(config.site.timezone, options.start_local)
+    # The gateway listens while it compiles its kernels (a real site's chargers must not wait), but
+    # the demo's scripted minutes would run on without a controller: compile before the clock starts
+    # (about 20 s on a fresh install, well under a second from numba's cache).
+    with console.status("compiling the numba kernels (first run after install only)"):
+        await asyncio.to_thread(compile_kernels)
     clock = ScaledClock(start_s, options.speed)
     duration_s = options.sim_minutes * 60.0
     out_dir = options.out_dir.resolve()
@@ -220,7 +306,23 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
     )
     dr_limit_kw = 25.0
 
-    async with simulated_site(config, clock, workdir=out_dir, config_text=options.config_path.read_text()) as site:
+    async with contextlib.AsyncExitStack() as stack:
+        csms: CsmsSimulator | None = None
+        if options.with_csms:
+            # The operator's CSMS: the demo cars' idTags are its customers; each charger must come
+            # in as itself (Basic auth user = charger id), which evdlm's relay does for it.
+            password = secrets.token_urlsafe(16)
+            csms = await stack.enter_async_context(
+                CsmsSimulator(
+                    accepted_id_tags={car.id_tag for _, _, car in _cars(options.sim_minutes)},
+                    basic_auth={charger.id: password for charger in config.chargers},
+                )
+            )
+            config = _local_controller_config(config, csms.url, out_dir, password)
+            result.csms = CsmsReport(url=csms.url, chargers=[charger.id for charger in config.chargers])
+        site = await stack.enter_async_context(
+            simulated_site(config, clock, workdir=out_dir, config_text=options.config_path.read_text())
+        )
         controller = site.gateway.controller
         assert controller is not None
         arrivals = _cars(options.sim_minutes)
@@ -234,9 +336,17 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
             if options.live and console.is_terminal
             else None
         )
-        state = {"dr_sent": False, "outage": False, "last_heartbeat_s": -math.inf, "last_print_s": -math.inf}
+        state = {
+            "dr_sent": False,
+            "outage": False,
+            "csms_sent": False,
+            "last_heartbeat_s": -math.inf,
+            "last_print_s": -math.inf,
+        }
+        csms_exchange: asyncio.Task[None] | None = None
 
         async def script(elapsed_s: float) -> None:
+            nonlocal csms_exchange
             while arrivals and arrivals[0][0] <= elapsed_s:
                 _, charger_id, car = arrivals.pop(0)
                 site.fleet.plug_in(charger_id, 1, car)
@@ -258,6 +368,10 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
                 await site.publish_dr_event(event)
                 result.dr_window = (dr_start_s, dr_end_s)
                 result.dr_limit_w = max(dr_limit_kw, config.demand_response.programs[0].import_floor_kw) * 1000.0  # type: ignore[union-attr]
+            csms_due = not state["csms_sent"] and elapsed_s >= duration_s * CSMS_PROFILE_AT
+            if csms is not None and result.csms is not None and csms_due:
+                state["csms_sent"] = True
+                csms_exchange = asyncio.create_task(_csms_exchange(csms, site, result.csms, start_s), name="demo-csms")
             if garage_link is not None and garage_unit is not None:
                 server = site.simulators.servers[garage_link]
                 in_outage = outage[0] <= elapsed_s < outage[1]
@@ -311,14 +425,109 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
             finally:
                 stop.set()
                 await driver
+                if csms_exchange is not None:
+                    await csms_exchange
         result.cycles = controller.cycle_number
         result.overruns = controller.overruns
+        if csms is not None and result.csms is not None:
+            _collect_csms(csms, site, result.csms)
     durations = sorted(result.cycle_durations_s)
     if durations:
         result.cycle_p50_ms = durations[len(durations) // 2] * 1000
         result.cycle_p99_ms = durations[min(len(durations) - 1, int(len(durations) * 0.99))] * 1000
     result.plot_path = plot_demo(result, out_dir / "demo.png", config.site.id)
     return result
+
+
+def _local_controller_config(config: SiteConfig, url: str, out_dir: Path, password: str) -> SiteConfig:
+    """The demo site as the Local Controller of the CSMS at ``url``; its queue (and the CSMS's
+    stored profiles) in ``out_dir/lc-queue``, emptied first: every run starts clean."""
+    queue_dir = out_dir / "lc-queue"
+    shutil.rmtree(queue_dir, ignore_errors=True)
+    password_file = out_dir / "csms-password"
+    password_file.unlink(missing_ok=True)
+    password_file.touch(mode=0o600)
+    password_file.write_text(password + "\n", encoding="utf-8")
+    upstream = OcppUpstream(url=url, password=SecretRef(file=str(password_file)), queue_dir=str(queue_dir))
+    return config.model_copy(
+        update={"ocpp": config.ocpp.model_copy(update={"mode": "local_controller", "upstream": upstream})}
+    )
+
+
+def _csms_profile(version: str, now_s: float) -> dict[str, Any]:
+    """The operator's TxDefaultProfile of CSMS_LIMIT_A from now on, as the CSMS simulator takes it."""
+    start = datetime.fromtimestamp(now_s, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    periods = [{"start_period": 0, "limit": CSMS_LIMIT_A}]
+    if version == "1.6":
+        return {
+            "charging_profile_id": CSMS_PROFILE_ID,
+            "stack_level": 0,
+            "charging_profile_purpose": "TxDefaultProfile",
+            "charging_profile_kind": "Absolute",
+            "charging_schedule": {
+                "charging_rate_unit": "A",
+                "start_schedule": start,
+                "charging_schedule_period": periods,
+            },
+        }
+    return {
+        "id": CSMS_PROFILE_ID,
+        "stack_level": 0,
+        "charging_profile_purpose": "TxDefaultProfile",
+        "charging_profile_kind": "Absolute",
+        "charging_schedule": [
+            {"id": 1, "charging_rate_unit": "A", "start_schedule": start, "charging_schedule_period": periods}
+        ],
+    }
+
+
+async def _csms_exchange(csms: CsmsSimulator, site: SimulatedSite, report: CsmsReport, start_s: float) -> None:
+    """The CSMS sets its profile, waits for the site to follow, reads the composite back."""
+    clock = site.clock
+    ocpp = site.gateway.ocpp
+    charger = next(c for c in site.config.chargers if c.id == report.charger_id)
+    report.profile = _csms_profile(charger.ocpp_version, clock.now_s())
+    report.profile_at_s = clock.now_s() - start_s
+    try:
+        answer = await csms.set_charging_profile(report.charger_id, report.evse_id, report.profile)
+        report.profile_answer = str(answer.get("status"))
+        await clock.sleep(RESPONSE_ALLOWANCE_S)
+        before = _held_limit_a(site, report)
+        report.composite = await csms.get_composite_schedule(report.charger_id, report.evse_id, CSMS_COMPOSITE_S, "A")
+        after = _held_limit_a(site, report)
+        report.composite_at_s = clock.now_s() - start_s
+        # The composite was computed between the two readings; the lease changes at most once there.
+        held = [limit for limit in (before, after) if limit is not None]
+        report.evdlm_limit_a = max(held) if held else None
+        state = ocpp.evse_states().get((report.charger_id, report.evse_id)) if ocpp is not None else None
+        report.csms_limit_in_problem = state.csms_limit if state is not None else None
+    except (NotConnected, OCPPError, TimeoutError) as error:
+        report.error = f"{type(error).__name__}: {error}"
+        log.warning("the CSMS's smart-charging exchange failed: %s", report.error)
+
+
+def _held_limit_a(site: SimulatedSite, report: CsmsReport) -> float | None:
+    ocpp = site.gateway.ocpp
+    relay = ocpp.relay(report.charger_id) if ocpp is not None else None
+    if relay is None or relay.smart is None:
+        return None
+    return relay.smart.link.held_limit(report.evse_id, site.clock.now_s())[0]
+
+
+def _collect_csms(csms: CsmsSimulator, site: SimulatedSite, report: CsmsReport) -> None:
+    """What the CSMS saw and what the relay counted, before the site closes."""
+    report.boots = {charger_id: csms.count(charger_id, "BootNotification") for charger_id in report.chargers}
+    report.identities = dict(csms.identities)
+    report.transactions = {key: dict(value) for key, value in csms.transactions.items()}
+    report.received = dict(Counter(action for calls in csms.received.values() for action, _ in calls))
+    totals = site.gateway.ocpp.relay_totals() if site.gateway.ocpp is not None else None
+    if totals is not None:
+        report.forwarded_up = totals.forwarded_up
+        report.answered_locally = totals.answered_locally
+        report.csms_calls_to_chargers = totals.csms_calls
+    report.profile_on_chargers = sum(
+        1 for station in site.fleet.stations.values() if CSMS_PROFILE_ID in station.model.profiles
+    )
 
 
 def plot_demo(result: DemoResult, path: Path, site_id: str) -> Path:
@@ -406,6 +615,8 @@ def summary_table(result: DemoResult) -> Table:
             f"{compliance * 100:.1f} % of the event under {result.dr_limit_w / 1000:.1f} kW"  # type: ignore[operator]
             + (f"; under it {reaction:.0f} s after the start" if reaction is not None else "; never under it"),
         )
+    if result.csms is not None:
+        _csms_rows(table, result, result.csms)
     if result.plot_path is not None:
         table.add_row("plot", str(result.plot_path))
     if result.recording_dir is not None:
@@ -413,11 +624,66 @@ def summary_table(result: DemoResult) -> Table:
     return table
 
 
+def _csms_rows(table: Table, result: DemoResult, report: CsmsReport) -> None:
+    booted = [charger_id for charger_id in report.chargers if report.boots.get(charger_id, 0) > 0]
+    as_themselves = [charger_id for charger_id in booted if report.identities.get(charger_id) == charger_id]
+    table.add_row(
+        "CSMS (evdlm as Local Controller)",
+        f"{report.url}: {len(booted)}/{len(report.chargers)} chargers booted there, "
+        f"{len(as_themselves)} with their own identity (Basic auth)",
+    )
+    started = sum(1 for t in report.transactions.values() if t.get("started"))
+    stopped = sum(1 for t in report.transactions.values() if t.get("stopped"))
+    tags = sorted({str(t.get("id_tag")) for t in report.transactions.values()})
+    table.add_row(
+        "transactions seen by the CSMS",
+        f"{len(report.transactions)} ({started} started, {stopped} stopped; idTags {', '.join(tags) or '-'})",
+    )
+    listed = ", ".join(f"{action} {n}" for action, n in sorted(report.received.items(), key=lambda kv: -kv[1]))
+    table.add_row(
+        "messages relayed to the CSMS",
+        f"{sum(report.received.values())} CALLs received ({listed}); relay: {report.forwarded_up} forwarded live, "
+        f"{report.answered_locally} answered locally",
+    )
+    if report.profile is None:
+        table.add_row("CSMS profile", "not sent (the run ended before 30 %)")
+        return
+    table.add_row(
+        "CSMS profile",
+        f"TxDefaultProfile {CSMS_LIMIT_A:g} A (id {CSMS_PROFILE_ID}) on {report.charger_id}/{report.evse_id} at "
+        f"+{(report.profile_at_s or 0.0) / 60:.1f} min: {report.profile_answer or report.error} "
+        f"(kept by evdlm as an upper bound: {_amps(report.csms_limit_in_problem)} in the problem)",
+    )
+    periods = report.composite_periods()
+    if report.composite is None or not periods:
+        table.add_row("composite read back by the CSMS", report.error or str(report.composite))
+    else:
+        shape = ", ".join(f"{limit:g} {report.composite_unit()} from {start} s" for start, limit in periods)
+        table.add_row(
+            "composite read back by the CSMS",
+            f"+{(report.composite_at_s or 0.0) / 60:.1f} min, {CSMS_COMPOSITE_S} s: {shape}; evdlm's limit then "
+            f"{_amps(report.evdlm_limit_a)}, CSMS {CSMS_LIMIT_A:g} A: "
+            + ("within both" if report.composite_ok() else "NOT within both"),
+        )
+        highest = result.limit_after(report.charger_id, (report.profile_at_s or 0.0) + RESPONSE_ALLOWANCE_S)
+        table.add_row(f"{report.charger_id} limits after the CSMS profile", f"at most {_amps(highest)}")
+    table.add_row(
+        "CSMS profile on the chargers",
+        f"never: {report.csms_calls_to_chargers} CSMS calls passed to the chargers (smart charging answered by "
+        f"evdlm), profile {CSMS_PROFILE_ID} held by {report.profile_on_chargers} chargers",
+    )
+
+
+def _amps(value: float | None) -> str:
+    return "none" if value is None else f"{value:g} A"
+
+
 def demo_main(options: DemoOptions) -> int:
     console = Console()
     console.print(
         f"[bold]evdlm demo[/bold]: {options.sim_minutes:g} simulated minutes at {options.speed:g}× "
         f"(about {options.sim_minutes * 60 / options.speed:.0f} s); Modbus, OCPP and MQTT on 127.0.0.1"
+        + ("; evdlm as the Local Controller of a simulated CSMS" if options.with_csms else "")
     )
     result = asyncio.run(run_demo(options, console))
     console.print(summary_table(result))

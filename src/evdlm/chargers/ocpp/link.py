@@ -428,6 +428,23 @@ class ChargerLink:
             changes["soc_pct"] = needs.soc_pct
         self._update(evse_id, **changes)
 
+    def held_limit(self, evse_id: int, now_s: float) -> tuple[float | None, float | None]:
+        """What the charger holds for evdlm now (A per phase; None: nothing known) and until when
+        (the lease's end, then the fail-safe; None: open-ended), for Local Controller answers."""
+        evse = self._evses.get(evse_id)
+        if evse is None:
+            return None, None
+        lease = evse.lease
+        if lease is not None and lease.valid(now_s):
+            return lease.limit_a(self.settings.nominal_voltage_v), lease.valid_to_s
+        return (self.settings.failsafe_current_a if self.failsafe_installed else None), None
+
+    def set_csms_limit(self, evse_id: int, limit: float | None, unit: RateUnitLiteral | None) -> None:
+        """The operator's CSMS limit on this EVSE now (Local Controller mode), for the problem."""
+        evse = self._evses.get(evse_id)
+        if evse is not None and (evse.state.csms_limit, evse.state.csms_limit_unit) != (limit, unit):
+            self._update(evse_id, csms_limit=limit, csms_limit_unit=unit)
+
     def _effective_limit_a(self, evse: _Evse, now_s: float) -> float | None:
         """The limit the charger should hold now (A per phase): the lease, else the fail-safe."""
         lease = evse.lease

@@ -21,6 +21,7 @@ import logging
 import math
 import ssl
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,13 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from evdlm.chargers.ocpp.authorization import Authorizer
+from evdlm.chargers.ocpp.csms_merge import CsmsSmartCharging
 from evdlm.chargers.ocpp.link import ChargerLink, EvseKey
 from evdlm.chargers.ocpp.login_guard import LoginGuard, source_address
+from evdlm.chargers.ocpp.relay import ChargerRelay, RelayTotals, upstream_endpoint, upstream_ssl_context
+from evdlm.chargers.ocpp.relay_rules import evdlm_unique_id
+from evdlm.chargers.ocpp.upstream_queue import UpstreamQueue, queue_path
 from evdlm.chargers.ocpp.v16 import V16Session
 from evdlm.chargers.ocpp.v201 import V201Session
 from evdlm.chargers.planning import ChargerCapabilities, LinkSettings
@@ -108,6 +114,23 @@ class OcppCentralSystem(StartStop):
         self._restricted: dict[EvseKey, str] = {}
         self._unknown_restrictions: set[EvseKey] = set()  # warned about once
         self._logins = LoginGuard(clock)
+        # Local Controller mode (ocpp.mode: local_controller): the CSMS upstream, per charger.
+        self._local_controller = config.ocpp.mode == "local_controller"
+        self._relays: dict[str, ChargerRelay] = {}
+        self._retired_relays = RelayTotals()  # counts of relays whose charger has disconnected
+        self._queues: dict[str, UpstreamQueue] = {}
+        self._upstream_password: str | None = None
+        self._upstream_ssl: ssl.SSLContext | None = None
+        if self._local_controller and config.ocpp.upstream is not None:
+            upstream = config.ocpp.upstream
+            if upstream.password is not None:
+                try:
+                    self._upstream_password = resolve_secret(upstream.password, base_dir)
+                except SecretUnavailable as exc:
+                    LOG.error("ocpp.upstream password unavailable (%s): connecting without Basic auth", exc)
+            self._upstream_ssl = upstream_ssl_context(upstream, base_dir)
+        # One for every charger: the local list, and the answer cache a Local Controller fills.
+        self.authorizer = Authorizer.from_config(config.ocpp.authorization)
 
     def _resolve_passwords(self) -> dict[str, str]:
         passwords: dict[str, str] = {}
@@ -269,17 +292,76 @@ class OcppCentralSystem(StartStop):
             LOG.info("%s: new connection replaces the old one", charger_id)
             await previous._connection.close()
         session_class = V16Session if charger.ocpp_version == "1.6" else V201Session
+        # Local Controller mode: the session reads and writes a relay instead of the socket.
+        relay = self._relay(charger_id, charger, connection, link) if self._local_controller else None
         session = session_class(
-            charger_id, connection, link, self.settings, self.clock, self.config.ocpp.call_timeout_s
+            charger_id,
+            relay.pipe if relay is not None else connection,
+            link,
+            self.settings,
+            self.clock,
+            self.config.ocpp.call_timeout_s,
+            authorizer=self.authorizer,
         )
+        if relay is not None:
+            session._unique_id_generator = evdlm_unique_id  # evdlm's calls in their own id namespace
         self._sessions[charger_id] = session
         LOG.info("%s connected (OCPP %s) from %s", charger_id, charger.ocpp_version, connection.remote_address)
         try:
-            await session.run()
+            if relay is not None:
+                self._relays[charger_id] = relay
+                await relay.run(session)
+            else:
+                await session.run()
         finally:
             if self._sessions.get(charger_id) is session:
                 del self._sessions[charger_id]
+            if relay is not None:
+                self._retired_relays.add(relay)
+                if self._relays.get(charger_id) is relay:
+                    del self._relays[charger_id]
             LOG.info("%s disconnected", charger_id)
+
+    def _relay(
+        self, charger_id: str, charger: Charger, connection: ServerConnection, link: ChargerLink
+    ) -> ChargerRelay:
+        upstream = self.config.ocpp.upstream
+        assert upstream is not None  # validated with ocpp.mode
+        queue = self._queues.get(charger_id)
+        if queue is None:
+            queue = UpstreamQueue(
+                queue_path(self._base_dir / upstream.queue_dir, charger_id), upstream.queue_max_messages
+            )
+            self._queues[charger_id] = queue
+        endpoint = upstream_endpoint(
+            upstream,
+            charger_id,
+            SUBPROTOCOLS[charger.ocpp_version],
+            self._upstream_password,
+            self._upstream_ssl,
+            self.config.ocpp.call_timeout_s,
+        )
+        # The CSMS's profiles, kept beside the queue so a restart or a reconnection keeps them.
+        smart = CsmsSmartCharging(
+            charger, charger.ocpp_version, link, queue.path.with_name(queue.path.stem + ".profiles.json")
+        )
+        return ChargerRelay(
+            charger_id, charger.ocpp_version, connection, endpoint, queue, link, self.authorizer, self.clock, smart
+        )
+
+    def relay_totals(self) -> RelayTotals | None:
+        """Local Controller counters since start (None in standalone mode), for the metrics."""
+        if not self._local_controller:
+            return None
+        totals = replace(self._retired_relays)
+        for relay in self._relays.values():
+            totals.add(relay)
+        totals.queue_dropped = sum(queue.dropped for queue in self._queues.values())
+        return totals
+
+    def relay(self, charger_id: str) -> ChargerRelay | None:
+        """Local Controller mode: the live relay of a charger (diagnostics and tests), or None."""
+        return self._relays.get(charger_id)
 
     # ------------------------------------------------------------------ state
 

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from ocpp.v16 import ChargePoint, call, call_result
 
 from evdlm.chargers.errors import ChargerCallError, ChargerError
+from evdlm.chargers.ocpp.authorization import AuthDecision, Authorizer, refusal_line
 from evdlm.chargers.ocpp.link import ChargerLink
 from evdlm.chargers.ocpp.parse import (
     SAMPLED_MEASURANDS,
@@ -33,6 +34,16 @@ CONNECTED_STATUSES = {"Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "
 # 1.6 §4.9: these are only reported while a transaction runs.
 TRANSACTION_STATUSES = {"Charging", "SuspendedEV", "SuspendedEVSE"}
 FREE_STATUSES = {"Available", "Unavailable", "Reserved"}
+
+
+def id_tag_info(decision: AuthDecision) -> dict[str, Any]:
+    """1.6 IdTagInfo of an authorisation decision."""
+    info: dict[str, Any] = {"status": decision.status}
+    if decision.expiry_s is not None:
+        info["expiry_date"] = iso_utc(decision.expiry_s)
+    if decision.parent_id_tag is not None:
+        info["parent_id_tag"] = decision.parent_id_tag[:20]  # IdToken is CiString20Type
+    return info
 
 
 def connected_from_status(status: str) -> bool | None:
@@ -63,9 +74,19 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
         settings: LinkSettings,
         clock: Clock,
         call_timeout_s: float,
+        authorizer: Authorizer | None = None,
     ) -> None:
         ChargePoint.__init__(self, charger_id, connection, response_timeout=call_timeout_s, logger=WIRE_LOG)
         self._init_session(link, settings, clock)
+        # None: free vending (as before ocpp.authorization existed).
+        self.authorizer = authorizer if authorizer is not None else Authorizer(accept_all=True)
+
+    def authorize(self, action: str, id_tag: str) -> AuthDecision:
+        """The authorizer's answer for ``id_tag``; one log line when it is not Accepted."""
+        decision = self.authorizer.decide(id_tag, self.clock.now_s())
+        if not decision.accepted:
+            LOG.info("%s", refusal_line(self.id, action, id_tag, decision))
+        return decision
 
     # ---------------------------------------------------------------- inbound
 
@@ -108,15 +129,18 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
 
     @route("Authorize")
     def on_authorize(self, id_tag: str) -> Any:
-        # Authorisation is not load management's business (the CPO backend decides billing),
-        # except that a restricted connector takes no new session.
-        status = "Blocked" if self.link.refuse_authorize("Authorize") else "Accepted"
-        return call_result.Authorize(id_tag_info={"status": status})
+        # A restricted charger takes no new session whatever the idTag (the link logs it);
+        # otherwise ocpp.authorization decides (free vending when the section is omitted).
+        if self.link.refuse_authorize("Authorize"):
+            return call_result.Authorize(id_tag_info={"status": "Blocked"})
+        return call_result.Authorize(id_tag_info=id_tag_info(self.authorize("Authorize", id_tag)))
 
     @route("StartTransaction")
     def on_start_transaction(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, **_: Any) -> Any:
-        # StartTransaction.conf always carries a transaction id; with Blocked the charge
-        # point ends the transaction (StopTransactionOnInvalidId) or at least offers no energy.
+        # StartTransaction.conf always carries a transaction id; with a status other than
+        # Accepted the charge point ends the transaction (StopTransactionOnInvalidId) or at
+        # least offers no energy (MaxEnergyOnInvalidId). A restricted connector answers Blocked
+        # whatever the idTag.
         transaction_id = self.link.next_transaction_id()
         restricted = self.link.restriction(connector_id) is not None
         self.link.transaction_started(
@@ -126,8 +150,8 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
             id_tag=id_tag,
             started_at_s=parse_iso_s(timestamp),
         )
-        status = "Blocked" if restricted else "Accepted"
-        return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info={"status": status})
+        info = {"status": "Blocked"} if restricted else id_tag_info(self.authorize("StartTransaction", id_tag))
+        return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info=info)
 
     @route("StopTransaction")
     def on_stop_transaction(self, meter_stop: int, timestamp: str, transaction_id: int, **kwargs: Any) -> Any:

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from ocpp.v201 import ChargePoint, call, call_result
 
 from evdlm.chargers.errors import ChargerCallError, ChargerError
+from evdlm.chargers.ocpp.authorization import AuthDecision, Authorizer, refusal_line
 from evdlm.chargers.ocpp.link import ChargerLink
 from evdlm.chargers.ocpp.parse import (
     SAMPLED_MEASURANDS,
@@ -25,6 +26,21 @@ LOG = logging.getLogger("evdlm.chargers.ocpp.v201")
 
 HEARTBEAT_INTERVAL_S = 60
 SMART_CHARGING_VARIABLES = ["Enabled", "RateUnit", "ProfileStackLevel", "PeriodsPerSchedule", "LimitChangeSignificance"]
+
+
+# IdTokenEnumType of a station that needs no authorisation (its own free-vending setting):
+# answered like a transaction without a token, only a restriction refuses it.
+NO_AUTHORIZATION = "NoAuthorization"
+
+
+def id_token_info(decision: AuthDecision) -> dict[str, Any]:
+    """2.0.1 IdTokenInfoType of an authorisation decision."""
+    info: dict[str, Any] = {"status": decision.status}
+    if decision.expiry_s is not None:
+        info["cache_expiry_date_time"] = iso_utc(decision.expiry_s)
+    if decision.parent_id_tag is not None:
+        info["group_id_token"] = {"id_token": decision.parent_id_tag, "type": "Central"}
+    return info
 
 
 def connected_from_status(status: str) -> bool | None:
@@ -56,9 +72,26 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
         settings: LinkSettings,
         clock: Clock,
         call_timeout_s: float,
+        authorizer: Authorizer | None = None,
     ) -> None:
         ChargePoint.__init__(self, charger_id, connection, response_timeout=call_timeout_s, logger=WIRE_LOG)
         self._init_session(link, settings, clock)
+        # None: free vending (as before ocpp.authorization existed).
+        self.authorizer = authorizer if authorizer is not None else Authorizer(accept_all=True)
+
+    def authorize(self, action: str, id_token: str) -> AuthDecision:
+        """The authorizer's answer for ``id_token``; one log line when it is not Accepted."""
+        decision = self.authorizer.decide(id_token, self.clock.now_s())
+        if not decision.accepted:
+            LOG.info("%s", refusal_line(self.id, action, id_token, decision))
+        return decision
+
+    def token_info(self, action: str, id_token: dict[str, Any]) -> dict[str, Any]:
+        """idTokenInfo for a presented IdTokenType (a NoAuthorization token is Accepted)."""
+        value = id_token.get("id_token")
+        if id_token.get("type") == NO_AUTHORIZATION or not isinstance(value, str):
+            return {"status": "Accepted"}
+        return id_token_info(self.authorize(action, value))
 
     # ---------------------------------------------------------------- inbound
 
@@ -95,9 +128,11 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
 
     @route("Authorize")
     def on_authorize(self, id_token: dict[str, Any], **_: Any) -> Any:
-        # Billing is the CPO's business; only a station whose every EVSE is restricted is refused.
-        status = "Blocked" if self.link.refuse_authorize("Authorize") else "Accepted"
-        return call_result.Authorize(id_token_info={"status": status})
+        # A station whose every EVSE is restricted is refused whatever the token (the link logs
+        # it); otherwise ocpp.authorization decides (free vending when the section is omitted).
+        if self.link.refuse_authorize("Authorize"):
+            return call_result.Authorize(id_token_info={"status": "Blocked"})
+        return call_result.Authorize(id_token_info=self.token_info("Authorize", id_token))
 
     @route("TransactionEvent")
     def on_transaction_event(
@@ -141,7 +176,14 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
         if event_type == "Ended":
             self.session_ended(self.link.transaction_ended(transaction_id, evse_id))
         if has_token:
-            return call_result.TransactionEvent(id_token_info={"status": "Blocked" if refuse else "Accepted"})
+            # The station ends a transaction whose token is not Accepted (StopTxOnInvalidId) and
+            # may cache the answer, so it is the authorizer's real one (Blocked when restricted).
+            info = (
+                {"status": "Blocked"}
+                if refuse or not isinstance(token, dict)
+                else self.token_info(f"TransactionEvent {event_type}", token)
+            )
+            return call_result.TransactionEvent(id_token_info=info)
         return call_result.TransactionEvent()
 
     @route("NotifyEVChargingNeeds")
