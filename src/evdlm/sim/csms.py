@@ -23,7 +23,6 @@ import ssl
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
-from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from ocpp.charge_point import remove_nones
@@ -40,6 +39,8 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from evdlm.chargers.ocpp.server import basic_auth_credentials, charger_id_from_path, requested_subprotocols
+from evdlm.chargers.ocpp.session import unless_closed
+from evdlm.core.lifetime import StartStop
 
 LOG = logging.getLogger("evdlm.sim.csms")
 
@@ -266,7 +267,7 @@ class _Report:
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
-class CsmsSimulator:
+class CsmsSimulator(StartStop):
     """A CSMS on loopback; ``async with CsmsSimulator(...) as csms`` (see the module docstring).
 
     ``accepted_id_tags``: the idTags / idTokens answered Accepted (None: every one), the others
@@ -305,15 +306,6 @@ class CsmsSimulator:
         self._server: Server | None = None
 
     # ------------------------------------------------------------------ lifetime
-
-    async def __aenter__(self) -> CsmsSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         self._server = await serve(
@@ -430,14 +422,8 @@ class CsmsSimulator:
         waiting raises :class:`NotConnected`; no answer in time, :class:`TimeoutError`.
         """
         session = self._session(charge_point_id)
-        pending = asyncio.ensure_future(session.call(payload, suppress=False))
-        closed = asyncio.ensure_future(session.closed.wait())
-        try:
-            await asyncio.wait({pending, closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-        if not pending.done():
-            pending.cancel()
+        pending = await unless_closed(session.call(payload, suppress=False), session.closed)
+        if pending is None:
             raise NotConnected(f"{charge_point_id}: disconnected while waiting for {type(payload).__name__}")
         return pending.result()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import ocpp.messages
@@ -45,6 +45,7 @@ LOG = logging.getLogger("evdlm.chargers.ocpp")
 ocpp.messages.ASYNC_VALIDATION = False
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 # A bounded queue: a charger flooding us with session ends must not grow memory without limit.
 MAX_PENDING_JOBS = 64
@@ -57,6 +58,21 @@ def route(action: str) -> Callable[[F], F]:
 
 def after_route(action: str) -> Callable[[F], F]:
     return cast(Callable[[F], F], after(action))
+
+
+async def unless_closed(call: Awaitable[T], closed: asyncio.Event) -> asyncio.Future[T] | None:
+    """Await ``call`` unless ``closed`` is set first: the finished call (its result or error), or
+    None when the connection closed first (the call is cancelled)."""
+    pending = asyncio.ensure_future(call)
+    closing = asyncio.ensure_future(closed.wait())
+    try:
+        await asyncio.wait({pending, closing}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closing.cancel()
+    if not pending.done():
+        pending.cancel()
+        return None
+    return pending
 
 
 class WireLogger(logging.LoggerAdapter[logging.Logger]):
@@ -297,14 +313,10 @@ class SessionBase(ABC):
         Races the connection's end so a charger that disconnects mid-call is reported offline
         at once rather than after ``call_timeout_s``.
         """
-        pending = asyncio.ensure_future(self.call(payload, suppress=False, skip_schema_validation=trusted_payload))
-        closed = asyncio.ensure_future(self._closed.wait())
-        try:
-            await asyncio.wait({pending, closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-        if not pending.done():
-            pending.cancel()
+        pending = await unless_closed(
+            self.call(payload, suppress=False, skip_schema_validation=trusted_payload), self._closed
+        )
+        if pending is None:
             raise ChargerOffline(f"{self.id}: connection closed during {type(payload).__name__}")
         try:
             return pending.result()
