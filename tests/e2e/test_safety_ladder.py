@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,15 @@ from .conftest import until
 
 SPEED = 20.0
 EARLY_MORNING_S = 1_781_589_600.0  # 2026-06-16 06:00 UTC, 07:00 solar time on the demo site
+# The simulated PV follows the clock's hour: a start taken from the wall clock made what the grid
+# meter nets out depend on when the suite ran. 2026-06-16 13:30 UTC, early afternoon.
+AFTERNOON_S = 1_781_616_600.0
 
 
 @pytest.mark.timeout(240)
 async def test_killed_controller_leaves_chargers_on_their_failsafe(tmp_path: Path) -> None:
     config = load_site_config(DEMO_SITE_PATH).config
-    clock = ScaledClock(time.time(), SPEED)
+    clock = ScaledClock(AFTERNOON_S, SPEED)
     async with simulated_site(config, clock, workdir=tmp_path) as site:
         for charger_id in ("CP01", "CP02", "CP07"):
             site.fleet.plug_in(charger_id, 1, Car(phases=3, max_current_a=32))
@@ -94,7 +96,7 @@ async def test_reload_applies_a_valid_config_and_refuses_a_broken_one(
 ) -> None:
     caplog.set_level(logging.INFO)
     config = load_site_config(DEMO_SITE_PATH).config
-    clock = ScaledClock(time.time(), SPEED)
+    clock = ScaledClock(AFTERNOON_S, SPEED)
     site_file = tmp_path / "site.yaml"
     text = DEMO_SITE_PATH.read_text()
     site_file.write_text(text)
@@ -128,7 +130,7 @@ async def test_state_and_limits_are_published_retained(tmp_path: Path) -> None:
     from evdlm.mqtt.client import MqttClient, MqttMessage
 
     config = load_site_config(DEMO_SITE_PATH).config
-    clock = ScaledClock(time.time(), SPEED)
+    clock = ScaledClock(AFTERNOON_S, SPEED)
     seen: dict[str, dict[str, object]] = {}
 
     def on_message(message: MqttMessage) -> None:

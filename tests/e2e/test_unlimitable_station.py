@@ -5,7 +5,6 @@ block it itself."""
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ if str(BENCHMARKS) not in sys.path:
 
 import faults_bench  # type: ignore[import-not-found]  # noqa: E402  # benchmarks/ is not a package
 
+AFTERNOON_S = 1_781_616_600.0  # 2026-06-16 13:30 UTC: the simulated PV follows the clock's hour
 SPEED = 15.0
 
 
@@ -32,7 +32,7 @@ async def test_a_restarted_controller_releases_the_station_its_predecessor_block
     voltage_v = config.grid.nominal_voltage_v
     params = faults_bench.sim_params(config)
     params = type(params)(**{**params.__dict__, "base_load_w": 3 * faults_bench.UNLIMITABLE_BASE_LOAD_A * voltage_v})
-    clock = ScaledClock(time.time(), SPEED)
+    clock = ScaledClock(AFTERNOON_S, SPEED)
     misbehaviour = {"CP01": Misbehaviour(no_smart_charging=True)}
     async with simulated_site(config, clock, workdir=tmp_path, sim_params=params, misbehaviour=misbehaviour) as site:
         station = site.fleet.station("CP01")
