@@ -19,6 +19,8 @@ own and the chargers (raw websockets) in this one:
         [--messages 9] [--interval-s 5] [--time-cap-s 600]
 
 Target: added p99 (through evdlm − direct, per percentile) ≤ 5 ms on loopback at 1000 chargers.
+``pauses_while_measuring`` gives each process's event-loop lag and garbage-collector pauses; once
+connected, evdlm settles its heap as its gateway does (``evdlm.heap``), and so do the peers.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from measure import cpu_s, percentile, rss_mb
+from measure import PauseMonitor, cpu_s, percentile, rss_mb
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
@@ -49,6 +51,7 @@ from evdlm.chargers.ocpp.server import OcppCentralSystem
 from evdlm.config.models import SiteConfig
 from evdlm.core.clock import SystemClock
 from evdlm.core.types import ChargingCommand, CommandStatus
+from evdlm.heap import HeapSettler, settle_heap
 from evdlm.sim.ev import Car
 from evdlm.sim.fleet import SimFleet
 
@@ -271,6 +274,8 @@ def run_csms(conn: Any) -> None:
         from evdlm.sim.csms import CsmsSimulator
 
         async with CsmsSimulator() as csms:
+            monitor = PauseMonitor()
+            monitor.start()
             conn.send(csms.url)
 
             async def counts() -> dict[str, dict[str, int]]:
@@ -282,7 +287,17 @@ def run_csms(conn: Any) -> None:
                         path[action] = path.get(action, 0) + 1
                 return result
 
-            await _serve_commands(conn, {"counts": counts})
+            async def pauses() -> dict[str, Any]:
+                return monitor.figures()
+
+            async def reset_pauses() -> None:
+                monitor.reset()
+
+            async def settle() -> float:
+                return settle_heap().pause_ms
+
+            handlers = {"counts": counts, "pauses": pauses, "reset_pauses": reset_pauses, "settle": settle}
+            await _serve_commands(conn, handlers)
 
     asyncio.run(main())
 
@@ -294,6 +309,8 @@ def run_gateway(config_json: str, conn: Any, ready_timeout_s: float) -> None:
         config = SiteConfig.model_validate_json(config_json)
         ids = [charger.id for charger in config.chargers]
         async with OcppCentralSystem(config, SystemClock()) as central:
+            monitor = PauseMonitor()
+            monitor.start()
             conn.send(central.port)
 
             async def ready() -> dict[str, Any]:
@@ -306,14 +323,26 @@ def run_gateway(config_json: str, conn: Any, ready_timeout_s: float) -> None:
                         if not central.ready(cid) or (relay := central.relay(cid)) is None or not relay.online
                     ]
                     if not waiting or time.monotonic() - started > ready_timeout_s:
-                        return {"waiting": len(waiting), "s": round(time.monotonic() - started, 2)}
+                        # As the gateway does once its chargers are online (evdlm.heap).
+                        settled = HeapSettler().maybe_settle(len(ids) - len(waiting))
+                        return {
+                            "waiting": len(waiting),
+                            "s": round(time.monotonic() - started, 2),
+                            "heap_settle_ms": round(settled.pause_ms, 1) if settled else None,
+                        }
                     await asyncio.sleep(0.1)
 
-            async def totals() -> dict[str, int]:
+            async def totals() -> dict[str, Any]:
                 relay_totals = central.relay_totals()
-                return dataclasses.asdict(relay_totals) if relay_totals is not None else {}
+                return {
+                    **(dataclasses.asdict(relay_totals) if relay_totals is not None else {}),
+                    "pauses": monitor.figures(),
+                }
 
-            await _serve_commands(conn, {"ready": ready, "totals": totals})
+            async def reset_pauses() -> None:
+                monitor.reset()
+
+            await _serve_commands(conn, {"ready": ready, "totals": totals, "reset_pauses": reset_pauses})
 
     asyncio.run(main())
 
@@ -502,9 +531,17 @@ async def bench_local_controller(
             )
             boots_accepted = sum(1 for boot in boots if not isinstance(boot, BaseException) and boot[0][0] == 3)
             ready = await _ask(gateway_conn, gateway, "ready", max(60.0, chargers * 0.2) + 10)
+            # The peers settle their heaps too: their own full collections (90-120 ms at 1000
+            # chargers) would otherwise land in either path's tail at random.
+            await _ask(csms_conn, csms, "settle", 30)
+            settle_heap()
             connected_s = time.monotonic() - connect_started
             totals_before = await _ask(gateway_conn, gateway, "totals", 30)
             counts_before = await _ask(csms_conn, csms, "counts", 30)
+            await _ask(gateway_conn, gateway, "reset_pauses", 30)
+            await _ask(csms_conn, csms, "reset_pauses", 30)
+            bench_monitor = PauseMonitor()
+            bench_monitor.start()
             rss_connected_mb, _ = proc_memory_mb(gateway.pid)
 
             # Measure.
@@ -554,6 +591,8 @@ async def bench_local_controller(
             rss_mb_end, peak_rss_mb = proc_memory_mb(gateway.pid)
             totals_after = await _ask(gateway_conn, gateway, "totals", 30)
             counts_after = await _ask(csms_conn, csms, "counts", 30)
+            csms_pauses = await _ask(csms_conn, csms, "pauses", 30)
+            pauses = {"evdlm": totals_after.get("pauses"), "csms": csms_pauses, "chargers": bench_monitor.figures()}
             for point in points:
                 await point.close()
             await _ask(gateway_conn, gateway, "stop", 30)
@@ -591,6 +630,7 @@ async def bench_local_controller(
         "boots_accepted": boots_accepted,
         "connect_boot_configure_s": round(connected_s, 2),
         "not_ready": ready["waiting"],
+        "evdlm_heap_settle_ms": ready.get("heap_settle_ms"),
         "measure_s": round(measure_s, 2),
         "time_capped": capped,
         "sent": sent,
@@ -609,6 +649,7 @@ async def bench_local_controller(
             "end_mb": round(rss_mb_end, 1),
             "peak_mb": round(peak_rss_mb, 1),
         },
+        "pauses_while_measuring": pauses,
         "load_average": {
             "before": [round(value, 2) for value in load_before],
             "measure_start": [round(value, 2) for value in load_start],

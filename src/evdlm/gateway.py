@@ -38,6 +38,7 @@ from evdlm.core.fleet_kernels import warm_up as warm_up_fleet_kernels
 from evdlm.devices.codec import Measurement
 from evdlm.devices.hub import DeviceHub
 from evdlm.dr.service import DrService
+from evdlm.heap import HeapSettler
 from evdlm.horizon_planner import HorizonPlanner
 from evdlm.mqtt.client import MqttClient, MqttWill
 from evdlm.observability import Metrics
@@ -96,6 +97,9 @@ class MqttStatePublisher:
             self.client.publish_nowait(f"dlm/{self.site_id}/state", strict_json.dumps(state), retain=True)
 
 
+HEAP_CHECK_CYCLES = 10  # how often the chargers online are counted for the heap settler
+
+
 def compile_kernels() -> float:
     """Compile (or load from numba's cache) the solver and fleet kernels; the seconds spent."""
     return warm_up() + warm_up_fleet_kernels()
@@ -152,6 +156,7 @@ class Gateway:
         self.sessions: SessionService | None = None
         self.planner: HorizonPlanner | None = None
         self.http_api: HttpApiServer | None = None
+        self.heap = HeapSettler()  # the long-lived heap out of the collector's way (evdlm.heap)
         self.controller: Controller | None = None
         self._closed = False
         self._kernels: asyncio.Future[float] | None = None  # the kernels' compilation (a thread)
@@ -321,6 +326,9 @@ class Gateway:
             if first:
                 first = False
                 log.info("first cycle decided %.2f s after start-up", time.monotonic() - self._started_s)
+            if report.cycle % HEAP_CHECK_CYCLES == 1 and self.ocpp is not None:
+                online = sum(1 for charger in self.config.chargers if self.ocpp.online(charger.id))
+                self.heap.maybe_settle(online)
             if on_cycle is not None:
                 on_cycle(report)
 
