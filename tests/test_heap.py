@@ -16,7 +16,8 @@ def test_settling_collects_then_freezes_what_is_alive() -> None:
     try:
         settled = settle_heap()
         assert settled.collected >= 1
-        assert settled.frozen == gc.get_freeze_count() > 1000
+        # (objects frozen and then freed by reference counting leave the permanent generation)
+        assert settled.frozen > 1000 and 0 < gc.get_freeze_count() <= settled.frozen
         assert settled.pause_ms > 0
     finally:
         gc.unfreeze()

@@ -128,6 +128,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_availability(args: argparse.Namespace) -> int:
+    from evdlm.availability.cli import availability_main
+
+    return availability_main(
+        Path(args.path), month=args.month, as_csv=args.csv, config=Path(args.config) if args.config else None
+    )
+
+
 BENCH_SUFFIX = "_bench.py"
 BENCH_ALIASES = {"dr": "dr_latency", "ocpp": "ocpp_scale", "modbus": "modbus_poll"}
 """Short names kept for scripts whose name is longer (``evdlm bench dr``)."""
@@ -281,6 +289,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(handler=_cmd_replay)
 
+    availability = verbs.add_parser(
+        "availability",
+        help="per-port uptime (NEVI) for a month from the ledger or a recording; table or CSV",
+        description="Seconds per availability class (up, fault, offline, below_floor, dr_curtailed, excluded), "
+        "the month's and the trailing 12 months' NEVI uptime % and the outage count of every port "
+        "(docs/availability.md). PATH is the gateway's ledger (var/availability.json) or a recording, "
+        "whose cycles are replayed through the same classifier.",
+        epilog="examples:\n  evdlm availability var/availability.json --month 2026-11 --csv\n"
+        "  evdlm availability var/recordings --month 2026-11 --config site.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    availability.add_argument("path", help="ledger state file, recording file or folder of recordings")
+    availability.add_argument("--month", help="UTC month YYYY-MM (default: the month of the newest data)")
+    availability.add_argument("--csv", action="store_true", help="CSV, one row per port, on stdout")
+    availability.add_argument(
+        "--config",
+        help="site config YAML: exclusion settings (and, for a recording, floors "
+        "and windows instead of the recorded config's)",
+    )
+    availability.set_defaults(handler=_cmd_availability)
+
     schema = verbs.add_parser(
         "schema",
         help="print the JSON schema of site configs (for editors)",
@@ -308,8 +337,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def overview(parser: argparse.ArgumentParser) -> str:
+    """What `evdlm` alone prints: each verb, what it does, and the first example of its --help."""
+    lines = [parser.format_usage().rstrip(), "", parser.description or "", "", "verbs (one example each):"]
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help or "" for choice in action._get_subactions()}
+        width = max(map(len, action.choices))
+        for verb, sub in action.choices.items():
+            epilog = (sub.epilog or "").splitlines()
+            example = next((line.split("#")[0].strip() for line in epilog if line.strip().startswith("evdlm ")), "")
+            lines.append(f"  {verb:<{width}}  {helps.get(verb, '')}")
+            if example:
+                lines.append(f"  {'':<{width}}    {example}")
+    lines += ["", "Run `evdlm VERB --help` for a verb's options; `evdlm --version` for the version."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        # No verb at all: a friendly overview on stdout rather than argparse's error.
+        sys.stdout.write(overview(parser))
+        return EXIT_OK
+    args = parser.parse_args(argv)
     handler = args.handler
     result: int = handler(args)
     return result

@@ -30,11 +30,13 @@ from evdlm.core.problem_builder import BuildInputs, BuiltProblem, DemandLimits, 
 from evdlm.core.restriction import restrictions
 from evdlm.core.types import ChargingCommand, CommandResult, CommandStatus, EvseState, Reading
 from evdlm.dr.engine import Effective
-from evdlm.observability import Metrics
+from evdlm.observability import Metrics, RepeatedWarning
 from evdlm.recording import RecordingWriter, key_text
 from evdlm.restricted_file import load_restrictions, save_restrictions
 
 log = logging.getLogger("evdlm.control")
+
+REPEAT_WARNING_EVERY_S = 300.0  # a failure that repeats every cycle is logged again at most this often
 
 
 class ReadingSource(Protocol):
@@ -130,6 +132,8 @@ class Controller:
         self._background: set[asyncio.Task[Any]] = set()
         self._finished_results: list[CommandResult] = []
         self._battery_task: asyncio.Future[None] | None = None
+        self._battery_failing = RepeatedWarning(log, clock, REPEAT_WARNING_EVERY_S)
+        self._closed = False
         self._last_limits: dict[EvseKey, float] = {}
         self._command_failures: dict[EvseKey, tuple[CommandStatus, str]] = {}  # last failure logged per EVSE
         self.meter_trust = MeterTrust()
@@ -343,7 +347,12 @@ class Controller:
             try:
                 await battery.set_power_w(power_w)
             except Exception as exc:  # the device layer translates its errors; retried next cycle
-                log.warning("battery setpoint %.0f W not written: %s", power_w, exc)
+                # Every cycle while the battery is away: said once, then every few minutes.
+                self._battery_failing.failed(
+                    type(exc).__name__, "battery setpoint %.0f W not written: %s", power_w, exc
+                )
+            else:
+                self._battery_failing.cleared("battery setpoint %.0f W written again", power_w)
 
         self._battery_task = asyncio.ensure_future(send())
         self._background.add(self._battery_task)
@@ -540,6 +549,10 @@ class Controller:
             await self.close()
 
     async def close(self) -> None:
+        # Once: run() closes on its way out and the gateway again on its own (one battery release).
+        if self._closed:
+            return
+        self._closed = True
         for task in list(self._inflight.values()) + list(self._background):
             task.cancel()
         await asyncio.gather(*self._inflight.values(), *self._background, return_exceptions=True)

@@ -24,10 +24,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from aiohttp import web
 from evdlm_solvers import warm_up
 
 from evdlm import strict_json
+from evdlm.api.availability_routes import add_availability_routes
 from evdlm.api.http import HttpApiServer
+from evdlm.api.operator_routes import add_operator_routes
+from evdlm.api.operator_view import OperatorView
+from evdlm.availability.service import AvailabilityService
 from evdlm.chargers.ocpp.server import OcppCentralSystem
 from evdlm.config import ConfigError, load_site_config
 from evdlm.config.models import SiteConfig
@@ -44,6 +49,7 @@ from evdlm.mqtt.client import MqttClient, MqttWill
 from evdlm.observability import Metrics
 from evdlm.recording import RecordingWriter
 from evdlm.sessions.service import SessionService
+from evdlm.site_status import SiteStatusLog
 
 log = logging.getLogger("evdlm.gateway")
 
@@ -156,8 +162,10 @@ class Gateway:
         self.sessions: SessionService | None = None
         self.planner: HorizonPlanner | None = None
         self.http_api: HttpApiServer | None = None
+        self.operator_view = OperatorView(config.site.id, config.control.cycle_period_s)
         self.heap = HeapSettler()  # the long-lived heap out of the collector's way (evdlm.heap)
         self.controller: Controller | None = None
+        self.availability: AvailabilityService | None = None  # the per-port availability ledger
         self._closed = False
         self._kernels: asyncio.Future[float] | None = None  # the kernels' compilation (a thread)
         self._started_s = time.monotonic()
@@ -206,8 +214,15 @@ class Gateway:
             )
             # Horizon planning: in its own task and thread; the cycle only reads its latest targets.
             self.planner = await stack.enter_async_context(HorizonPlanner(config, self.clock, self.metrics))
+            # The availability ledger (before the HTTP API, which serves it): fed by each cycle.
+            if config.availability is not None and config.availability.enabled:
+                self.availability = AvailabilityService(config, self.clock, self.state_dir, self.metrics)
             if config.http_api is not None and config.http_api.enabled:
-                server = HttpApiServer.from_config(config.http_api, self.base_dir, self.sessions)
+                view, clock, ledger = self.operator_view, self.clock, self.availability
+                features: list[Callable[[web.Application], None]] = [lambda app: add_operator_routes(app, view, clock)]
+                if ledger is not None:
+                    features.append(lambda app: add_availability_routes(app, ledger))
+                server = HttpApiServer.from_config(config.http_api, self.base_dir, self.sessions, features)
                 self.http_api = await stack.enter_async_context(server)
             observability = config.observability
             if observability.metrics_port is not None:
@@ -284,6 +299,9 @@ class Gateway:
             self._kernels.cancel()  # not waited on: the thread finishes its compilation on its own
         if self.controller is not None:
             await self.controller.close()
+        if self.availability is not None:
+            self.availability.close()  # credits up to now and saves; the gap to the next start is "controller down"
+        await self.operator_view.close()
         # The stack closes the DR service (its last state written) and then the MQTT client, which
         # sends what is queued within a bounded time and says offline on the status topic.
         await self._stack.__aexit__(exc_type, exc, tb)
@@ -319,13 +337,19 @@ class Gateway:
         if not await self.kernels_ready(stop):
             return
         first = True
+        status = SiteStatusLog()  # grid meter, fallback, chargers k of N, ... on each change
 
         def cycle_done(report: CycleReport) -> None:
             nonlocal first
             sd_notify("WATCHDOG=1")
+            status.emit(report, self.config)
             if first:
                 first = False
                 log.info("first cycle decided %.2f s after start-up", time.monotonic() - self._started_s)
+            if self.http_api is not None and self.controller is not None:
+                self.operator_view.observe(report, self.controller.context.topology)
+            if self.availability is not None and self.controller is not None:
+                self.availability.observe(report, self.controller)
             if report.cycle % HEAP_CHECK_CYCLES == 1 and self.ocpp is not None:
                 online = sum(1 for charger in self.config.chargers if self.ocpp.online(charger.id))
                 self.heap.maybe_settle(online)

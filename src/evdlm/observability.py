@@ -125,6 +125,20 @@ class Metrics:
             buckets=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
             registry=self.registry,
         ).labels(**labels)
+        # Per-port availability (evdlm.availability; docs/availability.md). A dashboard is built
+        # on these two names and their labels: keep them.
+        self.port_availability_seconds = Counter(
+            "evdlm_port_availability_seconds",
+            "Seconds each EVSE spent in each availability class (up, fault, offline, below_floor, dr_curtailed, excluded)",
+            ["site", "charger", "evse", "class"],
+            registry=self.registry,
+        )
+        self.port_uptime_ratio = Gauge(
+            "evdlm_port_uptime_ratio",
+            "NEVI uptime of each EVSE, 0..1: this UTC month (window=month) and the trailing 12 months (window=t12m)",
+            ["site", "charger", "evse", "window"],
+            registry=self.registry,
+        )
         self.site = site_id
 
     def observe_horizon_plan(self, status: str, seconds: float) -> None:
@@ -186,6 +200,47 @@ class LogThrottle:
             msg += " (and %d more like it since the last such line)"
             args = (*args, left_out)
         self._logger.warning(msg, *args)
+        return True
+
+
+class RepeatedWarning:
+    """A condition that repeats every cycle (a device write failing): one warning when it starts
+    or its kind changes, then at most one per ``every_s`` (of ``clock``) while it lasts, saying
+    how many repeats it stands for; one info line when it clears."""
+
+    def __init__(self, logger: logging.Logger, clock: Clock, every_s: float) -> None:
+        self._logger = logger
+        self._clock = clock
+        self._every_s = every_s
+        self._kind: str | None = None  # of the failure in force, None when all is well
+        self._logged_s = -math.inf
+        self._repeats = 0  # since the last line
+        self._total = 0  # since the condition started
+
+    @property
+    def active(self) -> bool:
+        return self._kind is not None
+
+    def failed(self, kind: str, msg: str, *args: object) -> bool:
+        """Log ``msg`` (a warning) unless the same ``kind`` logged less than ``every_s`` ago."""
+        now_s = self._clock.now_s()
+        self._total = self._total + 1 if self._kind is not None else 1
+        if kind == self._kind and now_s - self._logged_s < self._every_s:
+            self._repeats += 1
+            return False
+        if kind == self._kind and self._repeats:
+            msg += " (%d times in the last %.0f s)"
+            args = (*args, self._repeats + 1, now_s - self._logged_s)
+        self._kind, self._logged_s, self._repeats = kind, now_s, 0
+        self._logger.warning(msg, *args)
+        return True
+
+    def cleared(self, msg: str, *args: object) -> bool:
+        """Log ``msg`` (info) with the number of failures if a failure was in force."""
+        if self._kind is None:
+            return False
+        self._logger.info(msg + " (after %d failures)", *args, self._total)
+        self._kind, self._logged_s, self._repeats, self._total = None, -math.inf, 0, 0
         return True
 
 

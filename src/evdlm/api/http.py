@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,9 +76,12 @@ def create_app(*, token: str | None = None, max_body_bytes: int = MAX_PAYLOAD_BY
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token is not None:
+        if token is not None and not _public(request):
             given = request.headers.get("Authorization", "")
             scheme, _, credential = given.partition(" ")
+            if request.method == "GET" and not given and "access_token" in request.query:
+                # A browser's EventSource cannot send headers: the page passes the token this way.
+                scheme, credential = "bearer", request.query["access_token"]
             if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), token.encode()):
                 response = error("missing or wrong bearer token", 401)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="evdlm"'
@@ -95,6 +98,16 @@ def create_app(*, token: str | None = None, max_body_bytes: int = MAX_PAYLOAD_BY
     app = web.Application(middlewares=[guard], client_max_size=max_body_bytes)
     app[BODY_LIMIT_KEY] = max_body_bytes
     return app
+
+
+# Served without the token: the page and its static files carry no site data (the page asks
+# for the token and sends it on every API request), and liveness probes.
+PUBLIC_PATHS = frozenset({"/", "/healthz"})
+PUBLIC_PREFIXES = ("/static/",)
+
+
+def _public(request: web.Request) -> bool:
+    return request.method == "GET" and (request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES))
 
 
 async def read_body(request: web.Request) -> bytes | None:
@@ -156,12 +169,20 @@ class HttpApiServer(StartStop):
         self._runner: web.AppRunner | None = None
 
     @staticmethod
-    def from_config(settings: HttpApi, base_dir: Path, sessions: SessionApi) -> HttpApiServer:
+    def from_config(
+        settings: HttpApi,
+        base_dir: Path,
+        sessions: SessionApi,
+        features: Sequence[Callable[[web.Application], None]] = (),
+    ) -> HttpApiServer:
+        """The configured server with the session routes and each of ``features``' routes."""
         token = resolve_secret(settings.token, base_dir) if settings.token is not None else None
         if token is not None and not token:
             raise ValueError("the HTTP API token is empty")
         app = create_app(token=token)
         add_session_routes(app, sessions)
+        for add_routes in features:
+            add_routes(app)
         return HttpApiServer(app, settings.host, settings.port)
 
     async def start(self) -> None:

@@ -8,6 +8,7 @@ Cross-references (a charger's circuit, a circuit's meter, ...) are checked in
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import UTC, datetime, time
 from enum import StrEnum
@@ -154,6 +155,14 @@ class Charger(StrictModel):
         gt=0,
         le=MAX_SESSION_ENERGY_KWH,
         description="Energy assumed needed by its sessions when neither the car nor a session profile says.",
+    )
+    min_power_floor_kw: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_POWER_KW,
+        description="Availability (NEVI): each EVSE counts as up only while the controller lets a car that wants "
+        "power have at least this (at the port's wired phases); held below it, the time counts below_floor "
+        "(or dr_curtailed). Omit: up whenever online and not faulted.",
     )
 
     @field_validator("phase_rotation")
@@ -711,7 +720,79 @@ class HttpApi(StrictModel):
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8080, ge=0, le=65535, description="TCP port; 0 picks a free port (tests).")
     token: SecretRef | None = Field(
-        default=None, description="Bearer token every request must carry ({env: NAME} or {file: path})."
+        default=None,
+        description="Bearer token every request must carry ({env: NAME} or {file: path}); required "
+        "when the host is not a loopback address.",
+    )
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> HttpApi:
+        # The API shows the whole site and takes session commands: never open to a network unguarded.
+        if self.enabled and self.token is None and not _is_loopback(self.host):
+            raise ValueError(f"http_api.host {self.host!r} is not a loopback address: set http_api.token")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ExclusionReason(StrEnum):
+    """Outage causes NEVI (23 CFR 680.116(b)) lets an operator exclude from uptime."""
+
+    MAINTENANCE = "maintenance"
+    UTILITY_OUTAGE = "utility_outage"
+    VEHICLE_FAULT = "vehicle_fault"
+    VANDALISM = "vandalism"
+    NATURAL_DISASTER = "natural_disaster"
+    OUTSIDE_HOURS = "outside_hours"
+
+
+class ExclusionWindow(StrictModel):
+    """A period whose port time counts as excluded (NEVI), with its cause."""
+
+    start: datetime = Field(description="Start, ISO 8601 with a time zone (e.g. 2026-11-03T02:00:00Z).")
+    end: datetime = Field(description="End (exclusive), ISO 8601 with a time zone; after start.")
+    chargers: list[ChargePointId] | None = Field(
+        default=None, description="Chargers it covers (omit: every charger of the site)."
+    )
+    reason: ExclusionReason = Field(default=ExclusionReason.MAINTENANCE, description="Why it is excluded (NEVI cause).")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("give a time zone (e.g. Z or +01:00)")
+        # A plain UTC datetime (YAML loaders hand over subclasses carrying their own zone types).
+        return datetime.fromtimestamp(value.timestamp(), UTC)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ExclusionWindow:
+        if self.start >= self.end:
+            raise ValueError("start must be before end")
+        return self
+
+
+class AvailabilitySettings(StrictModel):
+    """Per-port availability ledger (docs/availability.md)."""
+
+    enabled: bool = Field(default=True, description="Keep the ledger.")
+    state_file: str = Field(
+        default="var/availability.json", description="The ledger persists here (relative to the state directory)."
+    )
+    save_every_s: float = Field(default=300.0, gt=0, le=86_400, description="Save the ledger this often (and at stop).")
+    maintenance_windows: list[ExclusionWindow] = Field(
+        default_factory=list, description="Excluded periods (scheduled maintenance, known utility outages, ...)."
+    )
+    excluded_classes: list[Literal["dr_curtailed"]] = Field(
+        default_factory=list,
+        description="Classes counted like excluded time in the uptime %, for a site whose DR program counts as a "
+        "utility cause (their seconds still show as their own class).",
     )
 
 
@@ -761,6 +842,9 @@ class SiteConfig(StrictModel):
         description="Session defaults by idTag; the first profile whose idTags match a session applies (exact before glob).",
     )
     http_api: HttpApi | None = Field(default=None, description="The HTTP API (omit: not served).")
+    availability: AvailabilitySettings | None = Field(
+        default=None, description="Per-port availability ledger, NEVI uptime (omit: not kept)."
+    )
 
     def iter_circuits(self) -> list[tuple[Circuit, Circuit | None]]:
         """Every circuit with its parent (None for top level), depth first."""

@@ -402,6 +402,20 @@ def _local_controller_findings(config: SiteConfig, base_dir: Path) -> list[Findi
     return findings
 
 
+def _availability_findings(config: SiteConfig) -> list[Finding]:
+    """Exclusion windows name configured chargers (a typo would silently exclude nothing)."""
+    if config.availability is None:
+        return []
+    known = {charger.id for charger in config.chargers}
+    findings = []
+    for index, window in enumerate(config.availability.maintenance_windows):
+        for position, charger_id in enumerate(window.chargers or ()):
+            if charger_id not in known:
+                loc: LocPath = ("availability", "maintenance_windows", index, "chargers", position)
+                findings.append(Finding(loc, f"no charger {charger_id!r} in this site"))
+    return findings
+
+
 def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
     """Every cross-reference error and warning of ``config``; empty when all is well."""
     findings: list[Finding] = []
@@ -418,6 +432,7 @@ def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
             "DR program id",
         )
     findings += _session_profile_findings(config)
+    findings += _availability_findings(config)
     findings += _authorization_findings(config)
     findings += _local_controller_findings(config, base_dir)
     if config.http_api is not None:

@@ -132,6 +132,10 @@ class EvseState:
     # csms_limit_unit (A per phase or W); an upper bound on the EVSE. None: the CSMS sets none.
     csms_limit: float | None = None
     csms_limit_unit: RateUnitLiteral | None = None
+    # Why the EVSE says it cannot charge, from its last StatusNotification (1.6 status Faulted or
+    # Unavailable: the errorCode, ":vendorErrorCode" appended; 2.0.1 the connectorStatus); None:
+    # working. Read by the availability ledger (evdlm.core.availability), not by the allocation.
+    fault: str | None = None
 
 
 @dataclass(frozen=True)

@@ -406,10 +406,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
                 live.update(_table(site, report, sample, elapsed_s))
             elif elapsed_s - state["last_print_s"] >= 300:
                 state["last_print_s"] = elapsed_s
-                console.print(
-                    f"+{elapsed_s / 60:5.1f} min  grid {sample.grid_w / 1000:5.1f} kW  limit {sample.import_limit_w / 1000:5.1f} kW  "
-                    f"EV {sample.ev_w / 1000:5.1f} kW  PV {sample.pv_w / 1000:4.1f} kW  modes {report.evse_modes}"
-                )
+                console.print(progress_line(sample, report.evse_modes), soft_wrap=True, highlight=False, markup=False)
             if elapsed_s >= duration_s:
                 stop.set()
 
@@ -418,6 +415,13 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
                 await script(clock.now_s() - start_s)
                 await clock.sleep(1.0)
 
+        if site.gateway.http_api is not None:
+            console.print(
+                f"operator view: http://127.0.0.1:{site.gateway.http_api.port}/ (live while the demo runs)",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
         with live if live is not None else contextlib.nullcontext():
             driver = asyncio.create_task(drive(), name="demo-script")
             try:
@@ -536,19 +540,35 @@ def plot_demo(result: DemoResult, path: Path, site_id: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure = demo_figure(result, site_id)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def demo_figure(result: DemoResult, site_id: str) -> Any:
+    """The demo's plot: site power above, each charger's limit below. The x axis spans the samples
+    (the site's start-up takes simulated minutes at a high speed), the y axes leave room above the
+    highest line, and the legends sit right of the axes, off the data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     minutes = [s.t_s / 60 for s in result.samples]
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, height_ratios=(3, 2))
-    top.plot(minutes, [s.grid_w / 1000 for s in result.samples], label="grid import (measured)", color="black")
-    top.plot(
-        minutes,
-        [s.import_limit_w / 1000 for s in result.samples],
-        label="import limit in force",
-        color="red",
-        linestyle="--",
-    )
-    top.plot(minutes, [s.ev_w / 1000 for s in result.samples], label="EV charging", color="tab:blue")
-    top.plot(minutes, [s.pv_w / 1000 for s in result.samples], label="PV", color="tab:orange")
-    top.plot(minutes, [s.battery_w / 1000 for s in result.samples], label="battery (+ discharge)", color="tab:green")
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), sharex=True, height_ratios=(3, 2), layout="constrained")
+    power_kw = {
+        "grid import (measured)": ([s.grid_w / 1000 for s in result.samples], {"color": "black"}),
+        "import limit in force": (
+            [s.import_limit_w / 1000 for s in result.samples],
+            {"color": "red", "linestyle": "--"},
+        ),
+        "EV charging": ([s.ev_w / 1000 for s in result.samples], {"color": "tab:blue"}),
+        "PV": ([s.pv_w / 1000 for s in result.samples], {"color": "tab:orange"}),
+        "battery (+ discharge)": ([s.battery_w / 1000 for s in result.samples], {"color": "tab:green"}),
+    }
+    for label, (values, style) in power_kw.items():
+        top.plot(minutes, values, label=label, **style)
     if result.dr_window is not None:
         top.axvspan(result.dr_window[0] / 60, result.dr_window[1] / 60, color="red", alpha=0.08, label="DR event")
     if result.outage_window is not None:
@@ -561,19 +581,43 @@ def plot_demo(result: DemoResult, path: Path, site_id: str) -> Path:
         )
     top.set_ylabel("kW")
     top.set_title(f"evdlm demo — {site_id}")
-    top.legend(loc="upper left", fontsize=8, ncols=2)
+    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
     top.grid(alpha=0.3)
+    finite = [v for values, _ in power_kw.values() for v in values if math.isfinite(v)]
+    if finite:
+        low, high = min(0.0, min(finite)), max(finite)
+        top.set_ylim(low - 0.03 * (high - low or 1.0), high + 0.1 * (high - low or 1.0))
     chargers = sorted({key for s in result.samples for key in s.limits})
+    highest_a = 0.0
     for charger in chargers:
-        bottom.step(minutes, [s.limits.get(charger, 0.0) for s in result.samples], where="post", label=charger)
+        limits = [s.limits.get(charger, 0.0) for s in result.samples]
+        highest_a = max(highest_a, *limits)
+        bottom.step(minutes, limits, where="post", label=charger)
     bottom.set_ylabel("limit (A per phase)")
     bottom.set_xlabel("minutes since start")
-    bottom.legend(loc="upper left", fontsize=7, ncols=4)
+    if chargers:
+        bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, ncols=2, borderaxespad=0.0)
+    bottom.set_ylim(-0.5, max(highest_a, 1.0) * 1.1)
     bottom.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    if minutes:
+        top.set_xlim(minutes[0], max(minutes[-1], minutes[0] + 1e-3))  # shared with the bottom axes
+    return figure
+
+
+def progress_line(sample: Sample, modes: dict[str, int]) -> str:
+    """One progress line of a run without the live table (stdout not a terminal)."""
+    counted = ", ".join(f"{count} {mode}" for mode, count in sorted(modes.items())) or "no EVSEs"
+    return (
+        f"+{sample.t_s / 60:5.1f} min  grid {sample.grid_w / 1000:5.1f} kW  "
+        f"limit {sample.import_limit_w / 1000:5.1f} kW  EV {sample.ev_w / 1000:5.1f} kW  "
+        f"PV {sample.pv_w / 1000:4.1f} kW  EVSEs {counted}"
+    )
+
+
+def summary_lines(table: Table) -> list[str]:
+    """The summary as ``figure: value`` lines, one per row (for output that is not a terminal)."""
+    figures, values = table.columns[0].cells, table.columns[1].cells
+    return [f"{figure}: {value}" for figure, value in zip(figures, values, strict=True)]
 
 
 def summary_table(result: DemoResult) -> Table:
@@ -683,8 +727,20 @@ def demo_main(options: DemoOptions) -> int:
     console.print(
         f"[bold]evdlm demo[/bold]: {options.sim_minutes:g} simulated minutes at {options.speed:g}× "
         f"(about {options.sim_minutes * 60 / options.speed:.0f} s); Modbus, OCPP and MQTT on 127.0.0.1"
-        + ("; evdlm as the Local Controller of a simulated CSMS" if options.with_csms else "")
+        + ("; evdlm as the Local Controller of a simulated CSMS" if options.with_csms else ""),
+        soft_wrap=True,
     )
     result = asyncio.run(run_demo(options, console))
-    console.print(summary_table(result))
+    print_summary(console, result)
     return 0
+
+
+def print_summary(console: Console, result: DemoResult) -> None:
+    """The summary: a table on a terminal, else one unwrapped ``figure: value`` line per row."""
+    table = summary_table(result)
+    if console.is_terminal:
+        console.print(table)
+        return
+    console.print(str(table.title), soft_wrap=True, highlight=False, markup=False)
+    for line in summary_lines(table):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)

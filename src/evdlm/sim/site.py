@@ -124,6 +124,8 @@ def _rewire(config: SiteConfig, workdir: Path, broker: LocalBroker | None) -> Si
         "recording": config.recording.model_copy(update={"directory": str(workdir / "recordings")}),
         "observability": config.observability.model_copy(update={"metrics_port": 0, "metrics_host": "127.0.0.1"}),
     }
+    if config.http_api is not None:  # never the configured port: several sites run at once in tests
+        updates["http_api"] = config.http_api.model_copy(update={"host": "127.0.0.1", "port": 0})
     if broker is not None and config.mqtt is not None:
         updates["mqtt"] = config.mqtt.model_copy(
             update={"host": broker.host, "port": broker.port, "username": None, "password": None, "tls": False}

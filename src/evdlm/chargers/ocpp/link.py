@@ -251,6 +251,14 @@ class ChargerLink:
         if connected is not None:
             self._update(evse_id, connected=connected)
 
+    def set_fault(self, evse_id: int, fault: str | None) -> None:
+        """What the last StatusNotification says keeps the EVSE from charging (None: nothing);
+        connector / EVSE 0 is the whole charge point: every EVSE."""
+        for each in self._evses if evse_id == 0 else (evse_id,):
+            evse = self._evses.get(each)
+            if evse is None or evse.state.fault != fault:
+                self._update(each, fault=fault)
+
     def next_transaction_id(self) -> int:
         """1.6 transaction ids are ours to assign; unique per charger while this process runs."""
         return next(self._transaction_ids)

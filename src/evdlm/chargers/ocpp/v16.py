@@ -55,6 +55,18 @@ def connected_from_status(status: str) -> bool | None:
     return None
 
 
+def fault_from_status(status: str, error_code: str, vendor_error_code: str | None = None) -> str | None:
+    """1.6 StatusNotification → why the connector cannot charge, or None.
+
+    Faulted and Unavailable keep it from charging; an errorCode with any other status is a
+    warning (§4.9: e.g. HighTemperature while still Charging), not an outage.
+    """
+    if status not in ("Faulted", "Unavailable"):
+        return None
+    cause = error_code if error_code and error_code != "NoError" else status
+    return f"{cause}:{vendor_error_code}" if vendor_error_code else cause
+
+
 class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
     format_violation = "FormationViolation"
     version = "1.6"
@@ -107,8 +119,11 @@ class V16Session(SessionBase, ChargePoint):  # type: ignore[misc]
         return call_result.Heartbeat(current_time=iso_utc(self.clock.now_s()))
 
     @route("StatusNotification")
-    def on_status_notification(self, connector_id: int, error_code: str, status: str, **_: Any) -> Any:
+    def on_status_notification(
+        self, connector_id: int, error_code: str, status: str, vendor_error_code: str | None = None, **_: Any
+    ) -> Any:
         self.link.set_status(connector_id, connected_from_status(status))
+        self.link.set_fault(connector_id, fault_from_status(status, error_code, vendor_error_code))
         if connector_id and status in TRANSACTION_STATUSES and not self.link.charging(connector_id):
             self.link.transaction_resumed(connector_id, None)
         if status == "Available":

@@ -118,6 +118,8 @@ class V201Session(SessionBase, ChargePoint):  # type: ignore[misc]
         self, timestamp: str, connector_status: str, evse_id: int, connector_id: int, **_: Any
     ) -> Any:
         self.link.set_status(evse_id, connected_from_status(connector_status))
+        # 2.0.1 carries no error code here (NotifyEvent does): the status is the cause.
+        self.link.set_fault(evse_id, connector_status if connector_status in ("Faulted", "Unavailable") else None)
         return call_result.StatusNotification()
 
     @route("MeterValues")
