@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from evdlm.sim.closed_loop import CycleView, Session, SimulationSpec, SiteSeries, simulate
+from evdlm.sim.session_kpis import SessionTracker, changes_per_hour, session_summary
 
 HOUR_S = 3600.0
 PERIOD_LLF_S = 300.0  # acnportal's usual 5-minute period
@@ -198,13 +199,8 @@ def _summary(
     worst_excess_a: float,
 ) -> dict[str, Any]:
     requested = np.array([v.energy_kwh for v in visits])
-    served = delivered_kwh >= requested - SERVED_TOLERANCE_KWH
     return {
-        "sessions": len(visits),
-        "requested_kwh": round(float(requested.sum()), 1),
-        "delivered_kwh": round(float(delivered_kwh.sum()), 1),
-        "energy_pct": round(100.0 * float(delivered_kwh.sum() / requested.sum()), 2),
-        "sessions_served_pct": round(100.0 * float(served.mean()), 2),
+        **session_summary(requested, delivered_kwh, SERVED_TOLERANCE_KWH),
         "violations": int(violations),
         "worst_excess_a": round(worst_excess_a, 2),
         "stops_per_session": round(float(stops.mean()), 3),
@@ -236,7 +232,6 @@ def run_evdlm(site: Site, visits: list[Visit], scenario: str, hours_start: float
         )
         for index, v in enumerate(visits)
     )
-    index_of = {s.transaction_id: i for i, s in enumerate(sessions)}
     zero = SiteSeries(building_w=lambda now_s: 0.0, pv_w=lambda now_s: 0.0)
     spec = SimulationSpec(
         config_text=site.config_text,
@@ -246,17 +241,8 @@ def run_evdlm(site: Site, visits: list[Visit], scenario: str, hours_start: float
         series=zero,
         sample_interval_s=CYCLE_EVDLM_S,
     )
-    count = len(sessions)
-    delivered = np.zeros(count)
-    stops = np.zeros(count, dtype=int)
-    wait_now = np.zeros(count)
-    wait_max = np.zeros(count)
-    previous_draw = np.zeros(count)
-    # Limit changes sent to each car (a new value on the wire; lease refreshes are not changes).
-    last_limit = np.full(count, np.nan)
-    raises = np.zeros(count, dtype=int)
-    cuts = np.zeros(count, dtype=int)
-    plugged_s = np.zeros(count)
+    # Per car: energy, stops, waits and limit changes (the accounting capacity planning shares).
+    tracker = SessionTracker(sessions, SERVED_TOLERANCE_KWH)
     heuristic_s: list[float] = []
     chain_s: list[float] = []
     violations = 0
@@ -269,29 +255,7 @@ def run_evdlm(site: Site, visits: list[Visit], scenario: str, hours_start: float
 
     def observe(view: CycleView) -> None:
         nonlocal violations, worst
-        limits = view.decision.plan.limits
-        for key, car in view.cars.items():
-            i = index_of[car.session.transaction_id]
-            plugged_s[i] += view.period_s
-            told = limits.get(key)
-            if told is not None:
-                if not math.isnan(last_limit[i]) and told > last_limit[i] + 1e-9:
-                    raises[i] += 1
-                elif not math.isnan(last_limit[i]) and told < last_limit[i] - 1e-9:
-                    cuts[i] += 1
-                last_limit[i] = told
-            delivered[i] = car.delivered_wh / 1000.0
-            remaining_wh = car.session.energy_needed_kwh * 1000.0 - car.delivered_wh
-            drew = car.draw_a > 0.0
-            wanted = remaining_wh > SERVED_TOLERANCE_KWH * 1000.0 or drew  # it wanted energy during this cycle
-            if wanted and not drew:
-                if previous_draw[i] > 0.0:
-                    stops[i] += 1
-                wait_now[i] += view.period_s
-                wait_max[i] = max(wait_max[i], wait_now[i])
-            else:
-                wait_now[i] = 0.0
-            previous_draw[i] = car.draw_a
+        tracker(view)
         for node, phase, limit in rows:
             key = node if node != "__grid__" else grid_node
             excess = view.node_phase_a[key][phase] - limit
@@ -309,7 +273,7 @@ def run_evdlm(site: Site, visits: list[Visit], scenario: str, hours_start: float
     grid_node = GRID_NODE
     started = time.perf_counter()
     cycles = simulate(spec, None, observer=observe)
-    summary = _summary(visits, delivered, stops, wait_max, violations, worst)
+    summary = _summary(visits, tracker.delivered_kwh, tracker.stops, tracker.wait_max_s, violations, worst)
     summary.update(
         {
             "scheduler": "evdlm",
@@ -323,21 +287,8 @@ def run_evdlm(site: Site, visits: list[Visit], scenario: str, hours_start: float
             "wall_s": round(time.perf_counter() - started, 2),
         }
     )
-    summary.update(_changes_per_hour(raises, cuts, plugged_s))
+    summary.update(changes_per_hour(tracker.raises, tracker.cuts, tracker.plugged_s))
     return summary
-
-
-def _changes_per_hour(raises: np.ndarray, cuts: np.ndarray, plugged_s: np.ndarray) -> dict[str, float]:
-    """Limit changes per car per plugged-in hour: all, cuts excepted (the issue's measure: a
-    cut always goes out), and the worst car's raises per hour (cars plugged in an hour or more)."""
-    hours = float(plugged_s.sum()) / HOUR_S
-    long_stays = plugged_s >= HOUR_S
-    worst = float((raises[long_stays] / (plugged_s[long_stays] / HOUR_S)).max()) if long_stays.any() else 0.0
-    return {
-        "changes_per_car_hour": round(float((raises + cuts).sum()) / hours, 2) if hours else 0.0,
-        "raises_per_car_hour": round(float(raises.sum()) / hours, 2) if hours else 0.0,
-        "max_raises_per_car_hour": round(worst, 2),
-    }
 
 
 # --- least laxity first ----------------------------------------------------------------------

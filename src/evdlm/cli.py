@@ -136,6 +136,38 @@ def _cmd_availability(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    # The composition root of `evdlm plan` (a simulation tool): imported here only.
+    from evdlm.sim.planning.cli import PlanOptions, plan_main
+
+    if args.portfolio is None and (args.config is None or args.sessions is None):
+        print("evdlm plan: give SITE.yaml --sessions FILE, or --portfolio DIR", file=sys.stderr)
+        return EXIT_CONFIG_INVALID
+    return plan_main(
+        PlanOptions(
+            config=Path(args.config) if args.config else None,
+            sessions=Path(args.sessions) if args.sessions else None,
+            meter=Path(args.meter) if args.meter else None,
+            portfolio=Path(args.portfolio) if args.portfolio else None,
+            sweep=Path(args.sweep) if args.sweep else None,
+            axes={
+                "chargers": args.chargers,
+                "connection_kw": args.connection_kw,
+                "circuits": args.circuits,
+                "battery_kwh": args.battery_kwh,
+                "solver": args.solver,
+            },
+            hours=args.hours,
+            cycle_period_s=args.cycle_s,
+            out=Path(args.out),
+            workers=args.workers,
+            scheduler=args.scheduler,
+            serial=args.serial,
+            progress=not args.no_progress,
+        )
+    )
+
+
 BENCH_SUFFIX = "_bench.py"
 BENCH_ALIASES = {"dr": "dr_latency", "ocpp": "ocpp_scale", "modbus": "modbus_poll"}
 """Short names kept for scripts whose name is longer (``evdlm bench dr``)."""
@@ -309,6 +341,37 @@ def build_parser() -> argparse.ArgumentParser:
         "and windows instead of the recorded config's)",
     )
     availability.set_defaults(handler=_cmd_availability)
+
+    plan = verbs.add_parser(
+        "plan",
+        help="capacity planning: sweep chargers, connection kW, circuits, battery... in closed loop (Dask)",
+        description="Re-simulate a site's sessions in closed loop through the real controller for every "
+        "scenario of a sweep (charger count, grid connection kW, circuit ratings, battery size, config "
+        "variants, solver, tariff) and write one table (plan.parquet, plan.csv) and a frontier plot per site. "
+        "Scenarios run as Dask tasks on a local cluster, or on an existing one with --scheduler. "
+        "docs/planning.md describes the sweep file and every column.",
+        epilog="examples:\n  evdlm plan site.yaml --sessions sessions.csv --connection-kw 100 150 200 --chargers 25 50\n"
+        "  evdlm plan --portfolio sites/ --sweep sweep.yaml --scheduler tcp://10.0.0.5:8786",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plan.add_argument("config", nargs="?", help="site config YAML")
+    plan.add_argument("--sessions", help="sessions: importer CSV, ACN-Data JSON (.json) or OCPP log (.jsonl)")
+    plan.add_argument("--meter", help="grid-meter CSV (the site's other load; optional)")
+    plan.add_argument("--portfolio", help="folder of site configs NAME.yaml, each with NAME.sessions.csv (or .json)")
+    plan.add_argument("--sweep", help="sweep file (YAML): axes, period, cycle, demand charge")
+    plan.add_argument("--chargers", type=int, nargs="+", help="charger counts (arrivals scale with them)")
+    plan.add_argument("--connection-kw", type=float, nargs="+", help="grid connection import limits, kW")
+    plan.add_argument("--circuits", type=float, nargs="+", help="factors on every circuit rating")
+    plan.add_argument("--battery-kwh", type=float, nargs="+", help="battery sizes, kWh (0: none)")
+    plan.add_argument("--solver", choices=["heuristic", "lp"], nargs="+", help="solvers")
+    plan.add_argument("--hours", type=float, help="simulated hours (default: the sweep's, else 24)")
+    plan.add_argument("--cycle-s", type=float, help="simulated control cycle, s (default: the sweep's or the config's)")
+    plan.add_argument("--out", default="plan-out", help="output folder (default plan-out)")
+    plan.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
+    plan.add_argument("--scheduler", help="an existing Dask scheduler, tcp://HOST:8786")
+    plan.add_argument("--serial", action="store_true", help="no Dask: one scenario after the other in this process")
+    plan.add_argument("--no-progress", action="store_true", help="no progress bar")
+    plan.set_defaults(handler=_cmd_plan)
 
     schema = verbs.add_parser(
         "schema",

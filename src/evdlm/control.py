@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,11 +24,13 @@ from evdlm_solvers import SolverName, SolveStatus
 from evdlm.config.models import DeviceRole, SiteConfig
 from evdlm.core.clock import Clock
 from evdlm.core.decide import Decision, DecisionContext, SolverChoice, decide
+from evdlm.core.demand_window import DemandDecision
 from evdlm.core.memory import ControlMemory, EvseKey
 from evdlm.core.meter_trust import Assessment, MeterTrust, assess, checks_for, flows_for, metered_nodes
 from evdlm.core.problem_builder import BuildInputs, BuiltProblem, DemandLimits, EvseMode
 from evdlm.core.restriction import restrictions
 from evdlm.core.types import ChargingCommand, CommandResult, CommandStatus, EvseState, Reading
+from evdlm.demand_charge import DemandKeeper
 from evdlm.dr.engine import Effective
 from evdlm.observability import Metrics, RepeatedWarning
 from evdlm.recording import RecordingWriter, key_text
@@ -89,6 +91,7 @@ class CycleReport:
     dr: Effective | None
     evse_modes: dict[str, int] = field(default_factory=dict)
     meters: Assessment | None = None  # the meters' cross-checks: SUSPECT readings and estimates
+    demand_window: DemandDecision | None = None  # the demand window's cap this cycle, and why
 
 
 class Controller:
@@ -109,6 +112,7 @@ class Controller:
         solver: SolverChoice = SolverChoice.CHAIN,
         memory: ControlMemory | None = None,
         restrictions_file: Path | None = None,
+        demand_window: DemandKeeper | None = None,
     ) -> None:
         self.clock = clock
         self.readings = readings
@@ -140,6 +144,10 @@ class Controller:
         # EVSEs stopped and blocked (uncontrollable while over a limit); kept across restarts, so
         # a restarted controller releases the stations the last one set Inoperative.
         self.restrictions_file = restrictions_file
+        # The demand window (money, not safety): the import cap that keeps the window's average
+        # under the month's peak; its state survives restarts in its own file.
+        self.demand_window = demand_window
+        self._uncontrolled_import_w = 0.0  # the last decision's estimate, for the window's target
         self.restricted: dict[EvseKey, str] = (
             load_restrictions(restrictions_file) if restrictions_file is not None else {}
         )
@@ -178,6 +186,12 @@ class Controller:
             states = self.sessions.overlay(states, now_s)
         if self.planner is not None:  # the horizon plan's power per session now
             states = self.planner.overlay(states, now_s)
+        window = None
+        if self.demand_window is not None:
+            window = self.demand_window.step(now_s, readings, states, self._uncontrolled_import_w)
+            limits = replace(limits, window_import_limit_w=window.limit_w)
+            if self.demand_window.due_for_save(now_s):
+                self._file_writer.submit(self.demand_window.save)
         inputs = BuildInputs(
             now_s=now_s,
             readings=readings,
@@ -203,6 +217,7 @@ class Controller:
         if decision is not None:
             self.memory = decision.plan.memory
             self._chargers_a = (decision.built.fleet.drawn_a, decision.built.fleet.measured_a)
+            self._uncontrolled_import_w = decision.built.row_uncontrolled[self.context.topology.import_row]
             commands_sent = self._dispatch(decision.plan.commands, now_s)
             self._log_changes(decision)
             self._restrict(decision)
@@ -232,6 +247,7 @@ class Controller:
             effective,
             dict(modes),
             meters,
+            window,
         )
         self._observe(report, readings)
         if self.recorder is not None and decision is not None:
@@ -455,6 +471,12 @@ class Controller:
                     m.meter_measured_a.labels(**labels).set(measured)
                     m.meter_chargers_a.labels(**labels).set(chargers)
         grid = readings.get(self.config.grid.meter) if self.config.grid.meter else None
+        if report.demand_window is not None and self.demand_window is not None:
+            state = self.demand_window.state
+            m.demand_month_peak_w.set(state.month_peak_w)
+            m.demand_target_w.set(report.demand_window.target_w)
+            m.demand_window_limit_w.set(report.demand_window.limit_w)
+            m.demand_charge_estimate.set(state.month_peak_w / 1000.0 * self.demand_window.settings.rate_per_kw)
         m.grid_import_w.set(grid.power_w if grid is not None and grid.usable and grid.power_w is not None else math.nan)
         if report.dr is not None:
             m.dr_import_limit_w.set(report.dr.import_limit_w if report.dr.import_limit_w is not None else math.nan)
@@ -514,6 +536,7 @@ class Controller:
             dr={
                 "import_limit_w": inputs.demand.import_limit_w,
                 "export_limit_w": inputs.demand.export_limit_w,
+                "window_import_limit_w": inputs.demand.window_import_limit_w,
                 "mode": dr.mode.value if dr else None,
                 "events": list(dr.events) if dr else [],
             },
@@ -563,6 +586,8 @@ class Controller:
             except Exception as exc:
                 log.warning("battery not released: %s (its revert timer returns it to its own control)", exc)
         self._file_writer.shutdown(wait=True)
+        if self.demand_window is not None:
+            self.demand_window.save()  # the window's energy and the month's peak, for the next start
         if self.recorder is not None:
             self.recorder.close()
 
@@ -603,4 +628,15 @@ def state_message(report: CycleReport, site_id: str) -> dict[str, Any]:
         )
     if report.dr is not None:
         out["dr"] = report.dr.as_json(report.now_s)
+    window = report.demand_window
+    if window is not None:
+        out["demand"] = {
+            "monthPeakKW": round(window.month_peak_w / 1000.0, 3),
+            "monthPeakAt": window.month_peak_at_s,
+            "targetKW": round(window.target_w / 1000.0, 3),
+            "windowLimitKW": round(window.limit_w / 1000.0, 3),
+            "windowEnergyKWh": round(window.window_energy_wh / 1000.0, 4),
+            "windowEnd": window.window_end_s,
+            "raisedBecause": window.raised_because,
+        }
     return out

@@ -40,6 +40,7 @@ from evdlm.control import Controller, CycleReport, state_message
 from evdlm.core.clock import Clock
 from evdlm.core.decide import SolverChoice
 from evdlm.core.fleet_kernels import warm_up as warm_up_fleet_kernels
+from evdlm.demand_charge import DemandKeeper
 from evdlm.devices.codec import Measurement
 from evdlm.devices.hub import DeviceHub
 from evdlm.dr.service import DrService
@@ -62,6 +63,7 @@ RESTART_SECTIONS = (
     "ocpp",
     "battery",
     "demand_response",
+    "demand",
     "recording",
     "http_api",
 )
@@ -251,6 +253,7 @@ class Gateway:
                 publisher=MqttStatePublisher(self.mqtt, config.site.id) if self.mqtt is not None else None,
                 solver=self.solver,
                 restrictions_file=self.state_dir / RESTRICTIONS_FILE,
+                demand_window=DemandKeeper.for_config(config, self.state_dir),
             )
             # Stations the previous run blocked are known restricted from the start, so they are
             # released (set Operative) as soon as there is room, not left Inoperative for good.

@@ -115,6 +115,31 @@ class Metrics:
         self.grid_import_w = Gauge(
             "evdlm_grid_import_watts", "Measured grid import (NaN when stale)", ["site"], registry=self.registry
         ).labels(**labels)
+        # Demand-charge control (evdlm.demand_charge; docs/demand-charge.md).
+        self.demand_month_peak_w = Gauge(
+            "evdlm_demand_month_peak_watts",
+            "The billing month's highest window-average import so far",
+            ["site"],
+            registry=self.registry,
+        ).labels(**labels)
+        self.demand_target_w = Gauge(
+            "evdlm_demand_target_watts",
+            "The window-average import aimed at (month peak, floor or raised)",
+            ["site"],
+            registry=self.registry,
+        ).labels(**labels)
+        self.demand_window_limit_w = Gauge(
+            "evdlm_demand_window_limit_watts",
+            "Import cap now that keeps the window's average at the target",
+            ["site"],
+            registry=self.registry,
+        ).labels(**labels)
+        self.demand_charge_estimate = Gauge(
+            "evdlm_demand_charge_estimate",
+            "The month's demand charge so far (peak kW x rate), in the tariff's currency",
+            ["site"],
+            registry=self.registry,
+        ).labels(**labels)
         self.horizon_plans = Counter(
             "evdlm_horizon_plans", "Horizon plans made, by outcome", ["site", "status"], registry=self.registry
         )

@@ -910,8 +910,12 @@ def _whole_amps_kernel(
         changed = False
         for j in order:
             if evse_unit[j] != UNIT_CURRENT_A:
-                continue
-            if setpoint[j] > 0.0 or (admitted[j] and setpoint_min[j] <= 0.0):
+                # A DC car keeps its setpoint; a paused startable one may start at its minimum
+                # in what the flooring freed (room no kept car uses any more).
+                if setpoint[j] > 0.0 or not startable[j] or setpoint_min[j] <= 0.0:
+                    continue
+                step = setpoint_min[j]
+            elif setpoint[j] > 0.0 or (admitted[j] and setpoint_min[j] <= 0.0):
                 step = 1.0
             elif startable[j]:
                 step = math.ceil(setpoint_min[j] - 1e-9)

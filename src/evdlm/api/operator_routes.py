@@ -1,6 +1,7 @@
 """The operator view's routes: the site's state, changes, last hour, live stream, probes and page.
 
-- ``GET /api/v1/state``: the latest cycle (``evdlm.api.operator_view.state_document``);
+- ``GET /api/v1/state``: the latest cycle (``evdlm.api.operator_view.state_document``), gzip to
+  clients that accept it;
 - ``GET /api/v1/history``: import vs its limit over the last hour (at most 720 points);
 - ``GET /api/v1/events?since=SEQ``: recent changes with their reasons;
 - ``GET /api/v1/stream``: Server-Sent Events, ``event: state`` with the document after each cycle
@@ -56,7 +57,11 @@ async def _state(request: web.Request) -> web.Response:
     document = await request.app[VIEW_KEY].state_json()
     if document is None:
         return error("no control cycle yet", 503)
-    return web.Response(body=document, content_type="application/json")
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        response = web.Response(body=document.gzip, content_type="application/json")
+        response.headers["Content-Encoding"] = "gzip"
+        return response
+    return web.Response(body=document.json, content_type="application/json")
 
 
 async def _history(request: web.Request) -> web.Response:
@@ -102,7 +107,7 @@ async def _stream(request: web.Request) -> web.StreamResponse:
                 document = await view.state_json()
                 if document is not None:
                     sent_cycle = report.cycle
-                    await response.write(b"event: state\ndata: " + document + b"\n\n")
+                    await response.write(b"event: state\ndata: " + document.json + b"\n\n")
                 await asyncio.sleep(1.0 / STREAM_MAX_HZ)
                 continue
             async with view.changed:

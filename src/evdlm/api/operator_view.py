@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 
-from evdlm import strict_json
 from evdlm.control import CycleReport
 from evdlm.core.binding import Binding, RowUse, explain, row_source, row_use
 from evdlm.core.problem_builder import MODES, reason_text
@@ -80,6 +81,10 @@ def explain_report(report: CycleReport, topology: Topology) -> Explained | None:
         and dr.import_limit_w < topology.rows[topology.import_row].limit - 1.0
         and abs(import_limit - dr.import_limit_w) < 1.0
     )
+    window = report.demand_window
+    window_target_w = (
+        window.target_w if window is not None and any(n.startswith("demand window") for n in built.notes) else None
+    )
     bindings = explain(
         topology,
         mode=built.fleet.mode,
@@ -98,6 +103,7 @@ def explain_report(report: CycleReport, topology: Topology) -> Explained | None:
         grid_fallback=built.grid_fallback,
         dr_events=dr.events if dr is not None else (),
         dr_limited=dr_limited,
+        window_target_w=window_target_w,
     )
     commanded = np.zeros(len(issued), dtype=np.bool_)
     commanded[list(decision.plan.reachable)] = True
@@ -107,6 +113,7 @@ def explain_report(report: CycleReport, topology: Topology) -> Explained | None:
         grid_fallback=built.grid_fallback,
         dr_events=dr.events if dr is not None else (),
         dr_limited=dr_limited,
+        window_target_w=window_target_w,
     ).source
     return Explained(rows, bindings, np.asarray(issued, dtype=np.float64), commanded, import_source)
 
@@ -143,6 +150,20 @@ def state_document(
         "import_limit_w": _num(dr.import_limit_w) if dr is not None else None,
         "export_limit_w": _num(dr.export_limit_w) if dr is not None else None,
     }
+    window = report.demand_window
+    document["demand"] = (
+        None
+        if window is None
+        else {
+            "month_peak_w": _num(window.month_peak_w, 0),
+            "month_peak_at": iso(window.month_peak_at_s) if window.month_peak_at_s is not None else None,
+            "target_w": _num(window.target_w, 0),
+            "window_limit_w": _num(window.limit_w, 0),
+            "window_energy_wh": _num(window.window_energy_wh, 1),
+            "window_end": iso(window.window_end_s),
+            "raised_because": window.raised_because,
+        }
+    )
     stale = set(decision.built.stale_devices) if decision is not None else set()
     document["devices"] = [
         {
@@ -298,6 +319,22 @@ def _diff(
 
 
 @dataclass(frozen=True)
+class StateDocument:
+    """One cycle's document as served: JSON, and gzip for the clients that take it (a tenth of
+    the bytes for the event loop to write, 50 clients at 2 Hz being 100 writes a second)."""
+
+    json: bytes
+    gzip: bytes
+
+    @staticmethod
+    def of(document: dict[str, Any]) -> StateDocument:
+        # orjson: a tenth of json's time for the 280 KB of 1000 EVSEs (every number in the
+        # document is finite or None already: _num); zlib runs without the GIL.
+        raw = orjson.dumps(document)
+        return StateDocument(raw, gzip.compress(raw, compresslevel=1, mtime=0))
+
+
+@dataclass(frozen=True)
 class Event:
     seq: int
     now_s: float
@@ -331,8 +368,8 @@ class OperatorView:
         self.report: CycleReport | None = None  # the latest explained
         self.topology: Topology | None = None
         self._explained: Explained | None = None
-        self._json: tuple[int, bytes] | None = None  # (cycle, document)
-        self._building: tuple[int, asyncio.Future[bytes]] | None = None
+        self._json: tuple[int, StateDocument] | None = None  # (cycle, document)
+        self._building: tuple[int, asyncio.Future[StateDocument]] | None = None
         self.history: deque[tuple[float, float | None, float | None]] = deque()
         self.events: deque[Event] = deque(maxlen=EVENTS_MAX)
         self._seq = 0
@@ -394,7 +431,7 @@ class OperatorView:
 
     # ------------------------------------------------------------------ for the routes
 
-    async def state_json(self) -> bytes | None:
+    async def state_json(self) -> StateDocument | None:
         """The latest cycle's document, built once per cycle in a worker thread."""
         report, topology = self.report, self.topology
         if report is None or topology is None:
@@ -404,10 +441,9 @@ class OperatorView:
         if self._building is not None and self._building[0] == report.cycle:
             return await asyncio.shield(self._building[1])
         explained = self._explained
+        site_id = self.site_id
         future = asyncio.ensure_future(
-            asyncio.to_thread(
-                lambda: strict_json.dumps(state_document(report, topology, self.site_id, explained)).encode()
-            )
+            asyncio.to_thread(lambda: StateDocument.of(state_document(report, topology, site_id, explained)))
         )
         self._building = (report.cycle, future)
         try:

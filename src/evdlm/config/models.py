@@ -345,6 +345,33 @@ class Tariffs(StrictModel):
     )
 
 
+class DemandCharge(StrictModel):
+    """Demand-charge control: each billing window's average import kept under the month's peak
+    (docs/demand-charge.md)."""
+
+    enabled: bool = Field(default=True, description="Control the window average (else only report it).")
+    window_min: Literal[15, 30, 60] = Field(default=15, description="Length of the billing window, minutes.")
+    window: Literal["fixed", "rolling"] = Field(
+        default="fixed", description="fixed: aligned on the local clock (quarter-hours); rolling: any window."
+    )
+    rate_per_kw: float = Field(
+        default=0.0, ge=0, le=10_000, description="Demand charge per kW of the month's peak window, per month."
+    )
+    billing_day: int = Field(
+        default=1, ge=1, le=28, description="The billing month starts at local midnight of this day."
+    )
+    floor_kw: float = Field(
+        default=0.0,
+        ge=0,
+        le=MAX_POWER_KW,
+        description="Never aim below this (a contracted or already-paid peak): the cars may use up to it.",
+    )
+    state_file: str = Field(
+        default="var/demand.json",
+        description="The month's peak and the current window's energy persist here (relative to the state directory).",
+    )
+
+
 class DrProgram(StrictModel):
     id: Identifier = Field(description="Program id (OpenADR programID).")
     mandatory: bool = Field(default=False, description="Events of this program cannot be opted out.")
@@ -831,6 +858,7 @@ class SiteConfig(StrictModel):
     )
     battery: Battery | None = Field(default=None, description="A stationary battery evdlm may use (omit: none).")
     tariffs: Tariffs | None = Field(default=None, description="Time-of-use prices (reports and planning).")
+    demand: DemandCharge | None = Field(default=None, description="Demand-charge (billing window peak) control.")
     mqtt: MqttBroker | None = Field(default=None, description="The MQTT broker (DR, MQTT devices, state publishing).")
     demand_response: DemandResponse | None = Field(default=None, description="DR programs the site takes part in.")
     ocpp: OcppServer = Field(default_factory=OcppServer, description="The OCPP server chargers connect to.")

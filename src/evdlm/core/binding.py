@@ -7,6 +7,7 @@ from the cycle's problem, the allocation the solver found and the limits dispatc
 - ``grid_import``: the connection's import limit is full (its configured limit, or the fallback
   limit while the grid meter is not usable, said in the source);
 - ``dr``: the import limit is full and a demand-response event set it (event ids in the source);
+- ``demand``: the import limit is full and the demand window set it (the month's peak kept);
 - ``csms``: the operator CSMS's profile (Local Controller mode) caps the EVSE;
 - ``car_max``: the car takes less than it is offered (capped near its draw);
 - ``evse_max``: the charger's own maximum;
@@ -40,6 +41,7 @@ class BindingKind(StrEnum):
     FUSE = "fuse"
     GRID_IMPORT = "grid_import"
     DR = "dr"
+    DEMAND = "demand"
     CSMS = "csms"
     CAR_MAX = "car_max"
     EVSE_MAX = "evse_max"
@@ -113,9 +115,16 @@ def row_use(
 
 
 def row_source(
-    topology: Topology, row: int, *, grid_fallback: bool, dr_events: tuple[str, ...], dr_limited: bool
+    topology: Topology,
+    row: int,
+    *,
+    grid_fallback: bool,
+    dr_events: tuple[str, ...],
+    dr_limited: bool,
+    window_target_w: float | None = None,
 ) -> Binding:
-    """What a full row is, in the operator's words."""
+    """What a full row is, in the operator's words. ``window_target_w``: the demand window sets
+    the import limit now, aiming at this average."""
     spec = topology.rows[row]
     if spec.kind is RowKind.PHASE_CURRENT:
         where = "grid connection" if spec.node == GRID_NODE else spec.node
@@ -124,6 +133,8 @@ def row_source(
         return Binding(BindingKind.FUSE, f"{spec.node} kW limit")
     if grid_fallback:
         return Binding(BindingKind.GRID_IMPORT, "grid import (fallback limit: grid meter not usable)")
+    if window_target_w is not None and spec.kind is RowKind.GRID_IMPORT:
+        return Binding(BindingKind.DEMAND, f"demand window (average import ≤ {window_target_w / 1000:.1f} kW)")
     if dr_limited:
         events = ", ".join(dr_events) if dr_events else "no event id"
         return Binding(BindingKind.DR, f"grid import (DR event {events})")
@@ -151,6 +162,7 @@ def explain(
     grid_fallback: bool,
     dr_events: tuple[str, ...],
     dr_limited: bool,
+    window_target_w: float | None = None,
 ) -> list[Binding]:
     """One :class:`Binding` per topology EVSE.
 
@@ -179,7 +191,14 @@ def explain(
         tight = _fullest(rows.slack, coef_row, coef_value, int(coef_indptr[column]), int(coef_indptr[column + 1]))
 
         def named(row: int) -> Binding:
-            return row_source(topology, row, grid_fallback=grid_fallback, dr_events=dr_events, dr_limited=dr_limited)
+            return row_source(
+                topology,
+                row,
+                grid_fallback=grid_fallback,
+                dr_events=dr_events,
+                dr_limited=dr_limited,
+                window_target_w=window_target_w,
+            )
 
         if limit <= 0.0:
             if states[index, S_PAUSED] > 0:

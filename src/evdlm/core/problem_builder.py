@@ -16,11 +16,13 @@ Chargers outside the problem are *held* (told to come down, meter not yet showin
 at their old limit until it does, for at most the settle time), *uncontrolled* (refuse profiles
 or do not follow them: counted at their maximum) or *offline* with a session (counted at the
 higher of their last limit and the fail-safe limit). A stale grid meter puts the import row on
-the configured fallback limit. Demand-response caps lower the import and export limits.
+the configured fallback limit. Demand-response caps lower the import and export limits; the
+demand window's cap lowers the import limit, never below the load evdlm does not command.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -75,10 +77,12 @@ class EvseMode(StrEnum):
 
 @dataclass(frozen=True)
 class DemandLimits:
-    """Caps in force from demand response, W (None = no cap)."""
+    """Caps in force from demand response and the demand window, W (None = no cap)."""
 
     import_limit_w: float | None = None
     export_limit_w: float | None = None
+    # The demand window's import cap now (evdlm.core.demand_window), W; None: no demand control.
+    window_import_limit_w: float | None = None
 
 
 @dataclass(frozen=True)
@@ -365,6 +369,15 @@ def build_problem(
             for _, index in grid_rows:
                 limit[index] = min(limit[index], phase_cap_a)
         uncontrolled[topology.import_row] = float(sums.outside_w[grid_position])
+    window_w = inputs.demand.window_import_limit_w
+    if window_w is not None and math.isfinite(window_w):
+        # The demand window is money, never safety: it may hold every car at 0, never put the
+        # import row over its limit through load evdlm does not command (which would stop and
+        # block uncontrollable stations as a fuse overload does).
+        window_cap_w = max(window_w, float(uncontrolled[topology.import_row]) + float(margin[topology.import_row]))
+        if window_cap_w < import_limit:
+            import_limit = window_cap_w
+            notes.append(f"demand window: import held at {import_limit / 1000:.1f} kW")
     limit[topology.import_row] = import_limit
     limit[topology.export_row] = export_limit
 

@@ -113,7 +113,7 @@ def decide_recorded(
         readings=record.readings,
         evse_states=record.evse_states,
         memory=memory,
-        demand=DemandLimits(dr.get("import_limit_w"), dr.get("export_limit_w")),
+        demand=DemandLimits(dr.get("import_limit_w"), dr.get("export_limit_w"), dr.get("window_import_limit_w")),
         battery_reading=record.readings.get(battery_device) if battery_device else None,
     )
     return decide(context, inputs)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from evdlm.core.memory import ControlMemory
 from evdlm.core.problem_builder import BuildInputs, DemandLimits
 from evdlm.core.topology import GRID_NODE, build_topology
 from evdlm.core.types import EvseState, Quality, Reading
+from evdlm.demand_charge import DemandKeeper
 from evdlm.recording import EvseKey, RecordingWriter
 from evdlm.sim.ev import Car, EvState, initial_state, step
 
@@ -87,6 +88,8 @@ class SimulationSpec:
     series: SiteSeries
     dr: tuple[DrWindow, ...] = ()
     sample_interval_s: float = 30.0
+    # The stationary battery's state of charge at the start (only with a `battery:` in the config).
+    battery_soc_pct: float = 50.0
 
 
 @dataclass
@@ -142,6 +145,8 @@ class CycleView:
     cars: Mapping[EvseKey, _Car]
     node_phase_a: Mapping[str, list[float]]
     decision: Decision
+    # The meter readings the decision was built from (the grid meter's power is the site's import).
+    readings: Mapping[str, Reading] = field(default_factory=dict)
 
 
 def _devices(config: SiteConfig, role: DeviceRole) -> list[str]:
@@ -180,7 +185,15 @@ def simulate(
         sessions_by_evse.setdefault((session.charger_id, session.evse_id), []).append(session)
     failsafe_a = config.ocpp.failsafe_current_a
     horizon = config.control.horizon
+    # A stationary battery behind the grid meter: it follows the last decided setpoint (+ =
+    # discharge) at once, within its power and state-of-charge window.
+    battery = config.battery
+    battery_soc_pct = spec.battery_soc_pct
+    battery_w = 0.0
     targets = NO_TARGETS
+    # Demand-charge control, as the gateway's controller runs it (evdlm.demand_charge).
+    demand_window = DemandKeeper.for_config(config, None)
+    uncontrolled_import_w = 0.0
 
     writer = (
         RecordingWriter(
@@ -287,6 +300,21 @@ def simulate(
             readings: dict[str, Reading] = {}
             pv_w = max(0.0, spec.series.pv_w(now_s))
             building_w = spec.series.building_w(now_s)
+            battery_reading = None
+            if battery is not None:
+                capacity_wh = battery.capacity_kwh * 1000.0
+                if battery_w > 0.0:  # discharge: not below the minimum state of charge
+                    room_wh = max(0.0, (battery_soc_pct - battery.soc_min_pct) / 100.0 * capacity_wh)
+                    battery_w = min(battery_w, battery.max_discharge_kw * 1000.0, room_wh * 3600.0 / period_s)
+                else:  # charge: not above the maximum
+                    room_wh = max(0.0, (battery.soc_max_pct - battery_soc_pct) / 100.0 * capacity_wh)
+                    battery_w = -min(-battery_w, battery.max_charge_kw * 1000.0, room_wh * 3600.0 / period_s)
+                battery_soc_pct -= battery_w * period_s / 3600.0 / capacity_wh * 100.0
+                building_w -= battery_w  # the grid meter sees a discharge as less import
+                battery_reading = Reading(
+                    battery.device, now_s, Quality.OK, power_w=round(battery_w, 0), soc_pct=round(battery_soc_pct, 2)
+                )
+                readings[battery.device] = battery_reading
             if grid_meter is not None:
                 grid_phase_a = site_phase_a[GRID_NODE]
                 if spec.series.other_phase_w is not None:
@@ -294,6 +322,8 @@ def simulate(
                 else:
                     even_w = (building_w - pv_w) / 3.0
                     other = (even_w, even_w, even_w)
+                if battery is not None and spec.series.other_phase_w is not None:
+                    other = (other[0] - battery_w / 3.0, other[1] - battery_w / 3.0, other[2] - battery_w / 3.0)
                 phase_w = (
                     other[0] + grid_phase_a[0] * voltage_v,
                     other[1] + grid_phase_a[1] * voltage_v,
@@ -328,8 +358,14 @@ def simulate(
             }
             if horizon.enabled:  # the live planner's schedule, in simulated time
                 states = overlay_targets(states, targets, now_s)
-            inputs = BuildInputs(now_s, readings, states, memory, DemandLimits(import_cap_w, None), None)
+            window_w = None
+            if demand_window is not None:
+                window_w = demand_window.step(now_s, readings, states, uncontrolled_import_w).limit_w
+                dr["window_import_limit_w"] = window_w
+            limits = DemandLimits(import_cap_w, None, window_w)
+            inputs = BuildInputs(now_s, readings, states, memory, limits, battery_reading)
             decision = decide(context, inputs)
+            uncontrolled_import_w = decision.built.row_uncontrolled[topology.import_row]
             if horizon.enabled and now_s - targets.planned_at_s >= horizon.every_s:
                 targets = plan_targets(topology, config, PlanSnapshot(now_s, decision.built, states))
             commands = decision.plan.limits
@@ -337,8 +373,10 @@ def simulate(
                 if key in cars:
                     cars[key].told_a = limit
             result = decision.result
+            if battery is not None:
+                battery_w = result.allocation.battery_w
             if observer is not None:
-                observer(CycleView(now_s, period_s, cars, site_phase_a, decision))
+                observer(CycleView(now_s, period_s, cars, site_phase_a, decision, readings))
             if writer is None:
                 memory = decision.plan.memory
                 continue
