@@ -5,7 +5,6 @@ and saves the ledger at stop."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,9 @@ from evdlm.availability.store import parse_ledger
 from evdlm.config import load_site_config
 from evdlm.config.models import AvailabilitySettings
 from evdlm.core.availability import month_of
-from evdlm.core.clock import Clock, ScaledClock
+from evdlm.core.clock import ScaledClock
 from evdlm.data import DEMO_SITE_PATH
-from evdlm.sim.site import simulated_site
-
-
-async def until(clock: Clock, condition: Callable[[], bool], timeout_sim_s: float, step_s: float = 1.0) -> bool:
-    deadline = clock.now_s() + timeout_sim_s
-    while clock.now_s() < deadline:
-        if condition():
-            return True
-        await clock.sleep(step_s)
-    return bool(condition())
-
+from evdlm.sim.site import simulated_site, until
 
 SPEED = 10.0
 AFTERNOON_S = 1_781_616_600.0  # 2026-06-16 13:30 UTC (the simulated PV follows the clock's hour)

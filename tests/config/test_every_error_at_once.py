@@ -7,29 +7,7 @@ import pytest
 
 from evdlm.config import ConfigError, ConfigIssue, parse_site_config
 
-# The small valid site of test_broken_configs.py.
-BASE = """\
-schema_version: 1
-site: {id: t, timezone: UTC}
-grid:
-  import_limit_kw: 50
-  phase_current_limit_a: 80
-  meter: gm
-circuits:
-  - id: main
-    phase_current_limit_a: 80
-    children:
-      - {id: sub, phase_current_limit_a: 40}
-chargers:
-  - {id: CP1, ocpp_version: "1.6", circuit: main}
-modbus_links:
-  - {name: lan, type: tcp, host: 127.0.0.1}
-devices:
-  - {name: gm, role: grid_meter, modbus: {link: lan, profile: sunspec}}
-control:
-  fallback_import_limit_kw: 20
-ocpp: {authorization: {accept_all: true}}
-"""
+from .test_broken_configs import BASE  # the small valid site
 
 
 def _errors(text: str) -> list[ConfigIssue]:

@@ -31,6 +31,16 @@ from evdlm.sim.site_physics import SiteSimParams, SiteSimulation, sim_readers
 from evdlm.sim.station import Misbehaviour
 
 
+async def until(clock: Clock, condition: Callable[[], bool], timeout_sim_s: float, step_s: float = 1.0) -> bool:
+    """Wait (in ``clock``'s time) until ``condition`` holds, at most ``timeout_sim_s``; whether it did."""
+    deadline = clock.now_s() + timeout_sim_s
+    while clock.now_s() < deadline:
+        if condition():
+            return True
+        await clock.sleep(step_s)
+    return bool(condition())
+
+
 def dr_event(
     site_id: str,
     program_id: str,
