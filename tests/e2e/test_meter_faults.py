@@ -105,11 +105,16 @@ async def test_sunspec_chain_past_65535() -> None:
 async def test_drift_30pct_low_over_60s() -> None:
     # A meter reading low is caught once it reads below what the chargers under it report (3 A of
     # allowance), then the hold of two charger sample intervals (20 s); before that the closed loop
-    # trusts it, as any would. 30 % low is caught after 70-75 s at 15x beside a busy core
+    # trusts it, as any would. 30 % low is caught after 70-75 s beside a busy core
     # (2026-12-05). 20 % low sits at the edge of what this site lets any such check see (the
     # building's 10.5 A is 15 % of the load): the bench reports it (drift_20pct_low), a test cannot
     # promise it (benchmarks/faults_bench.py says why).
-    assert_promise(await run("drift_30pct_low", fault_s=120.0), detection_s=100.0)
+    # At 5x: at 15x a loaded CI machine stretched it to 114 s (the chargers' samples and the
+    # hold run on the compressed clock); 5x keeps the loop's lag small against the clock.
+    result = await faults_bench.run_scenario(
+        faults_bench.SCENARIOS["drift_30pct_low"], speed=5.0, warm_up_s=WARM_UP_S, fault_s=120.0
+    )
+    assert_promise(dict(result), detection_s=100.0)
 
 
 # ---------------------------------------------------------------- absurd values, handled before issue 12
