@@ -209,18 +209,3 @@ class DemandKeeper:
     def save(self) -> None:
         if self.state_file is not None:
             save_state(self.state_file, self.state)
-
-    def kpis(self) -> dict[str, Any]:
-        """Month-to-date peak, its time, the estimated demand charge, the window now."""
-        state, decision = self.state, self.last
-        return {
-            "month": state.month,
-            "month_peak_kw": round(state.month_peak_w / 1000.0, 3),
-            "month_peak_at_s": state.month_peak_at_s,
-            "demand_charge_estimate": round(state.month_peak_w / 1000.0 * self.settings.rate_per_kw, 2),
-            "target_kw": round(decision.target_w / 1000.0, 3) if decision else None,
-            "window_limit_kw": round(decision.limit_w / 1000.0, 3) if decision else None,
-            "window_energy_kwh": round(decision.window_energy_wh / 1000.0, 4) if decision else None,
-            "window_end_s": decision.window_end_s if decision else None,
-            "raised_because": decision.raised_because if decision else None,
-        }

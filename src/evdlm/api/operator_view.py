@@ -378,7 +378,6 @@ class OperatorView:
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self.changed = asyncio.Condition()
-        self.explained_cycles = 0
 
     def observe(self, report: CycleReport, topology: Topology) -> None:
         """Hand a cycle over (O(1); the explaining happens off the loop)."""
@@ -411,7 +410,6 @@ class OperatorView:
                 self._seq += 1
                 self.events.append(Event(self._seq, now_s, kind, subject, text))
             self.report, self.topology, self._explained = report, topology, explained
-            self.explained_cycles += 1
             async with self.changed:
                 self.changed.notify_all()
 

@@ -285,7 +285,3 @@ def decide_window(
         month_peak_at_s=state.month_peak_at_s,
         raised_because=raised,
     )
-
-
-def demand_charge(month_peak_w: float, settings: DemandSettings) -> float:
-    return month_peak_w / 1000.0 * settings.rate_per_kw
