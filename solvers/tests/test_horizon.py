@@ -131,3 +131,82 @@ def test_inconsistent_shapes_are_refused() -> None:
     problem = day(energy_kwh=[1.0], departure_step=[4], max_power_kw=[11.0])
     with pytest.raises(ValueError, match="pv_forecast_kw"):
         dataclasses.replace(problem, pv_forecast_kw=np.zeros(3))
+
+
+# Demand charge: a monthly rate per kW of peak; 12/kW over 15-min steps asks a penalty above 48/kWh.
+DEMAND_RATE_PER_KW = 12.0
+PENALTY_ABOVE_THE_RAISE_PER_KWH = 100.0
+
+
+def with_demand(problem: HorizonProblem, target_kw: float) -> HorizonProblem:
+    return dataclasses.replace(
+        problem,
+        demand_target_kw=target_kw,
+        demand_rate_per_kw=DEMAND_RATE_PER_KW,
+        unmet_energy_penalty_per_kwh=PENALTY_ABOVE_THE_RAISE_PER_KWH,
+    )
+
+
+def test_a_flat_price_keeps_the_peak_at_the_target_when_the_departures_allow() -> None:
+    # 16 kW paid for beside a 5 kW base load: two cars of 11 kWh each, leaving in 10 h, fit one
+    # after the other. Without the demand charge they would run together (27 kW).
+    problem = dataclasses.replace(
+        day(energy_kwh=[11.0, 11.0], departure_step=[40, 40], max_power_kw=[11.0, 11.0]),
+        import_price_per_kwh=np.full(N_STEPS, 0.25),
+    )
+    assert plan_horizon(problem).grid_import_kw.max() == pytest.approx(27.0, abs=1e-6)
+    plan = plan_horizon(with_demand(problem, 16.0))
+    assert plan.status is HorizonStatus.OPTIMAL
+    assert plan.peak_kw == pytest.approx(16.0, abs=1e-6)
+    assert plan.grid_import_kw.max() <= 16.0 + 1e-6
+    np.testing.assert_allclose(plan.unmet_energy_kwh, 0.0, atol=1e-6)
+
+
+def test_the_peak_rises_only_as_far_as_a_departure_needs() -> None:
+    # 10 kW paid for, 5 kW of it base load: car 0 needs 20 kWh in 2 h (10 kW on average), car 1
+    # has all day. The peak rises to 15 kW, not to the 27 kW both cars could draw together.
+    problem = with_demand(
+        dataclasses.replace(
+            day(energy_kwh=[20.0, 30.0], departure_step=[8, 96], max_power_kw=[11.0, 11.0]),
+            import_price_per_kwh=np.full(N_STEPS, 0.25),
+        ),
+        10.0,
+    )
+    plan = plan_horizon(problem)
+    assert plan.status is HorizonStatus.OPTIMAL
+    np.testing.assert_allclose(plan.unmet_energy_kwh, 0.0, atol=1e-6)
+    assert plan.peak_kw == pytest.approx(15.0, abs=1e-6)
+    assert plan.grid_import_kw.max() == pytest.approx(15.0, abs=1e-6)
+    assert plan.cost == pytest.approx(0.25 * (50.0 + 5.0 * 24), rel=1e-6)  # the demand charge is apart
+
+
+def test_energy_moves_to_the_cheap_hours_under_the_target() -> None:
+    # 9 kW paid for beside 5 kW of base load: 4 kW for the car, in the night hours (00:00-07:00).
+    plan = plan_horizon(with_demand(day(energy_kwh=[20.0], departure_step=[92], max_power_kw=[11.0]), 9.0))
+    assert plan.status is HorizonStatus.OPTIMAL
+    assert plan.peak_kw == pytest.approx(9.0, abs=1e-6)
+    np.testing.assert_allclose(delivered_kwh(plan), [20.0], atol=1e-6)
+    assert plan.power_kw.max() <= 4.0 + 1e-6
+    cheap = np.r_[0:28, 84:96]
+    assert plan.power_kw[0, cheap].sum() == pytest.approx(plan.power_kw[0].sum())
+
+
+def test_without_a_demand_charge_the_plan_has_no_peak() -> None:
+    plan = plan_horizon(day(energy_kwh=[5.0], departure_step=[40], max_power_kw=[11.0]))
+    assert np.isnan(plan.peak_kw)
+
+
+@pytest.mark.parametrize(
+    ("target_kw", "rate_per_kw", "match"),
+    [
+        (float("nan"), 1.0, "demand_target_kw"),
+        (-1.0, 1.0, "demand_target_kw"),
+        (10.0, float("inf"), "demand_rate_per_kw"),
+        (10.0, -1.0, "demand_rate_per_kw"),
+        (None, 1.0, "needs demand_target_kw"),
+    ],
+)
+def test_bad_demand_terms_are_refused(target_kw: float | None, rate_per_kw: float, match: str) -> None:
+    problem = day(energy_kwh=[1.0], departure_step=[4], max_power_kw=[11.0])
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(problem, demand_target_kw=target_kw, demand_rate_per_kw=rate_per_kw)

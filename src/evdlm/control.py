@@ -25,13 +25,16 @@ from evdlm.config.models import DeviceRole, SiteConfig
 from evdlm.core.clock import Clock
 from evdlm.core.decide import Decision, DecisionContext, SolverChoice, decide
 from evdlm.core.demand_window import DemandDecision
+from evdlm.core.energy_cost import CostState
 from evdlm.core.memory import ControlMemory, EvseKey
 from evdlm.core.meter_trust import Assessment, MeterTrust, assess, checks_for, flows_for, metered_nodes
 from evdlm.core.problem_builder import BuildInputs, BuiltProblem, DemandLimits, EvseMode
 from evdlm.core.restriction import restrictions
+from evdlm.core.tariff import PriceSource
 from evdlm.core.types import ChargingCommand, CommandResult, CommandStatus, EvseState, Reading
 from evdlm.demand_charge import DemandKeeper
 from evdlm.dr.engine import Effective
+from evdlm.energy_cost import CostKeeper
 from evdlm.observability import Metrics, RepeatedWarning
 from evdlm.recording import RecordingWriter, key_text
 from evdlm.restricted_file import load_restrictions, save_restrictions
@@ -73,7 +76,13 @@ class TargetSource(Protocol):
     # No await, no I/O: the planner plans in its own task and thread.
     def overlay(self, states: dict[EvseKey, EvseState], now_s: float) -> dict[EvseKey, EvseState]: ...
 
-    def observe(self, built: BuiltProblem, states: dict[EvseKey, EvseState], now_s: float) -> None: ...
+    def observe(
+        self,
+        built: BuiltProblem,
+        states: dict[EvseKey, EvseState],
+        now_s: float,
+        demand: DemandDecision | None = None,
+    ) -> None: ...
 
 
 class StatePublisher(Protocol):
@@ -92,6 +101,8 @@ class CycleReport:
     evse_modes: dict[str, int] = field(default_factory=dict)
     meters: Assessment | None = None  # the meters' cross-checks: SUSPECT readings and estimates
     demand_window: DemandDecision | None = None  # the demand window's cap this cycle, and why
+    cost: CostState | None = None  # the billing month's energy and cost so far (with tariffs)
+    price_per_kwh: tuple[float, float] | None = None  # import and export price in force now
 
 
 class Controller:
@@ -113,6 +124,8 @@ class Controller:
         memory: ControlMemory | None = None,
         restrictions_file: Path | None = None,
         demand_window: DemandKeeper | None = None,
+        prices: PriceSource | None = None,
+        cost: CostKeeper | None = None,
     ) -> None:
         self.clock = clock
         self.readings = readings
@@ -147,6 +160,9 @@ class Controller:
         # The demand window (money, not safety): the import cap that keeps the window's average
         # under the month's peak; its state survives restarts in its own file.
         self.demand_window = demand_window
+        # Money, reported only: the prices in force and the month's energy cost (docs/prices.md).
+        self.prices = prices
+        self.cost = cost
         self._uncontrolled_import_w = 0.0  # the last decision's estimate, for the window's target
         self.restricted: dict[EvseKey, str] = (
             load_restrictions(restrictions_file) if restrictions_file is not None else {}
@@ -192,6 +208,7 @@ class Controller:
             limits = replace(limits, window_import_limit_w=window.limit_w)
             if self.demand_window.due_for_save(now_s):
                 self._file_writer.submit(self.demand_window.save)
+        cost, price_per_kwh = self._account_cost(now_s, readings, states)
         inputs = BuildInputs(
             now_s=now_s,
             readings=readings,
@@ -222,7 +239,7 @@ class Controller:
             self._log_changes(decision)
             self._restrict(decision)
             if self.planner is not None:
-                self.planner.observe(decision.built, states, now_s)
+                self.planner.observe(decision.built, states, now_s, window)
             if self.battery is not None:
                 self._drive_battery(decision.result.allocation.battery_w)
 
@@ -248,6 +265,8 @@ class Controller:
             dict(modes),
             meters,
             window,
+            cost,
+            price_per_kwh,
         )
         self._observe(report, readings)
         if self.recorder is not None and decision is not None:
@@ -255,6 +274,21 @@ class Controller:
         if self.publisher is not None:
             self._spawn(self.publisher.publish_cycle(report))
         return report
+
+    def _account_cost(
+        self, now_s: float, readings: dict[str, Reading], states: dict[EvseKey, EvseState]
+    ) -> tuple[CostState | None, tuple[float, float] | None]:
+        """The month's energy and cost with this cycle's sample, and the prices in force now."""
+        if self.prices is None:
+            return None, None
+        schedule = self.prices.schedule()
+        price_per_kwh = (schedule.import_price_at_s(now_s), schedule.export_price_at_s(now_s))
+        if self.cost is None:
+            return None, price_per_kwh
+        state = self.cost.step(now_s, readings, states, schedule)
+        if self.cost.due_for_save(now_s):
+            self._file_writer.submit(self.cost.save)
+        return state, price_per_kwh
 
     def _restrict(self, decision: Decision) -> None:
         """Stop and block uncontrollable EVSEs while the site is over a limit because of them."""
@@ -476,7 +510,12 @@ class Controller:
             m.demand_month_peak_w.set(state.month_peak_w)
             m.demand_target_w.set(report.demand_window.target_w)
             m.demand_window_limit_w.set(report.demand_window.limit_w)
-            m.demand_charge_estimate.set(state.month_peak_w / 1000.0 * self.demand_window.settings.rate_per_kw)
+            m.demand_charge_estimate.set(report.demand_window.charge_estimate)
+        if report.price_per_kwh is not None:
+            m.price_per_kwh.labels(site=m.site, direction="import").set(report.price_per_kwh[0])
+            m.price_per_kwh.labels(site=m.site, direction="export").set(report.price_per_kwh[1])
+        if report.cost is not None:
+            observe_cost(m, report.cost)
         m.grid_import_w.set(grid.power_w if grid is not None and grid.usable and grid.power_w is not None else math.nan)
         if report.dr is not None:
             m.dr_import_limit_w.set(report.dr.import_limit_w if report.dr.import_limit_w is not None else math.nan)
@@ -518,6 +557,8 @@ class Controller:
             "stale": list(decision.built.stale_devices),
             "suspect": report.meters.suspect if report.meters is not None else {},
             "meters": meter_estimates(report),
+            # The prices in force (a feed's change in time): the replay's cost figures use them.
+            "price_per_kwh": list(report.price_per_kwh) if report.price_per_kwh is not None else None,
             "results": [
                 [key_text((r.command.charger_id, r.command.evse_id)), r.status.value, r.detail]
                 for r in report.results
@@ -588,6 +629,8 @@ class Controller:
         self._file_writer.shutdown(wait=True)
         if self.demand_window is not None:
             self.demand_window.save()  # the window's energy and the month's peak, for the next start
+        if self.cost is not None:
+            self.cost.save()
         if self.recorder is not None:
             self.recorder.close()
 
@@ -638,5 +681,40 @@ def state_message(report: CycleReport, site_id: str) -> dict[str, Any]:
             "windowEnergyKWh": round(window.window_energy_wh / 1000.0, 4),
             "windowEnd": window.window_end_s,
             "raisedBecause": window.raised_because,
+            "chargeEstimate": round(window.charge_estimate, 2),
         }
+    if report.cost is not None:
+        out["cost"] = cost_message(report.cost, report.price_per_kwh)
     return out
+
+
+def observe_cost(m: Metrics, cost: CostState) -> None:
+    """The month's energy and cost as metrics."""
+    for flow, kwh in (("import", cost.import_kwh), ("export", cost.export_kwh), ("ev", cost.ev_kwh)):
+        m.month_energy_kwh.labels(site=m.site, flow=flow).set(kwh)
+    for part, money in (
+        ("import", cost.import_cost),
+        ("export_credit", cost.export_credit),
+        ("net", cost.net_cost),
+        ("ev", cost.ev_cost),
+    ):
+        m.month_energy_cost.labels(site=m.site, part=part).set(money)
+    per_kwh = cost.cost_per_kwh_delivered
+    m.cost_per_kwh_delivered.set(per_kwh if per_kwh is not None else math.nan)
+
+
+def cost_message(cost: CostState, price_per_kwh: tuple[float, float] | None) -> dict[str, Any]:
+    """The month's energy and cost for the MQTT state (camelCase, as the rest of it)."""
+    per_kwh = cost.cost_per_kwh_delivered
+    return {
+        "month": cost.month,
+        "importKWh": round(cost.import_kwh, 3),
+        "exportKWh": round(cost.export_kwh, 3),
+        "netCost": round(cost.net_cost, 4),
+        "evKWh": round(cost.ev_kwh, 3),
+        "evCost": round(cost.ev_cost, 4),
+        "costPerKWhDelivered": round(per_kwh, 5) if per_kwh is not None else None,
+        "unaccountedS": round(cost.unaccounted_s, 1),
+        "importPricePerKWh": price_per_kwh[0] if price_per_kwh is not None else None,
+        "exportPricePerKWh": price_per_kwh[1] if price_per_kwh is not None else None,
+    }

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from evdlm import strict_json
 from evdlm.config.models import ChargerKind, SiteConfig
 from evdlm.core.demand_window import (
     DemandDecision,
@@ -28,7 +27,7 @@ from evdlm.core.demand_window import (
     needed_power_w,
 )
 from evdlm.core.types import EvseKey, EvseState, Reading
-from evdlm.state_files import load_state, write_atomically
+from evdlm.state_files import SaveTimer, load_state, save_document
 
 log = logging.getLogger("evdlm.demand")
 
@@ -93,10 +92,7 @@ def parse_state(data: Any) -> WindowState:
 
 
 def save_state(path: Path, state: WindowState) -> None:
-    try:
-        write_atomically(path, strict_json.dumps({"format": STATE_FORMAT, **state.as_json()}, indent=1))
-    except OSError as exc:
-        log.error("demand window state not saved to %s: %s", path, exc)
+    save_document(path, {"format": STATE_FORMAT, **state.as_json()}, "demand window state")
 
 
 class DemandKeeper:
@@ -131,7 +127,7 @@ class DemandKeeper:
                     loaded.energy_wh / 1000.0,
                 )
         self.last: DemandDecision | None = None
-        self._saved_at_s = -math.inf
+        self._save_timer = SaveTimer(SAVE_EVERY_S)
         self._raise_logged_s = -math.inf
 
     @staticmethod
@@ -201,10 +197,7 @@ class DemandKeeper:
         return decision
 
     def due_for_save(self, now_s: float) -> bool:
-        if self.state_file is None or now_s - self._saved_at_s < SAVE_EVERY_S:
-            return False
-        self._saved_at_s = now_s
-        return True
+        return self.state_file is not None and self._save_timer.due(now_s)
 
     def save(self) -> None:
         if self.state_file is not None:

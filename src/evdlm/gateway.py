@@ -44,10 +44,12 @@ from evdlm.demand_charge import DemandKeeper
 from evdlm.devices.codec import Measurement
 from evdlm.devices.hub import DeviceHub
 from evdlm.dr.service import DrService
+from evdlm.energy_cost import CostKeeper
 from evdlm.heap import HeapSettler
 from evdlm.horizon_planner import HorizonPlanner
 from evdlm.mqtt.client import MqttClient, MqttWill
 from evdlm.observability import Metrics
+from evdlm.prices import PriceFeedService
 from evdlm.recording import RecordingWriter
 from evdlm.sessions.service import SessionService
 from evdlm.site_status import SiteStatusLog
@@ -163,6 +165,7 @@ class Gateway:
         self.dr: DrService | None = None
         self.sessions: SessionService | None = None
         self.planner: HorizonPlanner | None = None
+        self.prices: PriceFeedService | None = None
         self.http_api: HttpApiServer | None = None
         self.operator_view = OperatorView(config.site.id, config.control.cycle_period_s)
         self.heap = HeapSettler()  # the long-lived heap out of the collector's way (evdlm.heap)
@@ -214,8 +217,14 @@ class Gateway:
             self.sessions = await stack.enter_async_context(
                 SessionService(config, self.ocpp, self.clock, client=self.mqtt, metrics=self.metrics)
             )
+            # Prices in force (the tariff's table, a feed over MQTT laid on it): read, never waited on.
+            prices = PriceFeedService.for_config(config, self.mqtt, self.clock, self.state_dir, self.metrics)
+            if prices is not None:
+                self.prices = await stack.enter_async_context(prices)
             # Horizon planning: in its own task and thread; the cycle only reads its latest targets.
-            self.planner = await stack.enter_async_context(HorizonPlanner(config, self.clock, self.metrics))
+            self.planner = await stack.enter_async_context(
+                HorizonPlanner(config, self.clock, self.metrics, prices=self.prices)
+            )
             # The availability ledger (before the HTTP API, which serves it): fed by each cycle.
             if config.availability is not None and config.availability.enabled:
                 self.availability = AvailabilityService(config, self.clock, self.state_dir, self.metrics)
@@ -254,6 +263,8 @@ class Gateway:
                 solver=self.solver,
                 restrictions_file=self.state_dir / RESTRICTIONS_FILE,
                 demand_window=DemandKeeper.for_config(config, self.state_dir),
+                prices=self.prices,
+                cost=CostKeeper.for_config(config, self.state_dir),
             )
             # Stations the previous run blocked are known restricted from the start, so they are
             # released (set Operative) as soon as there is room, not left Inoperative for good.
@@ -330,6 +341,8 @@ class Gateway:
             self.sessions.apply_config(new)
         if self.planner is not None:
             self.planner.apply_config(new)
+        if self.prices is not None:
+            self.prices.apply_config(new)
         self.config = new
         log.info("reload: config applied (%d warnings)", len(loaded.warnings))
         return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 from types import TracebackType
@@ -18,9 +19,11 @@ from typing import Self
 
 from evdlm.config.models import SiteConfig
 from evdlm.core.clock import Clock
+from evdlm.core.demand_window import DemandDecision
 from evdlm.core.horizon_targets import NO_TARGETS, PlanSnapshot, PlanTargets, overlay_targets, plan_targets
 from evdlm.core.memory import EvseKey
 from evdlm.core.problem_builder import BuiltProblem
+from evdlm.core.tariff import PriceSource
 from evdlm.core.topology import Topology, build_topology
 from evdlm.core.types import EvseState
 from evdlm.observability import Metrics
@@ -29,9 +32,12 @@ log = logging.getLogger("evdlm.horizon")
 
 
 class HorizonPlanner:
-    def __init__(self, config: SiteConfig, clock: Clock, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: SiteConfig, clock: Clock, metrics: Metrics | None = None, prices: PriceSource | None = None
+    ) -> None:
         self.clock = clock
         self.metrics = metrics
+        self.prices = prices  # the prices in force (a feed over the table), read at each plan
         self.targets: PlanTargets = NO_TARGETS
         self.plans_made = 0
         self.plans_failed = 0
@@ -48,9 +54,16 @@ class HorizonPlanner:
 
     # ------------------------------------------------------------------ the cycle's side
 
-    def observe(self, built: BuiltProblem, states: dict[EvseKey, EvseState], now_s: float) -> None:
-        """The cycle's problem and states, for the next plan (kept by reference: both are frozen)."""
-        self._snapshot = PlanSnapshot(now_s, built, states)
+    def observe(
+        self,
+        built: BuiltProblem,
+        states: dict[EvseKey, EvseState],
+        now_s: float,
+        demand: DemandDecision | None = None,
+    ) -> None:
+        """The cycle's problem, states and demand window's decision, for the next plan (kept by
+        reference: all frozen)."""
+        self._snapshot = PlanSnapshot(now_s, built, states, demand)
 
     def overlay(self, states: dict[EvseKey, EvseState], now_s: float) -> dict[EvseKey, EvseState]:
         """``states`` with the latest plan's targets laid on (the cycle calls this; no waiting)."""
@@ -78,6 +91,8 @@ class HorizonPlanner:
         snapshot, config, topology = self._snapshot, self.config, self.topology
         if snapshot is None:
             return None
+        if self.prices is not None:
+            snapshot = dataclasses.replace(snapshot, prices=self.prices.schedule())
         try:
             targets = await asyncio.to_thread(plan_targets, topology, config, snapshot)
         except Exception:  # a planner bug must not stop the controller: log it, plan again later

@@ -140,6 +140,43 @@ class Metrics:
             ["site"],
             registry=self.registry,
         ).labels(**labels)
+        # Energy and its cost this billing month (evdlm.energy_cost; docs/prices.md).
+        self.month_energy_kwh = Gauge(
+            "evdlm_month_energy_kwh",
+            "Energy this billing month, kWh: import and export at the grid meter, ev delivered to cars",
+            ["site", "flow"],
+            registry=self.registry,
+        )
+        self.month_energy_cost = Gauge(
+            "evdlm_month_energy_cost",
+            "Money this billing month in the tariff's currency: import cost, export credit, net, ev (the cars' energy)",
+            ["site", "part"],
+            registry=self.registry,
+        )
+        self.cost_per_kwh_delivered = Gauge(
+            "evdlm_cost_per_kwh_delivered",
+            "The cars' energy cost this billing month per kWh delivered, in the tariff's currency",
+            ["site"],
+            registry=self.registry,
+        ).labels(**labels)
+        self.price_per_kwh = Gauge(
+            "evdlm_price_per_kwh",
+            "Price in force now per kWh (direction import or export), in the tariff's currency",
+            ["site", "direction"],
+            registry=self.registry,
+        )
+        self.price_feed_messages = Counter(
+            "evdlm_price_feed_messages",
+            "Price feed messages by outcome (accepted, rejected, too_large, rate_limited, superseded)",
+            ["site", "outcome"],
+            registry=self.registry,
+        )
+        self.price_feed_covered_until = Gauge(
+            "evdlm_price_feed_covered_until_seconds",
+            "End of the price feed's last slot, Unix seconds (0: no feed slots)",
+            ["site"],
+            registry=self.registry,
+        ).labels(**labels)
         self.horizon_plans = Counter(
             "evdlm_horizon_plans", "Horizon plans made, by outcome", ["site", "status"], registry=self.registry
         )

@@ -9,6 +9,7 @@ parse, or whose shape the caller's ``parse`` rejects, is set aside as ``<name>.c
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -63,3 +64,26 @@ def load_state(path: Path, parse: Callable[[Any], T]) -> T | None:
     except (ValueError, TypeError, KeyError) as exc:
         set_aside(path, str(exc) or type(exc).__name__)
         return None
+
+
+def save_document(path: Path, document: Any, what: str) -> None:
+    """Write ``document`` as strict JSON to ``path`` atomically; a failure is logged, not raised
+    (the next save tries again; the gateway keeps running on what it holds)."""
+    try:
+        write_atomically(path, strict_json.dumps(document, indent=1))
+    except OSError as exc:
+        log.error("%s not saved to %s: %s", what, path, exc)
+
+
+class SaveTimer:
+    """When a state kept every cycle is due to be written: at most once per ``every_s``."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._saved_at_s = -math.inf
+
+    def due(self, now_s: float) -> bool:
+        if now_s - self._saved_at_s < self.every_s:
+            return False
+        self._saved_at_s = now_s
+        return True

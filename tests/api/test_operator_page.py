@@ -98,6 +98,16 @@ def _state() -> dict[str, Any]:
             "fallback": False,
         },
         "dr": {"active": False, "event_id": None, "limit_w": None},
+        "demand": {
+            "month_peak_w": 48_200.0,
+            "month_peak_at": "2026-06-12T09:30:00+02:00",
+            "target_w": 52_000.0,
+            "window_limit_w": 57_300.0,
+            "window_energy_wh": 4_100.0,
+            "window_end": "2026-06-16T11:45:00+02:00",
+            "raised_because": "raising this month's peak to 52.0 kW (from 48.2 kW): the cars' departures need it",
+            "charge_estimate": 578.4,
+        },
         "devices": [
             {"name": "grid_meter", "quality": "ok", "detail": "read 0.4 s ago"},
             {"name": "garage_meter", "quality": "ok", "detail": "read 0.6 s ago"},
@@ -391,6 +401,12 @@ async def test_page_shows_every_evse_and_follows_the_stream(browser: Any) -> Non
         await expect(page.locator("#events li")).to_have_count(2)
         await expect(page.locator("#sparkline polyline.spark-import")).to_have_count(1)
         await expect(page.locator("#site")).to_have_text("scripted")
+        # The demand window (no tariff here: no cost rows).
+        await expect(page.locator("#demand-peak")).to_have_text(re.compile(r"^48\.2 kW on (12 Jun|Jun 12) \d\d:30$"))
+        await expect(page.locator("#demand-target")).to_have_text("52.0 kW · 57.3 kW")
+        await expect(page.locator("#demand-charge")).to_have_text("578.40")
+        await expect(page.locator("#demand-raised")).to_contain_text("raising this month's peak to 52.0 kW")
+        await expect(page.locator("#cost-row")).to_be_hidden()
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=ARTIFACTS / "operator-page-before.png", full_page=True)
 
@@ -511,6 +527,11 @@ async def test_page_on_the_simulated_demo_site(browser: Any, tmp_path: Path) -> 
             for node in ("main", "garage", "carport"):
                 await expect(page.locator(f'[data-node="{node}"]')).to_be_visible()
             await expect(page.locator("#link")).to_have_attribute("data-state", "live")
+            # The demo's tariff: the price in force and the month's energy cost so far.
+            await expect(page.locator("#money")).to_be_visible()
+            await expect(page.locator("#price-now")).to_contain_text(re.compile(r"^0\.\d{4} /kWh import"))
+            await expect(page.locator("#cost-ev")).to_have_text(re.compile(r"^\d+(\.\d)? kWh for -?\d+\.\d\d"))
+            await expect(page.locator("#demand-peak-row")).to_be_hidden()  # no demand: on the demo site
             await page.screenshot(path=ARTIFACTS / "operator-page-demo.png", full_page=True)
 
             # A DR event under what the site draws: the import limit binds, named by the event.

@@ -189,6 +189,20 @@ CASES = [
         "demand_response",
         "no mqtt: broker section",
     ),
+    Case(
+        "price feed without broker",
+        "control:",
+        'tariffs:\n  default_import_price_per_kwh: 0.3\n  price_feed: {topic: "p/{site}"}  #!\ncontrol:',
+        "tariffs.price_feed",
+        "needs the mqtt: broker section",
+    ),
+    Case(
+        "price feed topic with a wildcard",
+        "control:",
+        "tariffs:\n  default_import_price_per_kwh: 0.3\n  price_feed: {topic: p/+/x}  #!\ncontrol:",
+        "tariffs.price_feed.topic",
+        "pattern",
+    ),
 ]
 
 

@@ -2,7 +2,8 @@
 
 Plans every EV's power per step against departures, energy needs, a time-of-use price, PV
 and base-load forecasts and the grid import limit; minimises import cost minus export
-revenue plus a penalty per kWh left undelivered at departure. Only the site's grid
+revenue plus a penalty per kWh left undelivered at departure and, with a demand charge, the
+charge on raising the peak import above its target. Only the site's grid
 connection is modelled (the per-cycle solvers enforce the tree); the first step of the
 plan becomes the heuristic's urgency weights through :func:`urgency_from_plan`.
 
@@ -12,6 +13,7 @@ Units: kW and kWh here (plans are hours long), currency per kWh for prices.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from dataclasses import dataclass
 
@@ -57,6 +59,16 @@ class HorizonProblem:
     unmet_energy_penalty_per_kwh : float
         Cost of a kWh not delivered by departure, currency/kWh; above any price so energy
         is bought whenever it can be.
+    demand_target_kw : float or None
+        Demand charge: the peak import already paid for (the month's peak, a floor), kW. Every
+        step's import (with overload) stays at or under the plan's peak, which is at least this;
+        None: no demand charge (the import limit alone bounds the import).
+    demand_rate_per_kw : float
+        Demand charge per kW the plan's peak rises above ``demand_target_kw``, currency/kW. A raise
+        of 1 kW delivers at least ``step_h`` kWh more (one step), so with the unmet-energy penalty
+        above ``demand_rate_per_kw / step_h`` plus the price the plan raises the peak whenever a
+        departure cannot be met otherwise, and by the least amount; below it, it may leave
+        energy unmet rather than raise.
     """
 
     step_duration_s: float
@@ -70,6 +82,8 @@ class HorizonProblem:
     departure_step: IntArray
     max_power_kw: FloatArray
     unmet_energy_penalty_per_kwh: float = 10.0
+    demand_target_kw: float | None = None
+    demand_rate_per_kw: float = 0.0
 
     def __post_init__(self) -> None:
         n_steps = np.shape(self.import_price_per_kwh)[0]
@@ -97,6 +111,14 @@ class HorizonProblem:
         object.__setattr__(self, "departure_step", departure)
         if self.step_duration_s <= 0.0:
             raise ValueError("step_duration_s must be > 0")
+        target = self.demand_target_kw
+        if target is not None and not (math.isfinite(target) and target >= 0.0):
+            raise ValueError(f"demand_target_kw must be finite and >= 0, not {target!r}")
+        rate = self.demand_rate_per_kw
+        if not (math.isfinite(rate) and rate >= 0.0):
+            raise ValueError(f"demand_rate_per_kw must be finite and >= 0, not {rate!r}")
+        if target is None and rate > 0.0:
+            raise ValueError("demand_rate_per_kw needs demand_target_kw (the peak it charges above)")
 
     @property
     def n_steps(self) -> int:
@@ -134,9 +156,12 @@ class HorizonPlan:
     unmet_energy_kwh : ndarray, shape (n_evse,)
         Energy each car misses at departure, kWh.
     cost : float
-        Import cost minus export revenue, currency (penalties excluded).
+        Import cost minus export revenue, currency (penalties and demand charge excluded).
     solve_time_s : float
         Wall time, s.
+    peak_kw : float
+        The plan's peak import with a demand charge (``demand_target_kw`` or above), kW; NaN
+        without one.
     """
 
     status: HorizonStatus
@@ -148,15 +173,18 @@ class HorizonPlan:
     unmet_energy_kwh: FloatArray
     cost: float
     solve_time_s: float
+    peak_kw: float = math.nan
 
 
 def plan_horizon(problem: HorizonProblem, time_limit_s: float = 10.0) -> HorizonPlan:
     """Solve the horizon LP.
 
     Columns: power per car and step (kW), unmet energy per car (kWh), then per step grid
-    import, export, curtailment and overload (kW). Rows: one energy balance per car
-    (``sum(power) * step_h + unmet = needed``) and one power balance per step
-    (``sum(power) + curtailment - import - overload + export = pv - base``).
+    import, export, curtailment and overload (kW), and with a demand charge the peak (kW, at
+    least ``demand_target_kw``, ``demand_rate_per_kw`` per kW). Rows: one energy balance per car
+    (``sum(power) * step_h + unmet = needed``), one power balance per step
+    (``sum(power) + curtailment - import - overload + export = pv - base``) and with a demand
+    charge one peak row per step (``import + overload - peak <= 0``).
 
     Parameters
     ----------
@@ -175,8 +203,11 @@ def plan_horizon(problem: HorizonProblem, time_limit_s: float = 10.0) -> Horizon
     step_h = problem.step_duration_s / 3600.0
     n_power = n_evse * n_steps
     first_step_col = n_power + n_evse
-    n_cols = first_step_col + 4 * n_steps
     step = np.arange(n_steps)
+    # A demand charge adds one peak column and one peak row per step; without one, none.
+    n_peak = 0 if problem.demand_target_kw is None else 1
+    n_cols = first_step_col + 4 * n_steps + n_peak
+    peak_rows = n_evse + n_steps + step[: n_steps * n_peak]
 
     # Car j's power in step t is column j * n_steps + t.
     can_charge = step[None, :] < problem.departure_step[:, None]
@@ -196,9 +227,11 @@ def plan_horizon(problem: HorizonProblem, time_limit_s: float = 10.0) -> Horizon
             -problem.export_price_per_kwh * step_h,
             np.zeros(n_steps),
             np.full(n_steps, 10.0 * problem.unmet_energy_penalty_per_kwh * step_h),
+            # The peak's charge counts from the target up; the constant below it changes no plan.
+            np.full(n_peak, problem.demand_rate_per_kw),
         ]
     )
-    col_lower = np.zeros(n_cols)
+    col_lower = np.concatenate([np.zeros(n_cols - n_peak), np.full(n_peak, problem.demand_target_kw or 0.0)])
     col_upper = np.concatenate(
         [
             power_upper,
@@ -207,36 +240,66 @@ def plan_horizon(problem: HorizonProblem, time_limit_s: float = 10.0) -> Horizon
             np.maximum(problem.grid_export_limit_kw, 0.0),
             np.maximum(problem.pv_forecast_kw, 0.0),
             np.full(n_steps, INF),
+            np.full(n_peak, INF),
         ]
     )
     balance = problem.pv_forecast_kw - problem.base_load_forecast_kw
-    row_bounds = np.concatenate([problem.energy_needed_kwh, balance])
+    row_lower = np.concatenate([problem.energy_needed_kwh, balance, np.full(peak_rows.size, -INF)])
+    row_upper = np.concatenate([problem.energy_needed_kwh, balance, np.zeros(peak_rows.size)])
 
     energy_row = np.repeat(np.arange(n_evse), n_steps)
     balance_row = n_evse + np.tile(step, n_evse)
     power_index = np.stack([energy_row, balance_row], axis=1).ravel()
     power_value = np.tile([step_h, 1.0], n_power)
     step_rows = n_evse + step
-    index = np.concatenate([power_index, np.arange(n_evse), np.tile(step_rows, 4)])
+    # Import and overload are what the meter sees: in their step's balance and, with a demand
+    # charge, under the peak (import + overload - peak <= 0).
+    if n_peak:
+        metered_index = np.stack([step_rows, peak_rows], axis=1).ravel()
+        metered_value = np.tile([-1.0, 1.0], n_steps)
+    else:
+        metered_index, metered_value = step_rows, np.full(n_steps, -1.0)
+    index = np.concatenate(
+        [
+            power_index,
+            np.arange(n_evse),
+            metered_index,
+            step_rows,
+            step_rows,
+            metered_index,
+            peak_rows,
+        ]
+    )
     value = np.concatenate(
         [
             power_value,
             np.ones(n_evse),
-            np.full(n_steps, -1.0),
+            metered_value,
             np.full(n_steps, 1.0),
             np.full(n_steps, 1.0),
-            np.full(n_steps, -1.0),
+            metered_value,
+            np.full(peak_rows.size, -1.0),
         ]
     )
-    start = np.concatenate([2 * np.arange(n_power), 2 * n_power + np.arange(n_evse + 4 * n_steps + 1)])
+    nnz_per_col = np.concatenate(
+        [
+            np.full(n_power, 2),
+            np.ones(n_evse, dtype=np.int64),
+            np.full(n_steps, 1 + n_peak),
+            np.ones(2 * n_steps, dtype=np.int64),
+            np.full(n_steps, 1 + n_peak),
+            np.full(n_peak, n_steps),
+        ]
+    )
+    start = np.concatenate([[0], np.cumsum(nnz_per_col)])
 
     model = colwise_model(
         maximize=False,
         col_cost=col_cost,
         col_lower=col_lower,
         col_upper=col_upper,
-        row_lower=row_bounds,
-        row_upper=row_bounds,
+        row_lower=row_lower,
+        row_upper=row_upper,
         start=start,
         index=index,
         value=value,
@@ -257,7 +320,7 @@ def plan_horizon(problem: HorizonProblem, time_limit_s: float = 10.0) -> Horizon
             time.perf_counter() - started,
         )
     values = np.maximum(solution.col_value, 0.0)
-    by_step = values[first_step_col:].reshape(4, n_steps)
+    by_step = values[first_step_col : first_step_col + 4 * n_steps].reshape(4, n_steps)
     grid_import_kw, grid_export_kw = by_step[0], by_step[1]
     cost = float(
         step_h
@@ -273,6 +336,7 @@ def plan_horizon(problem: HorizonProblem, time_limit_s: float = 10.0) -> Horizon
         unmet_energy_kwh=values[n_power:first_step_col],
         cost=cost,
         solve_time_s=time.perf_counter() - started,
+        peak_kw=float(values[-1]) if n_peak else math.nan,
     )
 
 

@@ -162,6 +162,26 @@ def state_document(
             "window_energy_wh": _num(window.window_energy_wh, 1),
             "window_end": iso(window.window_end_s),
             "raised_because": window.raised_because,
+            "charge_estimate": _num(window.charge_estimate, 2),
+        }
+    )
+    cost, prices = report.cost, report.price_per_kwh
+    document["cost"] = (
+        None
+        if cost is None
+        else {
+            "month": cost.month,
+            "import_kwh": _num(cost.import_kwh, 3),
+            "export_kwh": _num(cost.export_kwh, 3),
+            "import_cost": _num(cost.import_cost, 4),
+            "export_credit": _num(cost.export_credit, 4),
+            "net_cost": _num(cost.net_cost, 4),
+            "ev_kwh": _num(cost.ev_kwh, 3),
+            "ev_cost": _num(cost.ev_cost, 4),
+            "cost_per_kwh_delivered": _num(cost.cost_per_kwh_delivered, 5),
+            "unaccounted_s": _num(cost.unaccounted_s, 1),
+            "import_price_per_kwh": _num(prices[0], 5) if prices is not None else None,
+            "export_price_per_kwh": _num(prices[1], 5) if prices is not None else None,
         }
     )
     stale = set(decision.built.stale_devices) if decision is not None else set()

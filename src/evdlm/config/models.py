@@ -336,12 +336,42 @@ class TariffPeriod(StrictModel):
     import_price_per_kwh: float = Field(ge=-10, le=100, description="Import price in the period.")
 
 
+class PriceFeed(StrictModel):
+    """Dynamic prices over MQTT laid over the static table (docs/prices.md)."""
+
+    enabled: bool = Field(default=True, description="Subscribe to the feed (needs the mqtt section).")
+    topic: str = Field(
+        default="evdlm/{site}/prices",
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^#+]+$",
+        description="Topic of the feed's messages ({site}: the site id); no wildcards. Retained messages are welcome.",
+    )
+    state_file: str = Field(
+        default="var/prices.json",
+        description="The last accepted message persists here (relative to the state directory).",
+    )
+    warn_ahead_h: float = Field(
+        default=12.0,
+        ge=0,
+        le=192,
+        description="Warn when the feed covers less than this many hours ahead (the table's prices fill the rest).",
+    )
+
+
 class Tariffs(StrictModel):
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
     default_import_price_per_kwh: float = Field(ge=-10, le=100, description="Import price outside every period.")
     export_price_per_kwh: float = Field(default=0.0, ge=-10, le=100, description="Price paid for export.")
     periods: list[TariffPeriod] = Field(
         default_factory=list, description="Time-of-use periods; the first listed wins where they overlap."
+    )
+    price_feed: PriceFeed | None = Field(
+        default=None, description="Dynamic prices over MQTT; where they cover a moment they win over the table."
+    )
+    state_file: str = Field(
+        default="var/cost.json",
+        description="The billing month's energy and cost so far persist here (relative to the state directory).",
     )
 
 

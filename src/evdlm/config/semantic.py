@@ -547,6 +547,9 @@ def check_semantics(config: SiteConfig, base_dir: Path) -> list[Finding]:
             findings.append(
                 Finding(("devices", mqtt_devices[0], "mqtt"), "an MQTT device needs the mqtt: broker section")
             )
+        feed = config.tariffs.price_feed if config.tariffs is not None else None
+        if feed is not None and feed.enabled:
+            findings.append(Finding(("tariffs", "price_feed"), "a price feed needs the mqtt: broker section"))
     if config.mqtt is not None:
         findings += _secret_findings(config.mqtt.password, ("mqtt", "password"), base_dir)
 

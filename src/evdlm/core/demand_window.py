@@ -90,6 +90,13 @@ class DemandDecision:
     month_peak_w: float = 0.0
     month_peak_at_s: float | None = None
     raised_because: str | None = None  # set when the target is above the month's peak and floor
+    uncontrolled_w: float = 0.0  # the load evdlm does not command the target was set beside (- = net PV)
+    rate_per_kw: float = 0.0  # demand charge per kW of the month's peak (the estimate shown)
+
+    @property
+    def charge_estimate(self) -> float:
+        """The month's demand charge so far: its peak (kW) x the rate, in the tariff's currency."""
+        return self.month_peak_w / 1000.0 * self.rate_per_kw
 
 
 def _zone(settings: DemandSettings) -> ZoneInfo:
@@ -107,8 +114,13 @@ def window_bounds(now_s: float, settings: DemandSettings) -> tuple[float, float]
 
 def billing_month(now_s: float, settings: DemandSettings) -> str:
     """The billing month holding ``now_s``: "YYYY-MM" of the month its billing day falls in."""
-    local = datetime.fromtimestamp(now_s, UTC).astimezone(_zone(settings))
-    if local.day >= settings.billing_day:
+    return month_of(now_s, settings.timezone, settings.billing_day)
+
+
+def month_of(now_s: float, timezone: str, billing_day: int = 1) -> str:
+    """The billing month holding ``now_s`` as "YYYY-MM": it starts at local midnight of ``billing_day``."""
+    local = datetime.fromtimestamp(now_s, UTC).astimezone(ZoneInfo(timezone))
+    if local.day >= billing_day:
         return f"{local.year:04d}-{local.month:02d}"
     previous = local.replace(day=1) - timedelta(days=1)
     return f"{previous.year:04d}-{previous.month:02d}"
@@ -284,4 +296,6 @@ def decide_window(
         month_peak_w=state.month_peak_w,
         month_peak_at_s=state.month_peak_at_s,
         raised_because=raised,
+        uncontrolled_w=uncontrolled_w,
+        rate_per_kw=settings.rate_per_kw,
     )

@@ -172,6 +172,9 @@ class BuiltProblem:
     demand_caps: dict[int, float]  # topology EVSE index -> cap (A) for cars that take less than offered
     states: StateColumns  # the EVSE states the problem was built from
     memory: MemoryColumns  # the memory it was built from
+    # How far the demand window lowered the import row's limit, W (0: it did not bind): that cap
+    # is money, not the site's room, which a plan that prices the peak itself needs (horizon_targets).
+    window_cut_w: float = 0.0
 
     @cached_property
     def views(self) -> tuple[EvseView, ...]:
@@ -370,12 +373,14 @@ def build_problem(
                 limit[index] = min(limit[index], phase_cap_a)
         uncontrolled[topology.import_row] = float(sums.outside_w[grid_position])
     window_w = inputs.demand.window_import_limit_w
+    window_cut_w = 0.0
     if window_w is not None and math.isfinite(window_w):
         # The demand window is money, never safety: it may hold every car at 0, never put the
         # import row over its limit through load evdlm does not command (which would stop and
         # block uncontrollable stations as a fuse overload does).
         window_cap_w = max(window_w, float(uncontrolled[topology.import_row]) + float(margin[topology.import_row]))
         if window_cap_w < import_limit:
+            window_cut_w = float(import_limit - window_cap_w)
             import_limit = window_cap_w
             notes.append(f"demand window: import held at {import_limit / 1000:.1f} kW")
     limit[topology.import_row] = import_limit
@@ -406,6 +411,7 @@ def build_problem(
         demand_caps=demand_caps,
         states=states,
         memory=memory,
+        window_cut_w=window_cut_w,
     )
 
 

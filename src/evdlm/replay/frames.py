@@ -97,6 +97,7 @@ def load_run(path: Path, name: str | None = None) -> Run:
                 )
             )
         dr = record.dr
+        prices = record.outcome.get("price_per_kwh") or (np.nan, np.nan)
         cycle_rows.append(
             (
                 record.now_s,
@@ -110,6 +111,8 @@ def load_run(path: Path, name: str | None = None) -> Run:
                 record.outcome.get("status"),
                 record.outcome.get("solver"),
                 record.outcome.get("battery_w", 0.0),
+                prices[0],
+                prices[1],
             )
         )
     if config is None:
@@ -128,6 +131,8 @@ def load_run(path: Path, name: str | None = None) -> Run:
             "status",
             "solver",
             "battery_w",
+            "import_price_per_kwh",  # as the controller had them in force (NaN: not recorded)
+            "export_price_per_kwh",
         ],
     )
     cycles["dr_import_limit_w"] = cycles["dr_import_limit_w"].astype(float)

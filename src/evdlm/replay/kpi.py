@@ -220,19 +220,35 @@ def cost(run: Run, freq: str = "1h") -> pd.DataFrame:
     hours = _hours(run)
     import_kwh = cycles["grid_import_w"].clip(lower=0.0) * hours / 1000.0
     export_kwh = (-cycles["grid_import_w"]).clip(lower=0.0) * hours / 1000.0
-    price = import_price(tariffs, cycles.index)
+    # The prices the controller had in force (a feed's, recorded each cycle), else the table's.
+    recorded_import = cycles.get("import_price_per_kwh")
+    table_import = import_price(tariffs, cycles.index)
+    price = table_import if recorded_import is None else recorded_import.fillna(pd.Series(table_import, cycles.index))
+    recorded_export = cycles.get("export_price_per_kwh")
+    export_price = (
+        tariffs.export_price_per_kwh
+        if recorded_export is None
+        else recorded_export.fillna(tariffs.export_price_per_kwh)
+    )
+    ev_kwh = cycles["ev_power_w"].clip(lower=0.0) * hours / 1000.0
+    # The cars' energy at the import price while the site imports, at the export revenue forgone
+    # while it exports (as evdlm.core.energy_cost counts it live).
+    ev_price = np.where(cycles["grid_import_w"] > 0.0, price, export_price)
     frame = pd.DataFrame(
         {
             "import_kwh": import_kwh,
             "export_kwh": export_kwh,
             "import_cost": import_kwh * price,
-            "export_credit": export_kwh * tariffs.export_price_per_kwh,
+            "export_credit": export_kwh * export_price,
+            "ev_kwh": ev_kwh,
+            "ev_cost": ev_kwh * ev_price,
         },
         index=cycles.index,
     )
     table = frame.resample(freq).sum()
     table["net_cost"] = table["import_cost"] - table["export_credit"]
     table.loc["total"] = table.sum()
+    table["cost_per_kwh_delivered"] = table["ev_cost"] / table["ev_kwh"].where(table["ev_kwh"] > 0)
     table.attrs["currency"] = tariffs.currency
     return table
 
@@ -257,7 +273,9 @@ def summary(run: Run) -> pd.DataFrame:
         "pv_self_consumption_pct": pv["self_consumption_pct"],
     }
     if run.config.tariffs is not None:
-        figures["net_cost"] = float(cost(run).loc["total", "net_cost"])
+        totals = cost(run).loc["total"]
+        figures["net_cost"] = float(totals["net_cost"])
+        figures["cost_per_kwh_delivered"] = float(totals["cost_per_kwh_delivered"])
     dr = dr_compliance(run)
     if not dr.empty:
         figures["dr_minutes_over_cap"] = float(dr["minutes_over_cap"].sum())

@@ -257,6 +257,7 @@ def replay_recording(
                     "stale": list(decision.built.stale_devices),
                     "results": [],
                     "replay_of": record.outcome.get("status"),
+                    "price_per_kwh": record.outcome.get("price_per_kwh"),  # the prices of the time
                 },
             )
         count += 1

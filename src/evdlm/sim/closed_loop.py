@@ -358,16 +358,17 @@ def simulate(
             }
             if horizon.enabled:  # the live planner's schedule, in simulated time
                 states = overlay_targets(states, targets, now_s)
-            window_w = None
+            window, window_w = None, None
             if demand_window is not None:
-                window_w = demand_window.step(now_s, readings, states, uncontrolled_import_w).limit_w
+                window = demand_window.step(now_s, readings, states, uncontrolled_import_w)
+                window_w = window.limit_w
                 dr["window_import_limit_w"] = window_w
             limits = DemandLimits(import_cap_w, None, window_w)
             inputs = BuildInputs(now_s, readings, states, memory, limits, battery_reading)
             decision = decide(context, inputs)
             uncontrolled_import_w = decision.built.row_uncontrolled[topology.import_row]
             if horizon.enabled and now_s - targets.planned_at_s >= horizon.every_s:
-                targets = plan_targets(topology, config, PlanSnapshot(now_s, decision.built, states))
+                targets = plan_targets(topology, config, PlanSnapshot(now_s, decision.built, states, window))
             commands = decision.plan.limits
             for key, limit in commands.items():
                 if key in cars:

@@ -258,6 +258,7 @@
     renderHeader(state);
     renderGrid(state);
     renderDr(state);
+    renderMoney(state);
     renderDevices(state.devices || []);
     renderTree(state.nodes || [], state.evses || []);
     renderEvses(state.nodes || [], state.evses || []);
@@ -326,6 +327,51 @@
     const list = Array.isArray(state.notes) ? state.notes : [];
     notes.replaceChildren(...list.map((note) => el("li", { text: note })));
     notes.hidden = list.length === 0;
+  }
+
+  function fmtMoney(value, digits = 2) {
+    return isNum(value) ? value.toFixed(digits) : "—";
+  }
+
+  function showRow(id, shown) {
+    $(id).hidden = !shown;
+    return shown;
+  }
+
+  // The month's money: the prices in force and the energy cost (with tariffs), the demand
+  // window (with demand:). The card stays hidden on a site that has neither.
+  function renderMoney(state) {
+    const cost = state.cost || null;
+    const demand = state.demand || null;
+    $("money").hidden = !cost && !demand;
+    setText($("money-month"), cost && cost.month ? cost.month : "");
+    if (showRow("price-row", Boolean(cost) && isNum(cost.import_price_per_kwh))) {
+      setText($("price-now"), `${fmtMoney(cost.import_price_per_kwh, 4)} /kWh import · ${fmtMoney(cost.export_price_per_kwh, 4)} export`);
+    }
+    if (showRow("cost-row", Boolean(cost))) {
+      setText($("cost-net"), `${fmtMoney(cost.net_cost)} (${fmtQuantity(cost.import_kwh, "kWh")} kWh imported)`);
+    }
+    if (showRow("cost-ev-row", Boolean(cost))) {
+      const perKwh = isNum(cost.cost_per_kwh_delivered) ? ` · ${fmtMoney(cost.cost_per_kwh_delivered, 4)} /kWh` : "";
+      setText($("cost-ev"), `${fmtQuantity(cost.ev_kwh, "kWh")} kWh for ${fmtMoney(cost.ev_cost)}${perKwh}`);
+    }
+    if (showRow("demand-peak-row", Boolean(demand))) {
+      const at = demand.month_peak_at ? new Date(demand.month_peak_at) : null;
+      const when = at && !Number.isNaN(at.getTime())
+        ? ` on ${at.toLocaleDateString([], { day: "numeric", month: "short" })} ${at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false })}`
+        : "";
+      setText($("demand-peak"), `${fmtKw(demand.month_peak_w)}${when}`);
+    }
+    if (showRow("demand-target-row", Boolean(demand))) {
+      setText($("demand-target"), `${fmtKw(demand.target_w)} · ${fmtKw(demand.window_limit_w)}`);
+    }
+    if (showRow("demand-charge-row", Boolean(demand))) {
+      setText($("demand-charge"), fmtMoney(demand.charge_estimate));
+    }
+    const raised = $("demand-raised");
+    const reason = demand && demand.raised_because ? demand.raised_because : "";
+    setText(raised, reason);
+    raised.hidden = !reason;
   }
 
   function renderDevices(devices) {
