@@ -47,6 +47,7 @@ def settings_for(config: SiteConfig) -> DemandSettings | None:
         billing_day=demand.billing_day,
         floor_w=demand.floor_kw * 1000.0,
         rate_per_kw=demand.rate_per_kw,
+        connection_w=config.grid.import_limit_kw * 1000.0,
     )
 
 

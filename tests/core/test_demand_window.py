@@ -129,6 +129,29 @@ def test_the_end_of_a_window_asks_for_no_spike_the_cars_cannot_follow() -> None:
     assert decision.limit_w == pytest.approx(40_000.0 * 900 / SETTLE_S)
 
 
+def test_a_target_at_the_connection_needs_no_cap() -> None:
+    """A month whose peak (or floor, or the departures' need) reached the contracted import limit,
+    or came within 3 % of it: the connection's own limit keeps every window about the target, and
+    the window steps aside (a cap would only hold cars back after a few seconds over, energy a
+    saturated site never gets back)."""
+    start = utc("2026-11-03 10:00:00")
+    settings = replace(BRUSSELS, connection_w=1_200_000.0)
+    state = WindowState(month="2026-11", month_peak_w=1_100_000.0, window_start_s=start, energy_wh=300_000.0)
+    below = decide_window(state, start + 600, settings, needed_ev_w=0.0, uncontrolled_w=0.0)
+    assert math.isfinite(below.limit_w) and below.limit_w < 1_100_000.0  # the window's energy so far is high
+    # Within 3 % of the connection: the demand charge it could still save is small, the friction not.
+    near = decide_window(
+        replace(state, month_peak_w=1_170_000.0), start + 600, settings, needed_ev_w=0.0, uncontrolled_w=0.0
+    )
+    assert near.limit_w == math.inf
+    at_floor = decide_window(
+        state, start + 600, replace(settings, floor_w=1_200_000.0), needed_ev_w=0.0, uncontrolled_w=0.0
+    )
+    assert at_floor.limit_w == math.inf and at_floor.target_w == 1_200_000.0
+    needed = decide_window(state, start + 600, settings, needed_ev_w=1_100_000.0, uncontrolled_w=150_000.0)
+    assert needed.limit_w == math.inf and needed.raised_because is not None
+
+
 def test_the_target_is_raised_only_as_far_as_the_departures_need() -> None:
     now = utc("2026-11-03 10:00:00")
     # 20 kWh due in 1 h and 30 kWh more in 2 h: 25 kW on average until the second (EDF is feasible).

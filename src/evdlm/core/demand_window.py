@@ -38,6 +38,7 @@ import numpy as np
 SETTLE_S = 60.0  # the shortest "time left" a limit is computed over (cars follow in seconds)
 BUCKET_S = 10.0  # rolling windows: energy kept per 10 s (pro rata within a bucket)
 ROLLING_LOOKAHEAD = 1.0 / 3.0
+STAND_ASIDE_SHARE = 0.03  # a target this close to the connection is not capped (decide_window)
 ROLLING_NEAREST_S = 5.0  # the window ending this soon is checked too (a rolling window ends every moment)
 
 
@@ -49,6 +50,8 @@ class DemandSettings:
     billing_day: int  # the billing month starts at local midnight of this day (1-28)
     floor_w: float  # never aim below this: the month's peak is paid up to it anyway
     rate_per_kw: float  # demand charge per kW of the month's peak
+    # The contracted import limit: a target at or above it needs no cap (below).
+    connection_w: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,13 @@ def decide_window(
         energy_wh = state.energy_wh
         left_s = max(SETTLE_S, end_s - now_s)
         limit_w = (target_w * window_s / 3600.0 - energy_wh) * 3600.0 / left_s
+    if target_w >= settings.connection_w * (1.0 - STAND_ASIDE_SHARE):
+        # At (or within a few % of) the connection, its own limit keeps every window's average
+        # about the target, and a cap has little money left to guard: it only adds friction,
+        # making up for a few seconds over by holding back later, which cars at a saturated site
+        # cannot take back (the depot day lost 0.8 point of energy to a cap at its connection,
+        # 1.5 points to one at 97.7 % of it).
+        limit_w = math.inf
     return DemandDecision(
         limit_w=max(0.0, limit_w),
         target_w=target_w,
