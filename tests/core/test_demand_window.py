@@ -251,3 +251,21 @@ def test_a_recorded_day_under_demand_control_replays_exactly(tmp_path: Path) -> 
     assert cycles == 360
     result = replay_recording(tmp_path)
     assert result.cycles == cycles and result.differing_cycles == 0
+    # The recording's billed figures: six whole quarter-hours, their peak held at about the target.
+    from evdlm.replay import kpi
+    from evdlm.replay.frames import load_run
+
+    run = load_run(tmp_path)
+    billed = kpi.demand(run)
+    assert list(billed.index) == ["2026-06"]
+    peak_kw = float(billed["peak_window_kw"].iloc[0])
+    assert 40.0 <= peak_kw < 200.0
+    assert float(billed["demand_charge"].iloc[0]) == pytest.approx(peak_kw * 12.0)
+    assert billed["window_start"].iloc[0].minute % 15 == 0
+    # Independently: energy per UTC quarter-hour (the site's offset is whole hours) over 900 s.
+    cycles = run.cycles
+    quarter = cycles["t_s"] // 900.0
+    energy_j = (cycles["grid_import_w"] * cycles["period_s"]).groupby(quarter).sum()
+    seconds = cycles["period_s"].groupby(quarter).sum()
+    assert peak_kw == pytest.approx((energy_j[seconds >= 900.0 - 1e-6] / 900.0).max() / 1000.0)
+    assert kpi.summary(run).loc["demand_charge", run.name] == pytest.approx(peak_kw * 12.0)

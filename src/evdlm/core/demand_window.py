@@ -129,6 +129,29 @@ def month_of(now_s: float, timezone: str, billing_day: int = 1) -> str:
     return f"{previous.year:04d}-{previous.month:02d}"
 
 
+def peak_window(
+    times_s: Iterable[float], import_w: Iterable[float], period_s: Iterable[float], settings: DemandSettings
+) -> tuple[float, float | None]:
+    """The highest average import (W) over the whole fixed windows the samples cover, and that
+    window's start (None: no whole window). Each sample's power holds for its period; a window
+    counts only once its samples fill it (a day's first and last part-windows are not billed at
+    a part's average). Capacity planning and the replay's figures both bill with this."""
+    sums: dict[float, list[float]] = {}
+    for now_s, watts, seconds in zip(times_s, import_w, period_s, strict=True):
+        if not math.isfinite(watts):
+            continue  # the grid meter was not usable: that window is not whole
+        window = sums.setdefault(window_bounds(now_s, settings)[0], [0.0, 0.0])
+        window[0] += watts * seconds
+        window[1] += seconds
+    whole = {
+        start: joules / seconds for start, (joules, seconds) in sums.items() if seconds >= settings.window_s - 1e-6
+    }
+    if not whole:
+        return 0.0, None
+    start = max(whole, key=whole.__getitem__)
+    return whole[start], start
+
+
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 

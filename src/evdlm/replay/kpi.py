@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 
 from evdlm.config.models import Tariffs
+from evdlm.core.demand_window import DemandSettings, month_of, peak_window
 from evdlm.core.tariff import import_price_at
+from evdlm.demand_charge import settings_for
 from evdlm.replay.frames import Run
 
 TOLERANCE_W = 500.0
@@ -253,6 +255,57 @@ def cost(run: Run, freq: str = "1h") -> pd.DataFrame:
     return table
 
 
+def _rolling_peak(
+    times_s: np.ndarray, energy_j: np.ndarray, ends_s: np.ndarray, window_s: float
+) -> tuple[float, float | None]:
+    """The highest average power over any ``window_s`` the samples cover (each sample's energy
+    counted in the window that holds its end), and that window's start."""
+    if len(times_s) == 0 or ends_s[-1] - times_s[0] < window_s:
+        return 0.0, None
+    cumulative = np.concatenate([[0.0], np.cumsum(energy_j)])
+    first = np.searchsorted(ends_s, ends_s - window_s, side="right")  # first sample ending inside
+    sums = cumulative[1:] - cumulative[first]
+    whole = ends_s - times_s[0] >= window_s - 1e-6
+    if not whole.any():
+        return 0.0, None
+    best = int(np.argmax(np.where(whole, sums, -np.inf)))
+    return float(sums[best] / window_s), float(ends_s[best] - window_s)
+
+
+def demand(run: Run) -> pd.DataFrame:
+    """Per billing month: the peak billing window's average import and its start (site-local),
+    and the demand charge (rate x peak). Windows, months and rate are the config's ``demand:``
+    section (the controller's own arithmetic, :mod:`evdlm.core.demand_window`); without one,
+    15-minute windows on the local quarter-hours and no rate."""
+    config = run.config
+    settings = settings_for(config) or DemandSettings(900.0, False, config.site.timezone, 1, 0.0, 0.0)
+    cycles = run.cycles
+    months = [month_of(t, settings.timezone, settings.billing_day) for t in cycles["t_s"]]
+    rows = []
+    for month, part in cycles.groupby(months, sort=True):
+        times_s = part["t_s"].to_numpy()
+        watts = part["grid_import_w"].to_numpy()
+        periods = part["period_s"].to_numpy()
+        if settings.rolling:
+            usable = np.isfinite(watts)
+            peak_w, start_s = _rolling_peak(
+                times_s[usable], (watts * periods)[usable], (times_s + periods)[usable], settings.window_s
+            )
+        else:
+            peak_w, start_s = peak_window(times_s, watts, periods, settings)
+        rows.append(
+            {
+                "month": month,
+                "peak_window_kw": peak_w / 1000.0,
+                "window_start": pd.Timestamp(start_s, unit="s", tz="UTC").tz_convert(settings.timezone)
+                if start_s is not None
+                else pd.NaT,
+                "demand_charge": peak_w / 1000.0 * settings.rate_per_kw,
+            }
+        )
+    return pd.DataFrame(rows).set_index("month")
+
+
 def summary(run: Run) -> pd.DataFrame:
     """The headline figures of a run, one column per run (concatenate runs to compare them)."""
     peak = peak_import(run).iloc[0]
@@ -276,6 +329,10 @@ def summary(run: Run) -> pd.DataFrame:
         totals = cost(run).loc["total"]
         figures["net_cost"] = float(totals["net_cost"])
         figures["cost_per_kwh_delivered"] = float(totals["cost_per_kwh_delivered"])
+    billed = demand(run)
+    figures["peak_window_kw"] = float(billed["peak_window_kw"].max()) if not billed.empty else float("nan")
+    if run.config.demand is not None:
+        figures["demand_charge"] = float(billed["demand_charge"].sum())
     dr = dr_compliance(run)
     if not dr.empty:
         figures["dr_minutes_over_cap"] = float(dr["minutes_over_cap"].sum())

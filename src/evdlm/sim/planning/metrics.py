@@ -31,7 +31,7 @@ from evdlm.config import parse_site_config
 from evdlm.config.models import SiteConfig, Tariffs
 from evdlm.core.availability import Availability, classify, port_samples
 from evdlm.core.decide import SolverChoice
-from evdlm.core.demand_window import DemandSettings, window_bounds
+from evdlm.core.demand_window import DemandSettings, peak_window
 from evdlm.core.tariff import import_price_at
 from evdlm.core.topology import GRID_NODE, Topology, build_topology
 from evdlm.replay.kpi import jain_index
@@ -146,16 +146,8 @@ class GridTracker:
         site's local clock, as evdlm.core.demand_window aligns them; only whole windows), kW, and
         that window's start."""
         settings = DemandSettings(window_s, False, self.config.site.timezone, 1, 0.0, 0.0)
-        sums: dict[float, list[float]] = {}
-        for now_s, import_w, period_s in zip(self.now_s, self.import_w, self.period_s, strict=True):
-            window = sums.setdefault(window_bounds(now_s, settings)[0], [0.0, 0.0])
-            window[0] += import_w * period_s
-            window[1] += period_s
-        whole = {start: joules / seconds for start, (joules, seconds) in sums.items() if seconds >= window_s - 1e-6}
-        if not whole:
-            return 0.0, None
-        start = max(whole, key=whole.__getitem__)
-        return whole[start] / 1000.0, start
+        peak_w, start = peak_window(self.now_s, self.import_w, self.period_s, settings)
+        return peak_w / 1000.0, start
 
     def peak_window_kw(self) -> float:
         if not self.import_w:
