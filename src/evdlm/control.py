@@ -285,7 +285,7 @@ class Controller:
         price_per_kwh = (schedule.import_price_at_s(now_s), schedule.export_price_at_s(now_s))
         if self.cost is None:
             return None, price_per_kwh
-        state = self.cost.step(now_s, readings, states, schedule)
+        state = self.cost.step(now_s, readings, states, price_per_kwh)
         if self.cost.due_for_save(now_s):
             self._file_writer.submit(self.cost.save)
         return state, price_per_kwh

@@ -18,7 +18,6 @@ from typing import Any
 from evdlm.config.models import SiteConfig
 from evdlm.core.demand_window import month_of
 from evdlm.core.energy_cost import CostState, account
-from evdlm.core.tariff import PriceSchedule
 from evdlm.core.types import EvseKey, EvseState, Reading
 from evdlm.state_files import SaveTimer, load_state, save_document
 
@@ -88,8 +87,9 @@ class CostKeeper:
         now_s: float,
         readings: Mapping[str, Reading],
         states: Mapping[EvseKey, EvseState],
-        prices: PriceSchedule,
+        price_per_kwh: tuple[float, float],
     ) -> CostState:
+        """Account the interval since the last cycle; ``price_per_kwh``: import and export now."""
         reading = readings.get(self.grid_meter) if self.grid_meter else None
         import_w = reading.power_w if reading is not None and reading.usable else None
         ev_w = sum(
@@ -105,8 +105,8 @@ class CostKeeper:
             month,
             import_w=import_w,
             ev_w=ev_w,
-            import_price=prices.import_price_at_s(now_s),
-            export_price=prices.export_price_at_s(now_s),
+            import_price=price_per_kwh[0],
+            export_price=price_per_kwh[1],
         )
         if before.month and self.state.month != before.month:
             log.info(

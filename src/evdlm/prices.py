@@ -145,14 +145,24 @@ class PriceFeedService(StartStop):
     # ------------------------------------------------------------------ the service's task
 
     def accept(self, payload: bytes, *, origin: str) -> bool:
-        """Check ``payload`` and, if good, make its slots the feed's (used by the task and at start)."""
-        now_s = self.clock.now_s()
+        """Check ``payload`` and, if good, make its slots the feed's."""
+        return self._take(self._parse(payload), origin=origin)
+
+    def _parse(self, payload: bytes) -> tuple[PriceSlot, ...] | PriceFeedError:
+        """The message's slots or why not (pure: the task runs it in a worker thread)."""
         try:
-            slots = parse_price_feed(payload, currency=self.currency, now_s=now_s)
+            return parse_price_feed(payload, currency=self.currency, now_s=self.clock.now_s())
         except PriceFeedError as error:
+            return error
+
+    def _take(self, parsed: tuple[PriceSlot, ...] | PriceFeedError, *, origin: str) -> bool:
+        """Install a parsed message, or count and log its refusal (on the loop: the counters and
+        the schedule change only there)."""
+        if isinstance(parsed, PriceFeedError):
             self._count("rejected")
-            log.warning("price feed: %s refused (%s); the prices in force stay", origin, error)
+            log.warning("price feed: %s refused (%s); the prices in force stay", origin, parsed)
             return False
+        slots, now_s = parsed, self.clock.now_s()
         self._install(slots)
         self._count("accepted")
         covered_h = (slots[-1].end_s - now_s) / 3600.0
@@ -208,8 +218,8 @@ class PriceFeedService(StartStop):
             if message is None:
                 continue
             origin = f"{'retained ' if message.retain else ''}message on {message.topic}"
-            accepted = await asyncio.to_thread(self.accept, message.payload, origin=origin)
-            if accepted:
+            parsed = await asyncio.to_thread(self._parse, message.payload)
+            if self._take(parsed, origin=origin):
                 try:
                     await asyncio.to_thread(self._save, message.payload)
                 except OSError as error:

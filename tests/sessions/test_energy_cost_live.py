@@ -17,7 +17,6 @@ from prometheus_client import generate_latest
 from evdlm.api.operator_view import explain_report, state_document
 from evdlm.control import Controller, state_message
 from evdlm.core.clock import FakeClock
-from evdlm.core.tariff import PriceSchedule
 from evdlm.energy_cost import CostKeeper
 from evdlm.observability import Metrics
 from evdlm.prices import PriceFeedService
@@ -99,8 +98,7 @@ async def test_the_months_cost_is_accounted_shown_and_kept(tmp_path: Path) -> No
     again = CostKeeper.for_config(config, tmp_path)
     assert again is not None and again.state.ev_kwh == pytest.approx(cost.ev_kwh)
     clock.advance(10.0)
-    schedule = PriceSchedule(config.tariffs, config.site.timezone)  # type: ignore[arg-type]
-    state = again.step(clock.now_s(), FakeMeters(clock).snapshot(clock.now_s()), chargers.evse_states(), schedule)
+    state = again.step(clock.now_s(), FakeMeters(clock).snapshot(clock.now_s()), chargers.evse_states(), (0.3, 0.05))
     assert state.ev_kwh == pytest.approx(cost.ev_kwh + 2 * CAR_W * 10 / 3.6e6)
 
 
