@@ -152,6 +152,25 @@ def peak_window(
     return whole[start], start
 
 
+def peak_rolling_window(
+    times_s: np.ndarray, import_w: np.ndarray, period_s: np.ndarray, window_s: float
+) -> tuple[float, float | None]:
+    """The highest average import (W) over any ``window_s`` the samples cover, and that window's
+    start (None: the samples cover less than a window). Each sample's power holds for its period
+    and counts in the windows that hold its end; samples without a usable import are left out."""
+    usable = np.isfinite(import_w)
+    times_s, period_s = times_s[usable], period_s[usable]
+    ends_s = times_s + period_s
+    if len(times_s) == 0 or ends_s[-1] - times_s[0] < window_s - 1e-6:
+        return 0.0, None
+    cumulative = np.concatenate([[0.0], np.cumsum(import_w[usable] * period_s)])
+    first = np.searchsorted(ends_s, ends_s - window_s + 1e-6, side="left")  # first sample ending inside
+    sums = cumulative[1:] - cumulative[first]
+    whole = ends_s - times_s[0] >= window_s - 1e-6
+    best = int(np.argmax(np.where(whole, sums, -np.inf)))
+    return float(sums[best] / window_s), float(ends_s[best] - window_s)
+
+
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 

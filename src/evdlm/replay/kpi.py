@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from evdlm.config.models import Tariffs
-from evdlm.core.demand_window import DemandSettings, month_of, peak_window
+from evdlm.core.demand_window import DemandSettings, month_of, peak_rolling_window, peak_window
 from evdlm.core.tariff import import_price_at
 from evdlm.demand_charge import settings_for
 from evdlm.replay.frames import Run
@@ -255,23 +255,6 @@ def cost(run: Run, freq: str = "1h") -> pd.DataFrame:
     return table
 
 
-def _rolling_peak(
-    times_s: np.ndarray, energy_j: np.ndarray, ends_s: np.ndarray, window_s: float
-) -> tuple[float, float | None]:
-    """The highest average power over any ``window_s`` the samples cover (each sample's energy
-    counted in the window that holds its end), and that window's start."""
-    if len(times_s) == 0 or ends_s[-1] - times_s[0] < window_s:
-        return 0.0, None
-    cumulative = np.concatenate([[0.0], np.cumsum(energy_j)])
-    first = np.searchsorted(ends_s, ends_s - window_s, side="right")  # first sample ending inside
-    sums = cumulative[1:] - cumulative[first]
-    whole = ends_s - times_s[0] >= window_s - 1e-6
-    if not whole.any():
-        return 0.0, None
-    best = int(np.argmax(np.where(whole, sums, -np.inf)))
-    return float(sums[best] / window_s), float(ends_s[best] - window_s)
-
-
 def demand(run: Run) -> pd.DataFrame:
     """Per billing month: the peak billing window's average import and its start (site-local),
     and the demand charge (rate x peak). Windows, months and rate are the config's ``demand:``
@@ -287,10 +270,7 @@ def demand(run: Run) -> pd.DataFrame:
         watts = part["grid_import_w"].to_numpy()
         periods = part["period_s"].to_numpy()
         if settings.rolling:
-            usable = np.isfinite(watts)
-            peak_w, start_s = _rolling_peak(
-                times_s[usable], (watts * periods)[usable], (times_s + periods)[usable], settings.window_s
-            )
+            peak_w, start_s = peak_rolling_window(times_s, watts, periods, settings.window_s)
         else:
             peak_w, start_s = peak_window(times_s, watts, periods, settings)
         rows.append(

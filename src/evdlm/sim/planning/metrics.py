@@ -31,7 +31,7 @@ from evdlm.config import parse_site_config
 from evdlm.config.models import SiteConfig, Tariffs
 from evdlm.core.availability import Availability, classify, port_samples
 from evdlm.core.decide import SolverChoice
-from evdlm.core.demand_window import DemandSettings, peak_window
+from evdlm.core.demand_window import DemandSettings, peak_rolling_window, peak_window
 from evdlm.core.tariff import import_price_at
 from evdlm.core.topology import GRID_NODE, Topology, build_topology
 from evdlm.replay.kpi import jain_index
@@ -150,15 +150,12 @@ class GridTracker:
         return peak_w / 1000.0, start
 
     def peak_window_kw(self) -> float:
+        """The highest mean import over any 15 minutes, kW (a run shorter than that: its mean)."""
         if not self.import_w:
             return 0.0
-        period_s = self.period_s[0]
-        width = max(1, round(DEMAND_WINDOW_S / period_s))
-        values = np.asarray(self.import_w)
-        if len(values) < width:
-            return float(values.mean()) / 1000.0
-        means = np.convolve(values, np.ones(width) / width, mode="valid")
-        return float(means.max()) / 1000.0
+        values, periods = np.asarray(self.import_w), np.asarray(self.period_s)
+        peak_w, start = peak_rolling_window(np.asarray(self.now_s), values, periods, DEMAND_WINDOW_S)
+        return (peak_w if start is not None else float(values.mean())) / 1000.0
 
 
 def _scenario_fields(scenario: Scenario) -> dict[str, Any]:
